@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Loupe: an interpretability workbench daemon. See README.md and Protocol/PROTOCOL.md.
+let package = Package(
+    name: "Loupe",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "loupe", targets: ["loupe"]),
+        .library(name: "LoupeModels", targets: ["LoupeModels"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // System libraries: one-line shim headers, linked by name.
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
+        .systemLibrary(name: "CZMQ", path: "Sources/CZMQ"),
+        .systemLibrary(name: "CMsgPack", path: "Sources/CMsgPack"),
+
+        // The engine.
+        .target(name: "LoupeTensor", dependencies: ["CBLAS"]),
+        .target(name: "LoupeFormats", dependencies: ["LoupeTensor"]),
+        .target(name: "LoupeTokenizers", dependencies: ["LoupeFormats"]),
+        .target(name: "LoupeModels", dependencies: ["LoupeTensor", "LoupeFormats", "LoupeTokenizers"]),
+
+        // Architecture plugins: each registers itself through one call.
+        .target(name: "GPT2", dependencies: ["LoupeModels"], path: "Plugins/GPT2"),
+        .target(name: "Llama", dependencies: ["LoupeModels"], path: "Plugins/Llama"),
+
+        .executableTarget(
+            name: "loupe",
+            dependencies: [
+                "LoupeModels", "GPT2", "Llama",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+
+        .testTarget(name: "LoupeTensorTests", dependencies: ["LoupeTensor"]),
+        .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeFormats"]),
+        .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
+        .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeModels", "GPT2", "Llama"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
