@@ -1,0 +1,211 @@
+import LoupeTensor
+
+/// A GGUF file (versions 2 and 3), memory-mapped. The metadata and tensor table are parsed and
+/// checked when the file is opened; tensor data is converted to float32 when asked for.
+public final class GGUFFile: WeightSource, @unchecked Sendable {
+    public let path: String
+    public let version: Int
+    public let metadata: [String: GGUFValue]
+
+    private struct TensorInfo {
+        let name: String
+        let shape: [Int]       // row-major: GGUF's ne[] reversed
+        let typeID: UInt32
+        let type: GGMLType?    // nil for an id Loupe does not know
+        let offset: Int        // absolute, in the file
+    }
+
+    private let file: MappedFile
+    private let infos: [TensorInfo]
+    private let index: [String: Int]
+
+    /// "GGUF" read as a little-endian u32.
+    private static let magic: UInt32 = 0x4655_4747
+    /// ggml's GGML_MAX_DIMS.
+    private static let maximumRank = 4
+    /// Arrays inside arrays are legal; real files nest one deep. The cap keeps hostile
+    /// nesting from exhausting the stack.
+    private static let maximumNesting = 8
+
+    public init(path: String) throws {
+        self.path = path
+        file = try MappedFile(path: path)
+        var reader = ByteReader(file.bytes, file: path)
+
+        reader.item = "magic"
+        let magic = try reader.read(UInt32.self)
+        guard magic == Self.magic else {
+            throw reader.error(.badMagic, "not a GGUF file (magic \(String(magic, radix: 16)), expected 46554747 \"GGUF\")")
+        }
+        reader.item = "version"
+        let version = try reader.read(UInt32.self)
+        guard version == 2 || version == 3 else {
+            let hint = version.byteSwapped <= 3 ? " (a big-endian file?)" : version == 1 ? " (the 2023 draft format)" : ""
+            throw reader.error(.unsupportedVersion, "GGUF version \(version)\(hint); Loupe reads versions 2 and 3")
+        }
+        self.version = Int(version)
+
+        reader.item = "tensor count"
+        // A tensor info is at least 8 (name length) + 4 (rank) + 4 (type) + 8 (offset) bytes.
+        let tensorCount = try reader.readCount(minimumSize: 24)
+        reader.item = "metadata count"
+        // A key-value pair is at least 8 (key length) + 4 (type) + 1 (value) bytes.
+        let metadataCount = try reader.readCount(minimumSize: 13)
+
+        var metadata: [String: GGUFValue] = [:]
+        metadata.reserveCapacity(metadataCount)
+        for i in 0..<metadataCount {
+            reader.item = "metadata key #\(i)"
+            let key = try reader.readString()
+            reader.item = key
+            let type = try reader.read(UInt32.self)
+            let value = try Self.readValue(type: type, from: &reader, depth: 0)
+            guard metadata.updateValue(value, forKey: key) == nil else { throw reader.error(.badValue, "duplicate metadata key") }
+        }
+        self.metadata = metadata
+
+        reader.item = "general.alignment"
+        var alignment = 32
+        if let value = metadata["general.alignment"] {
+            guard let a = value.intValue, a > 0, a & (a - 1) == 0 else {
+                throw reader.error(.badValue, "alignment must be a power of two, found \(value)")
+            }
+            alignment = a
+        }
+
+        var infos: [TensorInfo] = []
+        var relativeOffsets: [UInt64] = []
+        infos.reserveCapacity(tensorCount)
+        for i in 0..<tensorCount {
+            reader.item = "tensor info #\(i)"
+            let name = try reader.readString()
+            reader.item = name
+            let rank = try reader.read(UInt32.self)
+            guard rank <= Self.maximumRank else { throw reader.error(.badValue, "rank \(rank) exceeds ggml's \(Self.maximumRank)") }
+            var shape: [Int] = []
+            for _ in 0..<rank {
+                let dimension = try reader.read(UInt64.self)
+                guard dimension <= UInt64(Int32.max) else { throw reader.error(.badValue, "dimension \(dimension) is absurd") }
+                shape.insert(Int(dimension), at: 0)
+            }
+            let typeID = try reader.read(UInt32.self)
+            relativeOffsets.append(try reader.read(UInt64.self))
+            infos.append(TensorInfo(name: name, shape: shape, typeID: typeID, type: GGMLType(rawValue: typeID), offset: 0))
+        }
+
+        // Tensor data starts at the next multiple of the alignment after the tensor table.
+        let dataStart = (reader.offset + alignment - 1) / alignment * alignment
+        var index: [String: Int] = [:]
+        for i in infos.indices {
+            reader.item = infos[i].name
+            guard index.updateValue(i, forKey: infos[i].name) == nil else { throw reader.error(.badValue, "duplicate tensor name") }
+            let relative = relativeOffsets[i]
+            guard relative % UInt64(alignment) == 0 else {
+                throw reader.error(.badValue, "data offset \(relative) is not a multiple of the alignment \(alignment)")
+            }
+            guard relative <= UInt64(file.count) else {
+                throw reader.error(.truncated, "data offset \(relative) lies outside the file (\(file.count) bytes)")
+            }
+            let offset = dataStart + Int(relative)
+            infos[i] = TensorInfo(name: infos[i].name, shape: infos[i].shape, typeID: infos[i].typeID, type: infos[i].type, offset: offset)
+            // Size checks need the type's layout; an unknown type fails when its tensor is read.
+            if let type = infos[i].type {
+                let size = try Self.byteCount(of: infos[i].shape, type: type, reader: reader)
+                guard offset <= file.count, size <= file.count - offset else {
+                    throw reader.error(.truncated, "data (\(size) bytes at offset \(offset)) runs past the end of the file (\(file.count) bytes)")
+                }
+            }
+        }
+        self.infos = infos
+        self.index = index
+    }
+
+    /// The bytes a tensor of `shape` and `type` occupies; rows must hold whole blocks.
+    private static func byteCount(of shape: [Int], type: GGMLType, reader: ByteReader) throws -> Int {
+        let rowLength = shape.last ?? 1
+        guard rowLength % type.blockSize == 0 else {
+            throw reader.error(.badValue, "row length \(rowLength) is not a multiple of \(type.name)'s block size \(type.blockSize)")
+        }
+        var size = rowLength / type.blockSize * type.typeSize
+        for dimension in shape.dropLast() {
+            let (product, overflow) = size.multipliedReportingOverflow(by: dimension)
+            guard !overflow else { throw reader.error(.badValue, "shape \(shape) is absurdly large") }
+            size = product
+        }
+        return size
+    }
+
+    private static func readValue(type: UInt32, from reader: inout ByteReader, depth: Int) throws -> GGUFValue {
+        switch type {
+        case 0: return .uint8(try reader.read(UInt8.self))
+        case 1: return .int8(try reader.read(Int8.self))
+        case 2: return .uint16(try reader.read(UInt16.self))
+        case 3: return .int16(try reader.read(Int16.self))
+        case 4: return .uint32(try reader.read(UInt32.self))
+        case 5: return .int32(try reader.read(Int32.self))
+        case 6: return .float32(try reader.readFloat())
+        case 7:
+            let byte = try reader.read(UInt8.self)
+            guard byte <= 1 else { throw reader.error(.badValue, "bool holds \(byte)") }
+            return .bool(byte == 1)
+        case 8: return .string(try reader.readString())
+        case 9:
+            guard depth < maximumNesting else { throw reader.error(.badValue, "arrays nested deeper than \(maximumNesting)") }
+            let elementType = try reader.read(UInt32.self)
+            let count = try reader.readCount(minimumSize: minimumSize(ofType: elementType))
+            var elements: [GGUFValue] = []
+            elements.reserveCapacity(count)
+            for _ in 0..<count { elements.append(try readValue(type: elementType, from: &reader, depth: depth + 1)) }
+            return .array(elements)
+        case 10: return .uint64(try reader.read(UInt64.self))
+        case 11: return .int64(try reader.read(Int64.self))
+        case 12: return .float64(try reader.readDouble())
+        default: throw reader.error(.badValue, "unknown metadata value type \(type)")
+        }
+    }
+
+    /// The fewest bytes one value of a metadata type takes (a string: its length; an array:
+    /// its element type and count).
+    private static func minimumSize(ofType type: UInt32) -> Int {
+        switch type {
+        case 0, 1, 7: return 1
+        case 2, 3: return 2
+        case 4, 5, 6: return 4
+        case 8, 10, 11, 12: return 8
+        case 9: return 12
+        default: return 1  // the first element reports the unknown type
+        }
+    }
+
+    // MARK: WeightSource
+
+    public var description: String { path }
+
+    /// In file order.
+    public var tensorNames: [String] { infos.map(\.name) }
+
+    /// Row-major: GGUF's ne[] reversed, so a [n_out, n_in] matrix reports [n_out, n_in].
+    public func shape(of name: String) -> [Int]? { index[name].map { infos[$0].shape } }
+
+    /// "F32", "Q4_1", ...; "TYPE_<id>" for an id Loupe does not know; nil if absent.
+    public func typeName(of name: String) -> String? {
+        index[name].map { infos[$0].type?.name ?? "TYPE_\(infos[$0].typeID)" }
+    }
+
+    /// Dequantized to float32 in row-major shape. F32 data is not copied: the tensor borrows
+    /// the mapping (privately: writes to it never reach the file).
+    public func tensor(_ name: String) throws -> Tensor {
+        guard let i = index[name] else { throw missingTensor(name) }
+        let info = infos[i]
+        guard let type = info.type, let converter = type.converter else {
+            let what = info.type.map { "tensor type \($0.name)" } ?? "unknown tensor type id \(info.typeID)"
+            throw FormatError(.unknownDType, file: path, item: name, "Loupe cannot convert \(what) to float32")
+        }
+        let source = file.pointer(at: info.offset)
+        if type == .f32, Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
+            let floats = UnsafeMutablePointer(mutating: source.assumingMemoryBound(to: Float.self))
+            return Tensor(storage: TensorStorage(borrowing: floats, count: info.shape.reduce(1, *), owner: file), shape: info.shape)
+        }
+        return converter.tensor(shape: info.shape, from: source)
+    }
+}

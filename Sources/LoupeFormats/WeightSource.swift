@@ -1,0 +1,30 @@
+import LoupeTensor
+
+/// A source of named float32 tensors. Names are as stored in the checkpoint.
+public protocol WeightSource: Sendable {
+    /// The file or directory, for messages.
+    var description: String { get }
+    var tensorNames: [String] { get }
+    /// The row-major shape, nil if absent.
+    func shape(of name: String) -> [Int]?
+    /// Float32, contiguous; throws FormatError(.missingTensor) if absent.
+    func tensor(_ name: String) throws -> Tensor
+}
+
+extension WeightSource {
+    /// Looks a tensor up and checks its shape: FormatError(.shapeMismatch) naming the tensor,
+    /// expected and actual shape. The shape is checked before any data is converted.
+    public func tensor(_ name: String, shape expected: [Int]) throws -> Tensor {
+        guard let actual = shape(of: name) else { throw missingTensor(name) }
+        guard actual == expected else {
+            throw FormatError(.shapeMismatch, file: description, item: name,
+                              "expected shape \(expected), found \(actual)")
+        }
+        return try tensor(name)
+    }
+
+    /// The error for a tensor this source does not have.
+    func missingTensor(_ name: String) -> FormatError {
+        FormatError(.missingTensor, file: description, item: name, "no tensor of this name (the file has \(tensorNames.count))")
+    }
+}
