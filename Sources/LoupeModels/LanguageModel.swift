@@ -30,8 +30,6 @@ public protocol LanguageModel: AnyObject, Sendable {
     var dimensions: ModelDimensions { get }
     /// The HF module tree, each module with its sites.
     var moduleTree: ModuleNode { get }
-    /// Every site in the order the forward pass reaches it (HF paths and canonical names).
-    var sites: [SiteInfo] { get }
     /// Bytes of float32 weights held.
     var weightBytes: Int { get }
 
@@ -42,6 +40,10 @@ public protocol LanguageModel: AnyObject, Sendable {
 }
 
 extension LanguageModel {
+    /// Every site in the order the forward pass reaches it (HF paths and canonical names),
+    /// found by running two tiny batches; callers keep the result.
+    public func discoverSites() throws -> [SiteInfo] { try SiteDiscovery.sites(of: self) }
+
     public func forward(_ batch: TokenBatch, hooks: (any ForwardHooks)? = nil, logits: LogitRows = .all) throws -> Tensor {
         try forward(batch, hooks: hooks, logits: logits, cancelled: nil)
     }

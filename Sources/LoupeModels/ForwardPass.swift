@@ -1,0 +1,149 @@
+import LoupeFormats
+import LoupeTensor
+
+/// What one forward pass carries through an architecture's layers: the batch, the hooks
+/// and the cancellation check. Architectures call `fire` at every site, in order.
+public struct ForwardPass {
+    public let batch: TokenBatch
+    private let hooks: (any ForwardHooks)?
+    private let cancelled: CancellationCheck?
+
+    public init(batch: TokenBatch, hooks: (any ForwardHooks)?, cancelled: CancellationCheck?) {
+        self.batch = batch
+        self.hooks = hooks
+        self.cancelled = cancelled
+    }
+
+    /// True when hooks may look at sites; an architecture may then take a slower path that
+    /// materialises every site.
+    public var hasHooks: Bool { hooks != nil }
+
+    /// Batch rows and padded length.
+    public var rows: Int { batch.rows }
+    public var length: Int { batch.length }
+
+    /// Shows `value` to the hooks at each of `paths` (an HF module path and its canonical
+    /// aliases), in turn. The engine keeps activations as [rows·length, features]; hooks see
+    /// them as `shape` (by default [rows, length, features]) and may write into them or
+    /// replace them with a tensor of the same shape.
+    ///
+    /// With no hooks this is one branch: the paths are never built.
+    @inline(__always)
+    public func fire(_ paths: @autoclosure () -> [String], _ io: SiteIO, _ value: inout Tensor,
+                     shape: [Int]? = nil, tuple: Bool = false) throws {
+        guard let hooks else { return }
+        try visit(hooks, paths(), io, &value, shape: shape, tuple: tuple)
+    }
+
+    /// Fires the input and then the output site of a module that passes its value through
+    /// unchanged in inference (dropout).
+    @inline(__always)
+    public func fireIdentity(_ path: @autoclosure () -> String, _ value: inout Tensor, shape: [Int]? = nil) throws {
+        guard hooks != nil else { return }
+        try fire([path()], .input, &value, shape: shape)
+        try fire([path()], .output, &value, shape: shape)
+    }
+
+    private func visit(_ hooks: any ForwardHooks, _ paths: [String], _ io: SiteIO, _ value: inout Tensor,
+                       shape: [Int]?, tuple: Bool) throws {
+        let storedShape = value.shape
+        let seenShape = shape ?? [rows, length, value.columnCount]
+        var seen: Tensor?
+        for path in paths {
+            let site = Site(path, io)
+            guard hooks.wants(site) else { continue }
+            if seen == nil { seen = value.reshaped(seenShape) }
+            (hooks as? SiteDiscovery)?.noteTuple(site, tuple)
+            try hooks.visit(site, &seen!)
+            guard seen!.shape == seenShape else {
+                throw ModelError.hookShapeMismatch(site: site.description, expected: seenShape, got: seen!.shape)
+            }
+        }
+        if let seen { value = seen.reshaped(storedShape) }
+    }
+
+    /// Throws `ModelError.cancelled` if the job was cancelled; architectures call it once per layer.
+    public func checkCancelled() throws {
+        if let cancelled, cancelled() { throw ModelError.cancelled }
+    }
+
+    /// The rows of final hidden states [rows·length, hidden] that the unembedding reads.
+    public func rowsToUnembed(_ hidden: Tensor, _ which: LogitRows) -> Tensor {
+        switch which {
+        case .all, .none: return hidden
+        case .last:
+            let width = hidden.columnCount
+            let last = Tensor(zeros: [rows, width])
+            for row in 0..<rows {
+                (last.data + row * width).update(from: hidden.data + (row * length + length - 1) * width, count: width)
+            }
+            return last
+        }
+    }
+
+    /// The logits tensor's shape for `which`.
+    public func logitShape(_ which: LogitRows, vocabulary: Int) -> [Int] {
+        which == .last ? [rows, 1, vocabulary] : [rows, length, vocabulary]
+    }
+}
+
+/// Finds every site a model fires, its order and its symbolic shape, by running two tiny
+/// batches (1x1 and 2x3 tokens) and seeing which dims follow the batch and the sequence.
+/// The site list therefore always matches what the forward pass really does.
+final class SiteDiscovery: ForwardHooks {
+    private(set) var order: [Site] = []
+    private(set) var shapes: [Site: [Int]] = [:]
+    private(set) var tuples: Set<Site> = []
+
+    func wants(_ site: Site) -> Bool { true }
+
+    func visit(_ site: Site, _ value: inout Tensor) throws {
+        if shapes[site] == nil { order.append(site) }
+        shapes[site] = value.shape
+    }
+
+    func noteTuple(_ site: Site, _ tuple: Bool) {
+        if tuple { tuples.insert(site) }
+    }
+
+    static func sites(of model: any LanguageModel) throws -> [SiteInfo] {
+        let small = SiteDiscovery(), large = SiteDiscovery()
+        _ = try model.forward(TokenBatch([[0]]), hooks: small, logits: .all, cancelled: nil)
+        _ = try model.forward(TokenBatch([[0, 0, 0], [0, 0, 0]]), hooks: large, logits: .all, cancelled: nil)
+        return small.order.map { site in
+            let one = small.shapes[site]!, other = large.shapes[site] ?? one
+            let symbolic = zip(one, other).map { a, b in
+                a == b ? a : (b == 2 ? SiteInfo.batchDim : SiteInfo.sequenceDim)
+            }
+            return SiteInfo(site.path, site.io, shape: symbolic, tuple: small.tuples.contains(site))
+        }
+    }
+}
+
+/// Looks up an architecture's weights by HF name, accepting checkpoints saved without the
+/// base model's prefix (OpenAI's GPT-2 files have no `transformer.`).
+public struct WeightReader {
+    public let source: any WeightSource
+    public let optionalPrefix: String
+
+    public init(_ source: any WeightSource, optionalPrefix: String) {
+        self.source = source
+        self.optionalPrefix = optionalPrefix
+    }
+
+    public func has(_ name: String) -> Bool { resolve(name) != nil }
+
+    /// The tensor `name`, checked to be `shape`.
+    public func callAsFunction(_ name: String, _ shape: [Int]) throws -> Tensor {
+        try source.tensor(resolve(name) ?? name, shape: shape)
+    }
+
+    private func resolve(_ name: String) -> String? {
+        if source.shape(of: name) != nil { return name }
+        if name.hasPrefix(optionalPrefix) {
+            let bare = String(name.dropFirst(optionalPrefix.count))
+            if source.shape(of: bare) != nil { return bare }
+        }
+        return nil
+    }
+}

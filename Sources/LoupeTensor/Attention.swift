@@ -1,0 +1,132 @@
+/// The sizes of one causal self-attention call over a left-padded batch.
+///
+/// Each of `batch` rows has `keys` slots of which the last `queries` are new: a full
+/// forward pass has queries == keys; a pass that continues from cached keys and values
+/// has fewer queries. Slot j of row b is padding when j < padding[b]; padding is never
+/// attended to.
+public struct AttentionGeometry: Sendable {
+    public let batch: Int
+    public let queries: Int
+    public let keys: Int
+    public let heads: Int
+    /// Fewer than `heads` with grouped-query attention: query head h reads key/value head
+    /// h / (heads / keyValueHeads), as HF's repeat_kv does.
+    public let keyValueHeads: Int
+    public let headDim: Int
+    public let padding: [Int]
+
+    public init(batch: Int, queries: Int, keys: Int, heads: Int, keyValueHeads: Int, headDim: Int, padding: [Int]) {
+        precondition(queries <= keys && heads % keyValueHeads == 0 && padding.count == batch)
+        self.batch = batch
+        self.queries = queries
+        self.keys = keys
+        self.heads = heads
+        self.keyValueHeads = keyValueHeads
+        self.headDim = headDim
+        self.padding = padding
+    }
+
+    /// The slot of query i within its row's keys.
+    @inline(__always) func slot(ofQuery i: Int) -> Int { keys - queries + i }
+}
+
+/// Attention probabilities [batch, heads, queries, keys]: softmax(q kᵀ · scale) under the
+/// causal and padding mask.
+///
+/// `q` is [batch * queries, heads * headDim] and `k` [batch * keys, keyValueHeads * headDim];
+/// both may be column slices of a wider matrix (GPT-2's fused c_attn output).
+public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry, scale: Float) -> Tensor {
+    checkRows(q, g.batch * g.queries, g.heads * g.headDim, "queries")
+    checkRows(k, g.batch * g.keys, g.keyValueHeads * g.headDim, "keys")
+    let pattern = Tensor(zeros: [g.batch, g.heads, g.queries, g.keys])
+    let groups = g.heads / g.keyValueHeads
+    let qStride = q.strides[0], kStride = k.strides[0]
+    Parallel.forEachChunk(g.batch * g.heads, costPerItem: g.queries * g.keys * g.headDim) { pairs in
+        for pair in pairs {
+            let b = pair / g.heads, h = pair % g.heads
+            let qBase = q.data + b * g.queries * qStride + h * g.headDim
+            let kBase = k.data + b * g.keys * kStride + (h / groups) * g.headDim
+            for i in 0..<g.queries {
+                let scores = pattern.data + ((b * g.heads + h) * g.queries + i) * g.keys
+                let last = g.slot(ofQuery: i)
+                // A padding slot's query sees only itself, so its row stays finite; no real
+                // token ever reads it.
+                let first = last < g.padding[b] ? last : g.padding[b]
+                let qRow = qBase + i * qStride
+                for j in 0..<g.keys {
+                    scores[j] = (j >= first && j <= last) ? dot(qRow, kBase + j * kStride, g.headDim) * scale : -.infinity
+                }
+                softmaxRow(scores, g.keys)
+            }
+        }
+    }
+    return pattern
+}
+
+/// Σⱼ pattern[b, h, i, j] · v[b, j, head(h)] for every query: [batch * queries, heads * headDim],
+/// the heads side by side as HF's attention output projection reads them.
+public func attendValues(pattern: Tensor, v: Tensor, geometry g: AttentionGeometry) -> Tensor {
+    precondition(pattern.shape == [g.batch, g.heads, g.queries, g.keys] && pattern.isContiguous,
+                 "attention pattern shape \(pattern.shape) does not fit the geometry")
+    checkRows(v, g.batch * g.keys, g.keyValueHeads * g.headDim, "values")
+    let width = g.heads * g.headDim
+    let output = Tensor(zeros: [g.batch * g.queries, width])
+    let groups = g.heads / g.keyValueHeads
+    let vStride = v.strides[0]
+    Parallel.forEachChunk(g.batch * g.heads, costPerItem: g.queries * g.keys * g.headDim) { pairs in
+        for pair in pairs {
+            let b = pair / g.heads, h = pair % g.heads
+            let vBase = v.data + b * g.keys * vStride + (h / groups) * g.headDim
+            for i in 0..<g.queries {
+                let weights = pattern.data + ((b * g.heads + h) * g.queries + i) * g.keys
+                let out = output.data + (b * g.queries + i) * width + h * g.headDim
+                for j in 0..<g.keys where weights[j] != 0 {
+                    axpy(weights[j], vBase + j * vStride, out, g.headDim)
+                }
+            }
+        }
+    }
+    return output
+}
+
+private func checkRows(_ t: Tensor, _ rows: Int, _ columns: Int, _ what: String) {
+    precondition(t.rank == 2 && t.shape == [rows, columns] && t.strides[1] == 1,
+                 "attention \(what): expected rows of [\(rows), \(columns)] with unit column stride, got \(t.shape) strides \(t.strides)")
+}
+
+/// Σ a[i]·b[i] with eight lanes.
+@inline(__always)
+func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var lanes = SIMD8<Float>()
+    var i = 0
+    while i + 8 <= n {
+        let x = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self)
+        let y = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
+        lanes.addProduct(x, y)
+        i += 8
+    }
+    var sum = lanes.sum()
+    while i < n {
+        sum += a[i] * b[i]
+        i += 1
+    }
+    return sum
+}
+
+/// y += alpha · x.
+@inline(__always)
+func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    var i = 0
+    let a = SIMD8<Float>(repeating: alpha)
+    while i + 8 <= n {
+        let xs = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+        var ys = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
+        ys.addProduct(a, xs)
+        UnsafeMutableRawPointer(y + i).storeBytes(of: ys, as: SIMD8<Float>.self)
+        i += 8
+    }
+    while i < n {
+        y[i] += alpha * x[i]
+        i += 1
+    }
+}

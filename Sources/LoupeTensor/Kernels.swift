@@ -1,0 +1,265 @@
+import CBLAS
+import Foundation
+
+// The numerical kernels of both architectures. Each takes contiguous row-major tensors
+// (a tensor is seen as rows of its last dimension) and returns a new tensor unless its
+// name says it works in place. Reductions accumulate in Double so that results do not
+// depend on how rows are split between cores.
+
+// MARK: - Matrix products
+
+/// How a weight matrix is stored.
+public enum WeightLayout: Sendable {
+    /// [in, out]: y = x W (GPT-2's Conv1D).
+    case inputMajor
+    /// [out, in]: y = x Wᵀ (torch.nn.Linear).
+    case outputMajor
+}
+
+/// A linear map with an optional bias, applied with one sgemm over all rows.
+public struct Linear: Sendable {
+    public let weight: Tensor
+    public let bias: Tensor?
+    public let layout: WeightLayout
+
+    public init(weight: Tensor, bias: Tensor? = nil, layout: WeightLayout) {
+        precondition(weight.rank == 2 && weight.isContiguous, "a linear weight is a contiguous matrix")
+        self.weight = weight
+        self.bias = bias
+        self.layout = layout
+    }
+
+    public var inputSize: Int { layout == .inputMajor ? weight.shape[0] : weight.shape[1] }
+    public var outputSize: Int { layout == .inputMajor ? weight.shape[1] : weight.shape[0] }
+
+    /// x [..., in] → [..., out].
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        precondition(x.columnCount == inputSize, "linear layer takes \(inputSize) features, got \(x.shape)")
+        let input = x.contiguous()
+        let rows = input.rowCount
+        var shape = input.shape
+        shape[shape.count - 1] = outputSize
+        let output = Tensor(zeros: shape)
+        if let bias {
+            for row in 0..<rows { (output.data + row * outputSize).update(from: bias.data, count: outputSize) }
+        }
+        gemm(rows: rows, columns: outputSize, inner: inputSize,
+             a: input.data, lda: inputSize, transposeA: false,
+             b: weight.data, ldb: weight.shape[1], transposeB: layout == .outputMajor,
+             c: output.data, ldc: outputSize, accumulate: bias != nil)
+        return output
+    }
+}
+
+/// C[rows, columns] (+)= op(A) op(B), row-major, single precision, on OpenBLAS.
+@inline(__always)
+public func gemm(rows: Int, columns: Int, inner: Int,
+                 a: UnsafePointer<Float>, lda: Int, transposeA: Bool,
+                 b: UnsafePointer<Float>, ldb: Int, transposeB: Bool,
+                 c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false) {
+    guard rows > 0, columns > 0 else { return }
+    cblas_sgemm(CblasRowMajor,
+                transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                Int32(rows), Int32(columns), Int32(inner),
+                1, a, Int32(lda), b, Int32(ldb),
+                accumulate ? 1 : 0, c, Int32(ldc))
+}
+
+/// a [..., m, k] @ b [k, n] or batched [..., m, k] @ [..., k, n] with equal leading dims.
+public func matmul(_ a: Tensor, _ b: Tensor) -> Tensor {
+    precondition(a.rank >= 2 && b.rank >= 2, "matmul needs matrices, got \(a.shape) and \(b.shape)")
+    let m = a.shape[a.rank - 2], k = a.shape[a.rank - 1], n = b.shape[b.rank - 1]
+    precondition(b.shape[b.rank - 2] == k, "matmul inner dimensions differ: \(a.shape) @ \(b.shape)")
+    let lhs = a.contiguous(), rhs = b.contiguous()
+    let batchShape = Array(a.shape.dropLast(2))
+    let batches = batchShape.reduce(1, *)
+    precondition(b.rank == 2 || Array(b.shape.dropLast(2)) == batchShape, "matmul batch dims differ: \(a.shape) @ \(b.shape)")
+    let output = Tensor(zeros: batchShape + [m, n])
+    for batch in 0..<batches {
+        let rhsOffset = b.rank == 2 ? 0 : batch * k * n
+        gemm(rows: m, columns: n, inner: k, a: lhs.data + batch * m * k, lda: k, transposeA: false,
+             b: rhs.data + rhsOffset, ldb: n, transposeB: false, c: output.data + batch * m * n, ldc: n)
+    }
+    return output
+}
+
+// MARK: - Embeddings
+
+/// Rows of `table` [vocab, dim] picked by `ids`: [ids.count, dim].
+public func embeddingLookup(_ table: Tensor, _ ids: [Int]) -> Tensor {
+    let dim = table.columnCount
+    let output = Tensor(zeros: [ids.count, dim])
+    for (row, id) in ids.enumerated() {
+        (output.data + row * dim).update(from: table.data + id * dim, count: dim)
+    }
+    return output
+}
+
+// MARK: - Norms
+
+/// torch.nn.LayerNorm over the last dimension (biased variance, eps inside the root).
+public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float) -> Tensor {
+    normalizeRows(x) { row, out, n in
+        var sum = 0.0, squares = 0.0
+        for i in 0..<n { sum += Double(row[i]) }
+        let mean = sum / Double(n)
+        for i in 0..<n { let d = Double(row[i]) - mean; squares += d * d }
+        let inverse = Float(1 / (squares / Double(n) + Double(eps)).squareRoot())
+        let m = Float(mean)
+        for i in 0..<n { out[i] = (row[i] - m) * inverse * weight.data[i] + bias.data[i] }
+    }
+}
+
+/// HF's LlamaRMSNorm: x / sqrt(mean(x²) + eps) * weight.
+public func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor {
+    normalizeRows(x) { row, out, n in
+        var squares = 0.0
+        for i in 0..<n { squares += Double(row[i]) * Double(row[i]) }
+        let inverse = Float(1 / (squares / Double(n) + Double(eps)).squareRoot())
+        for i in 0..<n { out[i] = weight.data[i] * (row[i] * inverse) }
+    }
+}
+
+private func normalizeRows(_ x: Tensor,
+                           _ body: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void) -> Tensor {
+    let input = x.contiguous()
+    let n = input.columnCount
+    let output = Tensor(zeros: input.shape)
+    Parallel.forEachChunk(input.rowCount, costPerItem: n * 4) { rows in
+        for row in rows { body(input.data + row * n, output.data + row * n, n) }
+    }
+    return output
+}
+
+// MARK: - Element-wise
+
+/// GPT-2's GELU (the tanh approximation, HF's NewGELUActivation), in place.
+public func geluTanhInPlace(_ x: Tensor) {
+    precondition(x.isContiguous)
+    let p = x.data
+    let c = Float((2.0 / Double.pi).squareRoot())
+    Parallel.forEachChunk(x.count, costPerItem: 16) { range in
+        for i in range {
+            let v = p[i]
+            p[i] = 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v)))
+        }
+    }
+}
+
+/// SiLU(gate) * up, written into `gate` (Llama's MLP).
+public func siluMultiplyInPlace(_ gate: Tensor, _ up: Tensor) {
+    precondition(gate.isContiguous && up.isContiguous && gate.count == up.count)
+    let g = gate.data, u = up.data
+    Parallel.forEachChunk(gate.count, costPerItem: 16) { range in
+        for i in range {
+            let v = g[i]
+            g[i] = v / (1 + expf(-v)) * u[i]
+        }
+    }
+}
+
+/// SiLU in place.
+public func siluInPlace(_ x: Tensor) {
+    precondition(x.isContiguous)
+    let p = x.data
+    Parallel.forEachChunk(x.count, costPerItem: 16) { range in
+        for i in range { p[i] = p[i] / (1 + expf(-p[i])) }
+    }
+}
+
+/// x *= y, element-wise.
+public func multiplyInPlace(_ x: Tensor, _ y: Tensor) {
+    precondition(x.isContiguous && y.isContiguous && x.count == y.count, "multiply: \(x.shape) and \(y.shape)")
+    let a = x.data, b = y.data
+    Parallel.forEachChunk(x.count) { range in
+        for i in range { a[i] *= b[i] }
+    }
+}
+
+/// x += y, element-wise (the residual connection).
+public func addInPlace(_ x: Tensor, _ y: Tensor) {
+    precondition(x.isContiguous && y.isContiguous && x.count == y.count, "add: \(x.shape) and \(y.shape)")
+    let a = x.data, b = y.data
+    Parallel.forEachChunk(x.count) { range in
+        for i in range { a[i] += b[i] }
+    }
+}
+
+/// Softmax over the last dimension, in place.
+public func softmaxInPlace(_ x: Tensor) {
+    precondition(x.isContiguous)
+    let n = x.columnCount
+    Parallel.forEachChunk(x.rowCount, costPerItem: n * 8) { rows in
+        for row in rows { softmaxRow(x.data + row * n, n) }
+    }
+}
+
+@inline(__always)
+func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
+    var maximum = -Float.infinity
+    for i in 0..<n where p[i] > maximum { maximum = p[i] }
+    if maximum == -.infinity {  // a fully masked row: no key may be attended
+        p.update(repeating: 0, count: n)
+        return
+    }
+    var sum: Float = 0
+    for i in 0..<n {
+        let e = expf(p[i] - maximum)
+        p[i] = e
+        sum += e
+    }
+    let inverse = 1 / sum
+    for i in 0..<n { p[i] *= inverse }
+}
+
+// MARK: - Rotary position embedding
+
+/// cos and sin tables for HF's rotate-half RoPE: for each position p and i < dim/2,
+/// angle = p * theta^(-2i/dim), laid out [positions, dim] with the half repeated.
+public struct RotaryTable: Sendable {
+    public let dim: Int
+    public let cos: [Float]
+    public let sin: [Float]
+
+    public init(dim: Int, theta: Double, positions: Int) {
+        self.dim = dim
+        let half = dim / 2
+        // HF computes inverse frequencies and angles in float32; so do we, for the same numbers.
+        let inverseFrequency = (0..<half).map { i in Float(1) / Float(pow(theta, Double(2 * i) / Double(dim))) }
+        var cos = [Float](repeating: 0, count: positions * dim)
+        var sin = [Float](repeating: 0, count: positions * dim)
+        for p in 0..<positions {
+            for i in 0..<half {
+                let angle = Float(p) * inverseFrequency[i]
+                cos[p * dim + i] = Foundation.cos(angle); cos[p * dim + i + half] = cos[p * dim + i]
+                sin[p * dim + i] = Foundation.sin(angle); sin[p * dim + i + half] = sin[p * dim + i]
+            }
+        }
+        self.cos = cos
+        self.sin = sin
+    }
+
+    /// Rotates each head of `x` [rows, heads * dim] in place; row r sits at `positions[r]`.
+    public func apply(_ x: Tensor, heads: Int, positions: [Int]) {
+        precondition(x.isContiguous && x.columnCount == heads * dim && positions.count == x.rowCount)
+        let half = dim / 2, width = x.columnCount
+        cos.withUnsafeBufferPointer { cosTable in
+            sin.withUnsafeBufferPointer { sinTable in
+                Parallel.forEachChunk(x.rowCount, costPerItem: width * 4) { rows in
+                    for row in rows {
+                        let c = cosTable.baseAddress! + positions[row] * dim
+                        let s = sinTable.baseAddress! + positions[row] * dim
+                        for head in 0..<heads {
+                            let v = x.data + row * width + head * dim
+                            for i in 0..<half {
+                                let a = v[i], b = v[i + half]
+                                v[i] = a * c[i] - b * s[i]
+                                v[i + half] = b * c[i + half] + a * s[i + half]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
