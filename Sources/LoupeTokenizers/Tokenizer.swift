@@ -1,0 +1,159 @@
+/// A byte-level BPE tokenizer (GPT-2, SmolLM2, Llama-3 and their kin) that gives the same ids
+/// as HF `tokenizers`. Safe to share between threads. Load one with the `load` functions.
+public final class Tokenizer: Sendable {
+    public let bosTokenID: Int?
+    public let eosTokenID: Int?
+    /// Whether `encode` puts `bosTokenID` first (tokenizer.json's post-processor, GGUF's
+    /// `tokenizer.ggml.add_bos_token`). No other special token is ever added.
+    public let addsBOS: Bool
+
+    private let vocabulary: Vocabulary
+    private let model: BytePairModel
+    private let rules: [SplitRule]
+    private let addedTokens: AddedTokenMatcher
+    /// The bytes each id stands for, for `decode`.
+    private let tokenBytes: [[UInt8]]
+    private let cache = PieceCache()
+
+    /// Builds the tokenizer a loader has read, resolving merges to ids. Errors name `file`.
+    init(_ definition: TokenizerDefinition) throws {
+        let vocabulary = definition.vocabulary
+        let file = definition.file
+        func id(of token: String, item: String, role: String) throws -> Int {
+            guard let id = vocabulary.ids[token] else {
+                throw TokenizerError(.unknownToken, file: file, item: item, "\(role) \"\(token)\" is not in the vocabulary")
+            }
+            return id
+        }
+
+        var merges: [UInt64: BytePairModel.Merge] = [:]
+        merges.reserveCapacity(definition.merges.count)
+        for (rank, merge) in definition.merges.enumerated() {
+            let item = definition.mergeItem(rank)
+            let left = try id(of: merge.left, item: item, role: "the merge's left token")
+            let right = try id(of: merge.right, item: item, role: "the merge's right token")
+            let merged = try id(of: merge.left + merge.right, item: item, role: "the merged token")
+            // A repeated pair takes its last rank, as in HF's merge map.
+            merges[BytePairModel.key(left, right)] = .init(rank: Int32(rank), id: Int32(merged))
+        }
+
+        var wholeTokens: [[UInt8]: Int]?
+        if definition.ignoresMerges {
+            wholeTokens = [:]
+            for (token, id) in vocabulary.ids { if let bytes = ByteLevel.decode(token) { wholeTokens![bytes] = id } }
+        }
+        let unknown = try definition.unknownToken.map { try id(of: $0, item: "unk_token", role: "the unknown token") }
+        model = BytePairModel(
+            byteTokens: ByteLevel.characters.map { vocabulary.ids[String($0)] },
+            merges: merges, wholeTokens: wholeTokens, unknownToken: unknown, fusesUnknown: definition.fusesUnknown)
+
+        for (name, id) in [("bos", definition.bos), ("eos", definition.eos)] {
+            if let id, !vocabulary.tokens.indices.contains(id) {
+                throw TokenizerError(.unknownToken, file: file, item: "\(name) token", "id \(id) is outside the vocabulary of \(vocabulary.tokens.count)")
+            }
+        }
+        if definition.addsBOS, definition.bos == nil {
+            throw TokenizerError(.missingKey, file: file, item: "bos token", "the tokenizer adds a BOS token but names none")
+        }
+        self.vocabulary = vocabulary
+        rules = definition.rules
+        addedTokens = AddedTokenMatcher(definition.addedTokens)
+        // HF's ByteLevel decoder: a token spelled in the byte alphabet stands for its bytes,
+        // any other (an added token like "<think>" stored as is) for its own UTF-8.
+        tokenBytes = vocabulary.tokens.map { token in token.map { ByteLevel.decode($0) ?? Array($0.utf8) } ?? [] }
+        bosTokenID = definition.bos
+        eosTokenID = definition.eos
+        addsBOS = definition.addsBOS
+    }
+
+    /// The ids of `text`: added tokens found whole, the rest pre-tokenized and merged. Characters
+    /// whose bytes have no token are dropped (HF does the same when there is no unknown token).
+    public func encode(_ text: String) -> [Int] {
+        var ids: [Int] = []
+        if addsBOS, let bos = bosTokenID { ids.append(bos) }
+        let scanned = ScannedText(text)
+        var pieces: [Range<Int>] = [], split: [Range<Int>] = []
+        for segment in addedTokens.segments(scanned) {
+            switch segment {
+            case .token(let id):
+                ids.append(id)
+            case .text(let range):
+                pieces = [range]
+                for rule in rules {
+                    split.removeAll(keepingCapacity: true)
+                    for piece in pieces { rule.split(scanned, piece, into: &split) }
+                    swap(&pieces, &split)
+                }
+                for piece in pieces {
+                    ids += cache.ids(for: scanned.bytes(piece), compute: model.encode)
+                }
+            }
+        }
+        return ids
+    }
+
+    /// The text of `ids`. Byte sequences that are not valid UTF-8 (a token sequence cut inside
+    /// a character) become U+FFFD, one per maximal invalid subsequence, as HF's
+    /// `String::from_utf8_lossy` does. Ids outside the vocabulary are skipped, as HF skips them.
+    public func decode(_ ids: [Int]) -> String {
+        var bytes: [UInt8] = []
+        for id in ids where tokenBytes.indices.contains(id) { bytes += tokenBytes[id] }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The vocabulary entry for `id` as the file spells it ("ĠJohn").
+    public func tokenString(_ id: Int) -> String? {
+        vocabulary.tokens.indices.contains(id) ? vocabulary.tokens[id] : nil
+    }
+
+    public func id(forToken token: String) -> Int? { vocabulary.ids[token] }
+
+    /// One more than the largest id (added tokens included).
+    public var vocabularySize: Int { vocabulary.tokens.count }
+}
+
+/// Tokens by id and ids by token.
+struct Vocabulary: Sendable {
+    private(set) var tokens: [String?] = []
+    private(set) var ids: [String: Int] = [:]
+
+    /// From a list indexed by id. A token listed twice maps to its last id, as in the dict
+    /// transformers builds from a GGUF list.
+    init(list: [String]) {
+        tokens = list
+        ids.reserveCapacity(list.count)
+        for (id, token) in list.enumerated() { ids[token] = id }
+    }
+
+    init() {}
+
+    /// Adds `token` as `id`; an id given to two different tokens is an error naming `item`.
+    mutating func add(_ token: String, id: Int, file: String, item: String) throws {
+        guard id >= 0, id < 1 << 31 else {
+            throw TokenizerError(.badValue, file: file, item: item, "id \(id) is out of range")
+        }
+        if id >= tokens.count { tokens += [String?](repeating: nil, count: id + 1 - tokens.count) }
+        if let existing = tokens[id], existing != token {
+            throw TokenizerError(.badValue, file: file, item: item, "id \(id) is given to both \"\(existing)\" and \"\(token)\"")
+        }
+        tokens[id] = token
+        ids[token] = id
+    }
+}
+
+/// What a loader reads from its files, before merges are resolved to ids.
+struct TokenizerDefinition {
+    var file: String
+    var vocabulary: Vocabulary
+    var merges: [(left: String, right: String)]
+    /// Names merge `i` in error messages ("vocab.bpe line 5", "model.merges[3]").
+    var mergeItem: (Int) -> String
+    var rules: [SplitRule]
+    var addedTokens: [(content: String, id: Int)] = []
+    var ignoresMerges = false
+    var unknownToken: String? = nil
+    var fusesUnknown = false
+    var bos: Int? = nil
+    var eos: Int? = nil
+    var addsBOS = false
+}

@@ -1,0 +1,105 @@
+import Foundation
+import LoupeTokenizers
+import XCTest
+
+/// The golden files scripts/make_tokenizer_fixtures.py writes, and the model files
+/// scripts/fetch-models.sh fetches. A missing file is a test failure that says how to get it.
+enum Fixtures {
+    struct Missing: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    static let directory = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/tokenizers").path
+
+    static var modelsDirectory: String {
+        ProcessInfo.processInfo.environment["LOUPE_MODELS"] ?? NSHomeDirectory() + "/.cache/loupe/models"
+    }
+
+    /// A file under the models directory; throws (failing the test) when it is absent.
+    static func model(_ name: String) throws -> String {
+        let path = modelsDirectory + "/" + name
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw Missing(description: "\(path) is missing: run scripts/fetch-models.sh (set LOUPE_MODELS to use another directory)")
+        }
+        return path
+    }
+
+    static var gpt2EncoderJSON: String { get throws { try model("gpt2-tokenizer/encoder.json") } }
+    static var gpt2VocabBPE: String { get throws { try model("gpt2-tokenizer/vocab.bpe") } }
+    static var smolGGUF: String { get throws { try model("SmolLM2-135M-Instruct.Q4_1.gguf") } }
+
+    struct Corpus: Decodable {
+        let seed: Int
+        let strings: [String]
+    }
+
+    struct DecodeCase: Decodable {
+        let ids: [Int]
+        let text: String
+    }
+
+    /// One reference tokenizer's golden file.
+    struct Golden {
+        let ids: [[Int]]
+        let decode: [DecodeCase]
+        /// The tokenizer.json HF writes for the reference, vocabulary and merges left empty.
+        let tokenizerJSON: [String: Any]
+    }
+
+    static func corpus() throws -> [String] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: directory + "/corpus.json"))
+        return try JSONDecoder().decode(Corpus.self, from: data).strings
+    }
+
+    static func golden(_ name: String) throws -> Golden {
+        let data = try Data(contentsOf: URL(fileURLWithPath: directory + "/\(name).json"))
+        struct Decoded: Decodable {
+            let ids: [[Int]]
+            let decode: [DecodeCase]?
+        }
+        let decoded = try JSONDecoder().decode(Decoded.self, from: data)
+        let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        guard let skeleton = object?["tokenizer_json"] as? [String: Any] else {
+            throw Missing(description: "\(name).json has no tokenizer_json")
+        }
+        return Golden(ids: decoded.ids, decode: decoded.decode ?? [], tokenizerJSON: skeleton)
+    }
+
+    /// A fresh temporary directory, removed when the test ends.
+    static func temporaryDirectory(_ test: XCTestCase) throws -> String {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("loupe-tok-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        test.addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url.path
+    }
+
+    /// Writes `skeleton` with `vocab` and `merges` filled in, as HF would have written it.
+    static func writeTokenizerJSON(_ skeleton: [String: Any], vocab: [String: Int], merges: [[String]], to path: String) throws {
+        var json = skeleton
+        var model = json["model"] as? [String: Any] ?? [:]
+        model["vocab"] = vocab
+        model["merges"] = merges
+        json["model"] = model
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
+    }
+
+    /// OpenAI's GPT-2 vocabulary and merges, read as plain data for writing other formats.
+    static func gpt2VocabularyAndMerges() throws -> (vocab: [String: Int], merges: [[String]]) {
+        let vocab = try JSONDecoder().decode([String: Int].self, from: Data(contentsOf: URL(fileURLWithPath: gpt2EncoderJSON)))
+        let text = try String(contentsOfFile: gpt2VocabBPE, encoding: .utf8)
+        let merges = text.split(separator: "\n").dropFirst().map { $0.split(separator: " ").map(String.init) }
+        return (vocab, merges)
+    }
+}
+
+/// Escapes a string so control characters and invisible ones show in failure messages.
+func visible(_ text: String, limit: Int = 80) -> String {
+    let escaped = text.unicodeScalars.prefix(limit).map { $0.escaped(asASCII: true) }.joined()
+    return "\"\(escaped)\"" + (text.unicodeScalars.count > limit ? "..." : "")
+}
+
+/// Byte equality: Swift's `==` on String is canonical equivalence, which would call "é" and
+/// "e\u{301}" equal.
+func sameText(_ a: String, _ b: String) -> Bool { a.utf8.elementsEqual(b.utf8) }
