@@ -53,3 +53,14 @@ struct ByteReader {
         return Int(count)
     }
 }
+
+/// The product of `factors`, nil on overflow (hostile shapes must not trap).
+func checkedProduct(_ factors: [Int]) -> Int? {
+    var product = 1
+    for factor in factors {
+        let (result, overflow) = product.multipliedReportingOverflow(by: factor)
+        if overflow { return nil }
+        product = result
+    }
+    return product
+}

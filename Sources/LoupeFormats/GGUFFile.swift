@@ -45,15 +45,16 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         }
         self.version = Int(version)
 
+        // Hostile counts are harmless here: the loops below stop at the first read past the
+        // end, and capacity is reserved only for what the remaining bytes could hold.
         reader.item = "tensor count"
-        // A tensor info is at least 8 (name length) + 4 (rank) + 4 (type) + 8 (offset) bytes.
-        let tensorCount = try reader.readCount(minimumSize: 24)
+        let tensorCount = try reader.read(UInt64.self)
         reader.item = "metadata count"
-        // A key-value pair is at least 8 (key length) + 4 (type) + 1 (value) bytes.
-        let metadataCount = try reader.readCount(minimumSize: 13)
+        let metadataCount = try reader.read(UInt64.self)
 
         var metadata: [String: GGUFValue] = [:]
-        metadata.reserveCapacity(metadataCount)
+        // A key-value pair is at least 8 (key length) + 4 (type) + 1 (value) bytes.
+        metadata.reserveCapacity(Int(min(metadataCount, UInt64(reader.remaining / 13))))
         for i in 0..<metadataCount {
             reader.item = "metadata key #\(i)"
             let key = try reader.readString()
@@ -75,7 +76,8 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
 
         var infos: [TensorInfo] = []
         var relativeOffsets: [UInt64] = []
-        infos.reserveCapacity(tensorCount)
+        // A tensor info is at least 8 (name length) + 4 (rank) + 4 (type) + 8 (offset) bytes.
+        infos.reserveCapacity(Int(min(tensorCount, UInt64(reader.remaining / 24))))
         for i in 0..<tensorCount {
             reader.item = "tensor info #\(i)"
             let name = try reader.readString()
@@ -88,6 +90,8 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
                 guard dimension <= UInt64(Int32.max) else { throw reader.error(.badValue, "dimension \(dimension) is absurd") }
                 shape.insert(Int(dimension), at: 0)
             }
+            // Even a tensor with no data (a zero dimension) must have a countable shape.
+            guard checkedProduct(shape) != nil else { throw reader.error(.badValue, "shape \(shape) is absurdly large") }
             let typeID = try reader.read(UInt32.self)
             relativeOffsets.append(try reader.read(UInt64.self))
             infos.append(TensorInfo(name: name, shape: shape, typeID: typeID, type: GGMLType(rawValue: typeID), offset: 0))
@@ -126,11 +130,8 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         guard rowLength % type.blockSize == 0 else {
             throw reader.error(.badValue, "row length \(rowLength) is not a multiple of \(type.name)'s block size \(type.blockSize)")
         }
-        var size = rowLength / type.blockSize * type.typeSize
-        for dimension in shape.dropLast() {
-            let (product, overflow) = size.multipliedReportingOverflow(by: dimension)
-            guard !overflow else { throw reader.error(.badValue, "shape \(shape) is absurdly large") }
-            size = product
+        guard let size = checkedProduct(shape.dropLast() + [rowLength / type.blockSize, type.typeSize]) else {
+            throw reader.error(.badValue, "shape \(shape) is absurdly large")
         }
         return size
     }

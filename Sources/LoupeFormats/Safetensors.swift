@@ -81,11 +81,8 @@ public final class SafetensorsFile: WeightSource, @unchecked Sendable {
             guard let offsets = value["data_offsets"]?.arrayValue, offsets.count == 2,
                   let begin = offsets[0].intValue, let end = offsets[1].intValue, 0 <= begin, begin <= end
             else { throw reader.error(.badValue, "data_offsets must be [begin, end] with begin <= end") }
-            var size = dtype.size
-            for dimension in shape {
-                let (product, overflow) = size.multipliedReportingOverflow(by: dimension)
-                guard !overflow else { throw reader.error(.badValue, "shape \(shape) is absurdly large") }
-                size = product
+            guard let size = checkedProduct(shape + [dtype.size]) else {
+                throw reader.error(.badValue, "shape \(shape) is absurdly large")
             }
             guard end - begin == size else {
                 throw reader.error(.badValue, "data_offsets [\(begin), \(end)] hold \(end - begin) bytes but \(dtypeName) \(shape) needs \(size)")
