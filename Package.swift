@@ -29,10 +29,16 @@ let package = Package(
         .target(name: "GPT2", dependencies: ["LoupeModels"], path: "Plugins/GPT2"),
         .target(name: "Llama", dependencies: ["LoupeModels"], path: "Plugins/Llama"),
 
+        // The wire protocol and the daemon.
+        .target(name: "LoupeWire", dependencies: ["CZMQ", "CMsgPack", "LoupeTensor"]),
+        .target(
+            name: "LoupeDaemon",
+            dependencies: ["LoupeWire", "LoupeModels", .product(name: "Logging", package: "swift-log")]),
+
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "LoupeModels", "GPT2", "Llama",
+                "LoupeModels", "GPT2", "Llama", "LoupeWire", "LoupeDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -41,6 +47,7 @@ let package = Package(
         .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeFormats"]),
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
         .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeModels", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeWireTests", dependencies: ["LoupeWire", "LoupeTensor"]),
     ],
     swiftLanguageModes: [.v6]
 )
