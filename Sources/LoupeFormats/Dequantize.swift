@@ -8,6 +8,20 @@ struct BlockConverter {
     let blockSize: Int
     let typeSize: Int
     let decode: BlockDecoder
+    /// The data is already float32: a tensor can borrow it in place when it is aligned.
+    var isFloat32 = false
+
+    /// The tensor of `shape` stored `offset` bytes into `file`, which the caller has bounds-checked.
+    /// Float32 data is not copied: the tensor borrows the mapping (privately: writes to it never
+    /// reach the file) and keeps it alive.
+    func tensor(shape: [Int], at offset: Int, in file: MappedFile) -> Tensor {
+        let source = file.pointer(at: offset)
+        if isFloat32, Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
+            let floats = UnsafeMutablePointer(mutating: source.assumingMemoryBound(to: Float.self))
+            return Tensor(storage: TensorStorage(borrowing: floats, count: shape.reduce(1, *), owner: file), shape: shape)
+        }
+        return tensor(shape: shape, from: source)
+    }
 
     /// A new float32 tensor of `shape` decoded from `source` (which holds the whole tensor).
     /// Large tensors are split over all cores.

@@ -56,7 +56,7 @@ enum GGMLType: UInt32, CaseIterable {
     /// The block decoder for this type, nil for types Loupe does not convert.
     var converter: BlockConverter? {
         switch self {
-        case .f32: return .init(blockSize: 1, typeSize: 4, decode: Dequantize.f32)
+        case .f32: return .init(blockSize: 1, typeSize: 4, decode: Dequantize.f32, isFloat32: true)
         case .f16: return .init(blockSize: 1, typeSize: 2, decode: Dequantize.f16)
         case .bf16: return .init(blockSize: 1, typeSize: 2, decode: Dequantize.bf16)
         case .q4_0: return .init(blockSize: 32, typeSize: typeSize, decode: Dequantize.q4_0)

@@ -12,7 +12,7 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         let shape: [Int]       // row-major: GGUF's ne[] reversed
         let typeID: UInt32
         let type: GGMLType?    // nil for an id Loupe does not know
-        let offset: Int        // absolute, in the file
+        var offset: Int        // in the file (relative to the data section until that is known)
     }
 
     private let file: MappedFile
@@ -40,7 +40,7 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         reader.item = "version"
         let version = try reader.read(UInt32.self)
         guard version == 2 || version == 3 else {
-            let hint = version.byteSwapped <= 3 ? " (a big-endian file?)" : version == 1 ? " (the 2023 draft format)" : ""
+            let hint = (2...3).contains(version.byteSwapped) ? " (a big-endian file?)" : version == 1 ? " (the 2023 draft format)" : ""
             throw reader.error(.unsupportedVersion, "GGUF version \(version)\(hint); Loupe reads versions 2 and 3")
         }
         self.version = Int(version)
@@ -75,7 +75,6 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         }
 
         var infos: [TensorInfo] = []
-        var relativeOffsets: [UInt64] = []
         // A tensor info is at least 8 (name length) + 4 (rank) + 4 (type) + 8 (offset) bytes.
         infos.reserveCapacity(Int(min(tensorCount, UInt64(reader.remaining / 24))))
         for i in 0..<tensorCount {
@@ -93,8 +92,14 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
             // Even a tensor with no data (a zero dimension) must have a countable shape.
             guard checkedProduct(shape) != nil else { throw reader.error(.badValue, "shape \(shape) is absurdly large") }
             let typeID = try reader.read(UInt32.self)
-            relativeOffsets.append(try reader.read(UInt64.self))
-            infos.append(TensorInfo(name: name, shape: shape, typeID: typeID, type: GGMLType(rawValue: typeID), offset: 0))
+            let offset = try reader.read(UInt64.self)
+            guard offset % UInt64(alignment) == 0 else {
+                throw reader.error(.badValue, "data offset \(offset) is not a multiple of the alignment \(alignment)")
+            }
+            guard offset <= UInt64(file.count) else {
+                throw reader.error(.truncated, "data offset \(offset) lies outside the file (\(file.count) bytes)")
+            }
+            infos.append(TensorInfo(name: name, shape: shape, typeID: typeID, type: GGMLType(rawValue: typeID), offset: Int(offset)))
         }
 
         // Tensor data starts at the next multiple of the alignment after the tensor table.
@@ -103,17 +108,10 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         for i in infos.indices {
             reader.item = infos[i].name
             guard index.updateValue(i, forKey: infos[i].name) == nil else { throw reader.error(.badValue, "duplicate tensor name") }
-            let relative = relativeOffsets[i]
-            guard relative % UInt64(alignment) == 0 else {
-                throw reader.error(.badValue, "data offset \(relative) is not a multiple of the alignment \(alignment)")
-            }
-            guard relative <= UInt64(file.count) else {
-                throw reader.error(.truncated, "data offset \(relative) lies outside the file (\(file.count) bytes)")
-            }
-            let offset = dataStart + Int(relative)
-            infos[i] = TensorInfo(name: infos[i].name, shape: infos[i].shape, typeID: infos[i].typeID, type: infos[i].type, offset: offset)
+            infos[i].offset += dataStart
             // Size checks need the type's layout; an unknown type fails when its tensor is read.
             if let type = infos[i].type {
+                let offset = infos[i].offset
                 let size = try Self.byteCount(of: infos[i].shape, type: type, reader: reader)
                 guard offset <= file.count, size <= file.count - offset else {
                     throw reader.error(.truncated, "data (\(size) bytes at offset \(offset)) runs past the end of the file (\(file.count) bytes)")
@@ -202,11 +200,6 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
             let what = info.type.map { "tensor type \($0.name)" } ?? "unknown tensor type id \(info.typeID)"
             throw FormatError(.unknownDType, file: path, item: name, "Loupe cannot convert \(what) to float32")
         }
-        let source = file.pointer(at: info.offset)
-        if type == .f32, Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
-            let floats = UnsafeMutablePointer(mutating: source.assumingMemoryBound(to: Float.self))
-            return Tensor(storage: TensorStorage(borrowing: floats, count: info.shape.reduce(1, *), owner: file), shape: info.shape)
-        }
-        return converter.tensor(shape: info.shape, from: source)
+        return converter.tensor(shape: info.shape, at: info.offset, in: file)
     }
 }

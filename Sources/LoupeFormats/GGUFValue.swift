@@ -48,4 +48,6 @@ public enum GGUFValue: Sendable, Equatable {
 
     public var stringArray: [String]? { arrayValue?.compactMap(\.stringValue) }
     public var intArray: [Int]? { arrayValue?.compactMap(\.intValue) }
+    /// A numeric array (token scores, say) as Doubles.
+    public var doubleArray: [Double]? { arrayValue?.compactMap(\.doubleValue) }
 }

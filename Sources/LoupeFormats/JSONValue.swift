@@ -181,11 +181,12 @@ private struct JSONParser {
             position += 1
         }
         guard let stop = current else { throw error("unterminated string") }
-        var utf8 = Array(bytes[start..<position])
+        let plain = UnsafeRawBufferPointer(rebasing: bytes[start..<position])
         if stop == UInt8(ascii: "\"") {
             position += 1
-            return String(decoding: utf8, as: UTF8.self)
+            return String(decoding: plain, as: UTF8.self)
         }
+        var utf8 = Array(plain)
         while true {
             guard let byte = current else { throw error("unterminated string") }
             position += 1
@@ -262,7 +263,14 @@ private struct JSONParser {
             while let byte = parser.current, byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") { parser.position += 1 }
             return parser.position - from
         }
-        guard digits(&self) > 0 else { throw error("unexpected character") }
+        let integerDigits = digits(&self)
+        guard integerDigits > 0 else { throw error("unexpected character") }
+        // Fast path for the common short integer (ids, sizes, offsets): exact without strtod.
+        if integerDigits <= 15, current != UInt8(ascii: "."), current != UInt8(ascii: "e"), current != UInt8(ascii: "E") {
+            var value = 0
+            for byte in bytes[(position - integerDigits)..<position] { value = value * 10 + Int(byte - UInt8(ascii: "0")) }
+            return bytes[start] == UInt8(ascii: "-") ? -Double(value) : Double(value)
+        }
         if current == UInt8(ascii: ".") {
             position += 1
             guard digits(&self) > 0 else { throw error("expected digits after '.'") }

@@ -118,12 +118,7 @@ public final class SafetensorsFile: WeightSource, @unchecked Sendable {
         guard let converter = entry.dtype.converter else {
             throw FormatError(.unknownDType, file: path, item: name, "Loupe reads F32, F16 and BF16 tensors, not \(entry.dtype.rawValue)")
         }
-        let source = file.pointer(at: entry.offset)
-        if entry.dtype == .f32, Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
-            let floats = UnsafeMutablePointer(mutating: source.assumingMemoryBound(to: Float.self))
-            return Tensor(storage: TensorStorage(borrowing: floats, count: entry.shape.reduce(1, *), owner: file), shape: entry.shape)
-        }
-        return converter.tensor(shape: entry.shape, from: source)
+        return converter.tensor(shape: entry.shape, at: entry.offset, in: file)
     }
 }
 
