@@ -10,7 +10,14 @@ Writes
                     "decode" (random id sequences and HF's decoded text, invalid UTF-8
                     included) and "tokenizer_json": the tokenizer.json HF writes for it with
                     the vocab and merges left empty, for the Swift tests to fill from the
-                    model files (the full vocabularies are too big to commit twice).
+                    model files (the full vocabularies are too big to commit twice), and
+                    "pieces": where HF's pre-tokenizer ends each piece of each string (code-point
+                    offsets; null for strings holding an added token, which the pre-tokenizer
+                    alone does not know).
+
+The corpus is checked to tell apart each reference pre-tokenizer from near-miss variants (case
+folding, lookahead, which whitespace, marks as letters ...): every variant must split at least
+one string differently, so the golden pieces pin each rule down.
 
 The references:
   gpt2          OpenAI's encoder.json + vocab.bpe as HF builds them (ByteLevel pre-tokenizer,
@@ -143,8 +150,14 @@ def make_corpus():
     corpus += [ws + "1" for ws in WHITESPACE] + ["a" + ws + ws + "12" for ws in WHITESPACE]
     corpus += [n + " " + n for n in NUMBERS]
     corpus += [p + w for p in PUNCT for w in ["x", " x", "'s", "1"]]
+    # Each regex rule at its edges: contractions of every case before letters, each kind of
+    # whitespace before each class, newlines after punctuation, combining marks.
+    corpus += [w + c + t for w in ["it", "IT", ""] for c in CONTRACTIONS for t in ["", "a", "the", "ONE", " x", "\n"]]
+    corpus += [p + ws + t for p in ["", "x"] for ws in WHITESPACE for t in ["word", "1234", "!?", "'s", "é"]]
+    corpus += [p + nl + t for p in ["!", ".", ";", "}"] for nl in ["\n", "\r\n", "\n\n", "\n \n", "\r"] for t in ["", "x", " x"]]
+    corpus += ["e\u0301x", " \u0301x", "\u0301\u0301", "a\u0300b", "\u093e", " \u093e", "x\u20dd", "\u0e34\u0e35a"]
     # Random mixtures of every kind of fragment, joined with and without whitespace.
-    while len(corpus) < 1700:
+    for _ in range(1300):
         parts = []
         for _ in range(rng.randint(1, 8)):
             pool = rng.choice(FRAGMENT_POOLS)
@@ -152,7 +165,7 @@ def make_corpus():
             parts.append(rng.choice(["", " ", " ", " ", "  ", "\n", "\t", ", ", ". ", rng.choice(WHITESPACE)]))
         corpus.append("".join(parts))
     # Random characters from many blocks, with spaces and digits between.
-    while len(corpus) < 2100:
+    for _ in range(400):
         out = []
         for _ in range(rng.randint(1, 24)):
             lo, hi = rng.choice(BLOCKS)
@@ -240,6 +253,59 @@ def decode_cases(tok, vocab_size, rng, count=400):
     return cases
 
 
+def pieces(tok, corpus):
+    """Where each piece of each string ends (null when the string holds an added token)."""
+    added = [t.content for t in tok.get_added_tokens_decoder().values()]
+    return [None if any(a in s for a in added) else [end for _, (_, end) in tok.pre_tokenizer.pre_tokenize_str(s)]
+            for s in corpus]
+
+
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+ASCII_SPACE = r"[ \t\n\r\x0b\x0c]"
+
+
+def split_rules(pattern, digits=None):
+    """A pre-tokenizer: optionally Digits, then an isolating Split and the byte-level mapping."""
+    steps = [] if digits is None else [pre_tokenizers.Digits(individual_digits=digits)]
+    return pre_tokenizers.Sequence(steps + [pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def mutants_of(pattern):
+    """Near misses of a pattern: the mistakes a hand-written scanner could make."""
+    contractions = "'s|'t|'re|'ve|'m|'ll|'d"
+    out = {
+        "no (?!\\S) lookahead": pattern.replace(r"|\s+(?!\S)", ""),
+        "ASCII \\s": pattern.replace(r"\s", ASCII_SPACE),
+        "marks as letters": pattern.replace(r"\p{L}+", r"[\p{L}\p{M}]+"),
+        "curly apostrophe": pattern.replace("'", "['’]"),
+    }
+    if pattern.startswith("(?i:"):
+        out["case-sensitive contractions"] = pattern.replace("(?i:", "(?:")
+        out["ASCII-only case folding"] = pattern.replace(
+            "(?i:" + contractions + ")", "'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]")
+        out["unbounded digits"] = pattern.replace(r"\p{N}{1,3}", r"\p{N}+")
+        out["no newline rule"] = pattern.replace(r"|\s*[\r\n]+", "")
+        out["space-only prefix"] = pattern.replace(r"[^\r\n\p{L}\p{N}]?\p{L}+", r" ?\p{L}+")
+        out["no newlines after punctuation"] = pattern.replace(r"+[\r\n]*", "+")
+    else:
+        out["case-insensitive contractions"] = "(?i:" + contractions + ")" + pattern[len(contractions):]
+        out["any whitespace as prefix"] = pattern.replace(" ?", r"\s?")
+    return out
+
+
+def check_corpus_separates(name, tok, corpus, variants):
+    """Each variant pre-tokenizer must split some string of the corpus differently."""
+    reference = pieces(tok, corpus)
+    for label, variant in variants.items():
+        original, tok.pre_tokenizer = tok.pre_tokenizer, variant
+        differing = sum(a != b for a, b in zip(reference, pieces(tok, corpus)))
+        tok.pre_tokenizer = original
+        assert differing > 0, f"{name}: the corpus cannot tell the pre-tokenizer from '{label}'"
+        print(f"  {name}: {differing} strings split differently under '{label}'")
+    return reference
+
+
 def skeleton(tok):
     """The tokenizer.json HF writes, with the vocabulary and merges emptied."""
     j = json.loads(tok.to_str())
@@ -286,19 +352,20 @@ def main():
         "HF tokenizers and transformers disagree on GPT-2"
     assert ids[corpus.index(SENTENCES[0])] == [3260, 1757, 290, 5335, 1816, 284, 262, 3650, 11, 5335,
                                               2921, 257, 9294, 286, 7545, 284]
+    variants = {k: split_rules(v) for k, v in mutants_of(GPT2_SPLIT).items()}
     write("gpt2.json", {"reference": "tokenizers BPE from encoder.json + vocab.bpe, ByteLevel",
                         "ids": ids, "decode": decode_cases(gpt2, len(vocab), rng),
+                        "pieces": check_corpus_separates("gpt2", gpt2, corpus, variants),
                         "tokenizer_json": skeleton(gpt2)})
 
     # GPT-2's vocabulary behind Llama-3's Split pre-tokenizer.
-    llama3_pre = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    llama3 = byte_level(vocab, merges, llama3_pre, ["<|endoftext|>"], ignore_merges=True)
+    llama3 = byte_level(vocab, merges, split_rules(LLAMA3_SPLIT), ["<|endoftext|>"], ignore_merges=True)
     ids = encode_all(llama3, corpus)
     check_round_trip("gpt2-llama3", llama3, corpus, ids)
+    variants = {k: split_rules(v) for k, v in mutants_of(LLAMA3_SPLIT).items()}
     write("gpt2-llama3.json", {"reference": "GPT-2 vocab + merges, Llama-3 Split, ignore_merges",
-                               "ids": ids, "tokenizer_json": skeleton(llama3)})
+                               "ids": ids, "pieces": check_corpus_separates("gpt2-llama3", llama3, corpus, variants),
+                               "tokenizer_json": skeleton(llama3)})
 
     # SmolLM2
     vocab, merges, special = gguf_vocab()
@@ -315,9 +382,13 @@ def main():
     numeric = [i for i in differs if any(unicodedata.category(c).startswith("N") for c in corpus[i])]
     assert differs == numeric, f"transformers' GGUF tokenizer differs on non-numeric strings: {sorted(set(differs) - set(numeric))[:10]}"
     print(f"transformers' GGUF conversion (no Digits step) differs on {len(differs)} strings, all with digits")
+    variants = {k: split_rules(v, digits=True) for k, v in mutants_of(GPT2_SPLIT).items()}
+    variants["no Digits step"] = split_rules(GPT2_SPLIT)
+    variants["digit runs"] = split_rules(GPT2_SPLIT, digits=False)
     write("smollm2.json", {"reference": "tokenizers BPE from the GGUF vocab + merges, Sequence[Digits(individual), ByteLevel]",
                            "transformers_gguf_differs": differs,
                            "ids": ids, "decode": decode_cases(smol, len(vocab), rng),
+                           "pieces": check_corpus_separates("smollm2", smol, corpus, variants),
                            "tokenizer_json": skeleton(smol)})
 
 

@@ -72,24 +72,45 @@ public final class Tokenizer: Sendable {
         var ids: [Int] = []
         if addsBOS, let bos = bosTokenID { ids.append(bos) }
         let scanned = ScannedText(text)
-        var pieces: [Range<Int>] = [], split: [Range<Int>] = []
-        for segment in addedTokens.segments(scanned) {
-            switch segment {
-            case .token(let id):
-                ids.append(id)
-            case .text(let range):
-                pieces = [range]
-                for rule in rules {
-                    split.removeAll(keepingCapacity: true)
-                    for piece in pieces { rule.split(scanned, piece, into: &split) }
-                    swap(&pieces, &split)
-                }
-                for piece in pieces {
-                    ids += cache.ids(for: scanned.bytes(piece), compute: model.encode)
-                }
+        forEachPiece(of: scanned) { piece in
+            switch piece {
+            case .token(let id): ids.append(id)
+            case .text(let range): ids += cache.ids(for: scanned.bytes(range), compute: model.encode)
             }
         }
         return ids
+    }
+
+    /// The pieces BPE works on, in order: added tokens whole, the rest as the pre-tokenizer
+    /// cuts it. They join up to `text`. Shows why a string tokenizes the way it does.
+    public func preTokenize(_ text: String) -> [String] {
+        var pieces: [String] = []
+        let scanned = ScannedText(text)
+        forEachPiece(of: scanned) { piece in
+            switch piece {
+            case .token(let id): pieces.append(vocabulary.tokens[id] ?? "")
+            case .text(let range): pieces.append(String(String.UnicodeScalarView(scanned.scalars[range])))
+            }
+        }
+        return pieces
+    }
+
+    /// Cuts `text` at added tokens, then runs the split rules over each stretch between them.
+    private func forEachPiece(of text: ScannedText, _ body: (AddedTokenMatcher.Segment) -> Void) {
+        var pieces: [Range<Int>] = [], split: [Range<Int>] = []
+        for segment in addedTokens.segments(text) {
+            guard case .text(let range) = segment else {
+                body(segment)
+                continue
+            }
+            pieces = [range]
+            for rule in rules {
+                split.removeAll(keepingCapacity: true)
+                for piece in pieces { rule.split(text, piece, into: &split) }
+                swap(&pieces, &split)
+            }
+            for piece in pieces { body(.text(piece)) }
+        }
     }
 
     /// The text of `ids`. Byte sequences that are not valid UTF-8 (a token sequence cut inside

@@ -43,6 +43,8 @@ enum Fixtures {
     /// One reference tokenizer's golden file.
     struct Golden {
         let ids: [[Int]]
+        /// Where HF's pre-tokenizer ends each piece, in scalars (nil: the string has an added token).
+        let pieces: [[Int]?]
         let decode: [DecodeCase]
         /// The tokenizer.json HF writes for the reference, vocabulary and merges left empty.
         let tokenizerJSON: [String: Any]
@@ -57,6 +59,7 @@ enum Fixtures {
         let data = try Data(contentsOf: URL(fileURLWithPath: directory + "/\(name).json"))
         struct Decoded: Decodable {
             let ids: [[Int]]
+            let pieces: [[Int]?]
             let decode: [DecodeCase]?
         }
         let decoded = try JSONDecoder().decode(Decoded.self, from: data)
@@ -64,7 +67,7 @@ enum Fixtures {
         guard let skeleton = object?["tokenizer_json"] as? [String: Any] else {
             throw Missing(description: "\(name).json has no tokenizer_json")
         }
-        return Golden(ids: decoded.ids, decode: decoded.decode ?? [], tokenizerJSON: skeleton)
+        return Golden(ids: decoded.ids, pieces: decoded.pieces, decode: decoded.decode ?? [], tokenizerJSON: skeleton)
     }
 
     /// A fresh temporary directory, removed when the test ends.

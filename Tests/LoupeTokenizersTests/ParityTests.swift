@@ -129,15 +129,20 @@ final class ParityTests: XCTestCase {
         try assertParity(tokenizer, golden: Fixtures.golden(name), file: file, line: line)
     }
 
-    /// Same ids as HF on every corpus string; the ids decode back to the string (less any
-    /// character the vocabulary has no bytes for, which HF drops too); HF's decodings of random
-    /// id sequences, invalid UTF-8 included.
+    /// Same pre-token pieces and ids as HF on every corpus string; the ids decode back to the
+    /// string (less any character the vocabulary has no bytes for, which HF drops too); HF's
+    /// decodings of random id sequences, invalid UTF-8 included.
     private func assertParity(_ tokenizer: Tokenizer, golden: Fixtures.Golden, file: StaticString = #filePath, line: UInt = #line) throws {
         let corpus = try Fixtures.corpus()
         XCTAssertGreaterThanOrEqual(corpus.count, 2000, file: file, line: line)
         XCTAssertEqual(corpus.count, golden.ids.count, "golden file and corpus differ in length: regenerate them", file: file, line: line)
-        var idFailures: [String] = [], textFailures: [String] = []
-        for (text, expected) in zip(corpus, golden.ids) {
+        var pieceFailures: [String] = [], idFailures: [String] = [], textFailures: [String] = []
+        for (index, (text, expected)) in zip(corpus, golden.ids).enumerated() {
+            if let ends = golden.pieces[index] {
+                let pieces = tokenizer.preTokenize(text)
+                let got = pieces.reduce(into: [Int]()) { $0.append(($0.last ?? 0) + $1.unicodeScalars.count) }
+                if got != ends { pieceFailures.append("\(visible(text)) splits as \(pieces.map { visible($0) })") }
+            }
             let ids = tokenizer.encode(text)
             if ids != expected {
                 idFailures.append("\(visible(text)):\n  expected \(expected.prefix(24))\n  got      \(ids.prefix(24))")
@@ -146,6 +151,8 @@ final class ParityTests: XCTestCase {
             let decoded = tokenizer.decode(ids)
             if !sameText(decoded, kept) { textFailures.append("\(visible(text)) decodes to \(visible(decoded))") }
         }
+        XCTAssert(pieceFailures.isEmpty, "\(pieceFailures.count) of \(corpus.count) strings pre-tokenize differently from HF, e.g.\n"
+                  + pieceFailures.prefix(5).joined(separator: "\n"), file: file, line: line)
         XCTAssert(idFailures.isEmpty, "\(idFailures.count) of \(corpus.count) strings tokenize differently from HF, e.g.\n"
                   + idFailures.prefix(5).joined(separator: "\n"), file: file, line: line)
         XCTAssert(textFailures.isEmpty, "\(textFailures.count) strings do not survive a round trip, e.g.\n"
