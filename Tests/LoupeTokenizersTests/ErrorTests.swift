@@ -5,25 +5,12 @@ import XCTest
 
 /// Bad files are `TokenizerError`s that name the file and the entry at fault.
 final class ErrorTests: XCTestCase {
-    /// A tiny valid tokenizer.json: "a", "b" and their merge "ab".
     private func tokenizerJSON(_ edit: (inout [String: Any]) -> Void = { _ in }) -> [String: Any] {
-        var json: [String: Any] = [
-            "version": "1.0", "added_tokens": [], "normalizer": NSNull(),
-            "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true],
-            "post_processor": NSNull(),
-            "decoder": ["type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true],
-            "model": ["type": "BPE", "dropout": NSNull(), "unk_token": NSNull(), "continuing_subword_prefix": "",
-                      "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": ["a": 0, "b": 1, "ab": 2, "Ġ": 3], "merges": [["a", "b"]]],
-        ]
-        edit(&json)
-        return json
+        Fixtures.smallTokenizerJSON(vocab: ["a": 0, "b": 1, "ab": 2, "Ġ": 3], merges: [["a", "b"]], edit)
     }
 
     private func write(_ json: [String: Any]) throws -> String {
-        let path = try Fixtures.temporaryDirectory(self) + "/tokenizer.json"
-        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
-        return path
+        try Fixtures.write(json, in: Fixtures.temporaryDirectory(self))
     }
 
     private func write(_ text: String, name: String, in directory: String) throws -> String {

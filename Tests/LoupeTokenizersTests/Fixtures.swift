@@ -88,6 +88,29 @@ enum Fixtures {
         try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
     }
 
+    /// A small tokenizer.json as HF writes one, with `edit` applied.
+    static func smallTokenizerJSON(vocab: [String: Int], merges: [[String]],
+                                   _ edit: (inout [String: Any]) -> Void = { _ in }) -> [String: Any] {
+        var json: [String: Any] = [
+            "version": "1.0", "added_tokens": [], "normalizer": NSNull(),
+            "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true],
+            "post_processor": NSNull(),
+            "decoder": ["type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true],
+            "model": ["type": "BPE", "dropout": NSNull(), "unk_token": NSNull(), "continuing_subword_prefix": NSNull(),
+                      "end_of_word_suffix": NSNull(), "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges],
+        ]
+        edit(&json)
+        return json
+    }
+
+    /// Writes `json` as `directory`/tokenizer.json and returns the path.
+    static func write(_ json: [String: Any], in directory: String) throws -> String {
+        let path = directory + "/tokenizer.json"
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
     /// OpenAI's GPT-2 vocabulary and merges, read as plain data for writing other formats.
     static func gpt2VocabularyAndMerges() throws -> (vocab: [String: Int], merges: [[String]]) {
         let vocab = try JSONDecoder().decode([String: Int].self, from: Data(contentsOf: URL(fileURLWithPath: gpt2EncoderJSON)))

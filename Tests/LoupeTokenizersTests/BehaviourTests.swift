@@ -1,0 +1,103 @@
+import Foundation
+import LoupeTokenizers
+import XCTest
+
+/// Settings the real vocabularies do not exercise, on a six-token vocabulary. The expected ids
+/// are what HF `tokenizers` 0.23 gives for the same tokenizer.json.
+final class BehaviourTests: XCTestCase {
+    /// "a" "b" "c", merges b+c then a+b, and "abc", which no merge sequence reaches from "a b c".
+    private let vocab = ["a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4, "abc": 5, "Ġ": 6]
+    private let merges = [["b", "c"], ["a", "b"]]
+
+    private func load(_ edit: (inout [String: Any]) -> Void) throws -> Tokenizer {
+        let json = Fixtures.smallTokenizerJSON(vocab: vocab, merges: merges, edit)
+        return try Tokenizer.load(tokenizerJSON: Fixtures.write(json, in: Fixtures.temporaryDirectory(self)))
+    }
+
+    private func model(_ settings: [String: Any]) -> (inout [String: Any]) -> Void {
+        { json in
+            var model = json["model"] as! [String: Any]
+            model.merge(settings) { $1 }
+            json["model"] = model
+        }
+    }
+
+    func testMergesApplyInRankOrder() throws {
+        let tokenizer = try load { _ in }
+        XCTAssertEqual(tokenizer.encode("abc abcabc"), [0, 4, 6, 0, 4, 0, 4])
+        // Bytes with no token are dropped, and their neighbours then merge.
+        XCTAssertEqual(tokenizer.encode("axxb"), [3])
+    }
+
+    func testIgnoreMergesTakesWholeTokens() throws {
+        let tokenizer = try load(model(["ignore_merges": true]))
+        XCTAssertEqual(tokenizer.encode("abc abcabc"), [5, 6, 0, 4, 0, 4])
+    }
+
+    func testUnknownToken() throws {
+        var vocab = vocab
+        vocab["<unk>"] = 7
+        for (fuse, expected) in [(false, [0, 7, 7, 1, 6, 7, 7]), (true, [0, 7, 1, 6, 7])] {
+            let json = Fixtures.smallTokenizerJSON(vocab: vocab, merges: merges, model(["unk_token": "<unk>", "fuse_unk": fuse]))
+            let tokenizer = try Tokenizer.load(tokenizerJSON: Fixtures.write(json, in: Fixtures.temporaryDirectory(self)))
+            XCTAssertEqual(tokenizer.encode("axxb yy"), expected, "fuse_unk \(fuse)")
+            XCTAssertEqual(tokenizer.decode(expected), fuse ? "a<unk>b <unk>" : "a<unk><unk>b <unk><unk>")
+        }
+    }
+
+    func testAddedTokensMatchLeftmostLongest() throws {
+        let tokenizer = try load { json in
+            json["added_tokens"] = [
+                ["id": 7, "content": "<a>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true],
+                ["id": 8, "content": "<a><b>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true],
+            ]
+        }
+        XCTAssertEqual(tokenizer.vocabularySize, 9)
+        XCTAssertEqual(tokenizer.encode("x<a><b>a<a>b<a><"), [8, 0, 7, 1, 7])
+        XCTAssertEqual(tokenizer.preTokenize("x<a><b>a<a>b"), ["x", "<a><b>", "a", "<a>", "b"])
+        XCTAssertEqual(tokenizer.id(forToken: "<a><b>"), 8)
+        XCTAssertEqual(tokenizer.tokenString(8), "<a><b>")
+    }
+
+    /// A TemplateProcessing post-processor that puts a special token first makes it the BOS.
+    func testTemplateBOS() throws {
+        let tokenizer = try load { json in
+            json["added_tokens"] = [["id": 7, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false,
+                                     "normalized": false, "special": true]]
+            json["post_processor"] = ["type": "Sequence", "processors": [
+                ["type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true],
+                ["type": "TemplateProcessing",
+                 "single": [["SpecialToken": ["id": "<s>", "type_id": 0]], ["Sequence": ["id": "A", "type_id": 0]]],
+                 "pair": [["Sequence": ["id": "A", "type_id": 0]], ["Sequence": ["id": "B", "type_id": 1]]],
+                 "special_tokens": ["<s>": ["id": "<s>", "ids": [7], "tokens": ["<s>"]]]],
+            ]]
+        }
+        XCTAssertTrue(tokenizer.addsBOS)
+        XCTAssertEqual(tokenizer.bosTokenID, 7)
+        XCTAssertEqual(tokenizer.encode("ab"), [7, 3])
+    }
+
+    /// BOS and EOS named in a tokenizer_config.json beside the file.
+    func testTokenizerConfigNamesBOSAndEOS() throws {
+        let directory = try Fixtures.temporaryDirectory(self)
+        var vocab = vocab
+        vocab["<s>"] = 7
+        vocab["</s>"] = 8
+        let path = try Fixtures.write(Fixtures.smallTokenizerJSON(vocab: vocab, merges: merges), in: directory)
+        try #"{"bos_token": "<s>", "eos_token": {"content": "</s>", "special": true}}"#
+            .write(toFile: directory + "/tokenizer_config.json", atomically: true, encoding: .utf8)
+        let tokenizer = try Tokenizer.load(tokenizerJSON: path)
+        XCTAssertEqual(tokenizer.bosTokenID, 7)
+        XCTAssertEqual(tokenizer.eosTokenID, 8)
+        XCTAssertFalse(tokenizer.addsBOS)
+    }
+
+    /// Decoding cut inside a character: one U+FFFD per maximal invalid subsequence.
+    func testDecodeReplacesInvalidUTF8() throws {
+        let tokenizer = try Tokenizer.load(encoderJSON: Fixtures.gpt2EncoderJSON, vocabBPE: Fixtures.gpt2VocabBPE)
+        let ids = tokenizer.encode("😀")  // four bytes, several tokens
+        XCTAssertGreaterThan(ids.count, 1)
+        XCTAssertEqual(tokenizer.decode(Array(ids.dropLast())), "\u{FFFD}")
+        XCTAssertEqual(tokenizer.decode(ids + [99_999_999, -1]), "😀", "ids outside the vocabulary are skipped")
+    }
+}
