@@ -63,3 +63,11 @@ final class CodecTests: XCTestCase {
         }
     }
 }
+
+final class JSONTextTests: XCTestCase {
+    func testJSONText() {
+        let value: MessageValue = ["b": .binary([1, 2]), "a": [1, -2.5, nil, true], "s": "q\"\n\u{1}é", "x": .double(.nan)]
+        XCTAssertEqual(value.jsonText(), #"{"a":[1,-2.5,null,true],"b":{"$binary":"AQI="},"s":"q\"\n\u0001é","x":null}"#)
+        XCTAssertEqual(MessageValue.array([1, [:]]).jsonText(pretty: true), "[\n  1,\n  {}\n]")
+    }
+}

@@ -1,0 +1,30 @@
+import Foundation
+import LoupeWire
+
+/// Everything `loupe serve` can be told; the defaults are what it does when told nothing.
+public struct DaemonConfiguration: Sendable {
+    public var endpoint = WireProtocol.defaultEndpoint
+    /// Where bare file names given as model sources are looked up.
+    public var modelsDirectory = ProcessInfo.processInfo.environment["LOUPE_MODELS"]
+        ?? (NSHomeDirectory() + "/.cache/loupe/models")
+    /// Seconds a model may sit idle before it is unloaded; 0 keeps models until unloaded.
+    public var keepAlive: Double = 0
+    /// How long a finished job's reply stays fetchable with `jobs.result`.
+    public var resultTTL: Double = 600
+    public var maxRetainedResults = 64
+    /// Jobs waiting on one model before new ones are refused with `busy`.
+    public var maxQueue = 64
+    /// Token slots (rows x padded length) one forward pass may compute.
+    public var maxBatchTokens = 65_536
+    public var limits = DecodeLimits.standard
+    /// Answers `debug.fail`, for tests of the `internal` error path.
+    public var debugOps = false
+    /// Models loaded at start: (name, source).
+    public var preload: [(name: String, source: String)] = []
+    /// Reported by `hello`.
+    public var serverVersion = "0.1.0"
+    /// The least time between two `progress` replies to one client.
+    public var progressInterval: Double = 0.05
+
+    public init() {}
+}

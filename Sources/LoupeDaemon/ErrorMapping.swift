@@ -1,0 +1,37 @@
+import LoupeFormats
+import LoupeModels
+import LoupeWire
+
+/// The engine's errors as protocol errors, with the code a client can act on.
+extension ProtocolError {
+    /// An error from loading a model.
+    static func loading(_ error: any Error, source: String) -> ProtocolError {
+        switch error {
+        case let error as ProtocolError: return error
+        case ModelError.format(let format) where format.kind == .notFound:
+            return ProtocolError(.notFound, "cannot load '\(source)': \(format.message)", field: "source")
+        case let format as FormatError where format.kind == .notFound:
+            return ProtocolError(.notFound, "cannot load '\(source)': \(format.message)", field: "source")
+        default:
+            return ProtocolError(.loadFailed, "cannot load '\(source)': \(error)", field: "source")
+        }
+    }
+
+    /// An error from running a model.
+    static func running(_ error: any Error) -> ProtocolError {
+        switch error {
+        case let error as ProtocolError: return error
+        case let error as ModelError:
+            switch error {
+            case .tokenOutOfRange: return ProtocolError(.indexOutOfRange, error.description, field: "tokens")
+            case .tooLong: return ProtocolError(.tooLarge, error.description, field: "tokens")
+            case .emptyInput: return ProtocolError(.badRequest, error.description, field: "tokens")
+            case .hookShapeMismatch: return ProtocolError(.shapeMismatch, error.description)
+            case .cancelled: return ProtocolError(.cancelled, "the job was cancelled")
+            default: return ProtocolError(.internalError, error.description)
+            }
+        default:
+            return ProtocolError(.internalError, "unexpected error: \(error)")
+        }
+    }
+}

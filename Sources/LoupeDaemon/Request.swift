@@ -1,0 +1,95 @@
+import LoupeWire
+
+/// Where a reply goes: the ROUTER identity of the connection, whether it framed its
+/// request with an empty delimiter (REQ sockets do), and the request's own id to echo.
+struct Requester {
+    let identity: [UInt8]
+    let delimited: Bool
+    let id: MessageValue
+    /// The client asked for tensor data in attachment frames.
+    let wantsFrames: Bool
+    /// The daemon's sequence number for the request, for the log.
+    let sequence: Int
+}
+
+/// How a job request wants its replies (PROTOCOL.md, "Jobs").
+enum ReplyMode: String {
+    case wait, stream, detach
+}
+
+/// A decoded request: its op, its fields, and typed access to them that fails with a
+/// `bad_request` naming the field.
+struct Request {
+    let requester: Requester
+    let op: String
+    let fields: [String: MessageValue]
+    let attachments: [[UInt8]]
+
+    func has(_ key: String) -> Bool { fields[key] != nil && fields[key] != .null }
+
+    func string(_ key: String) throws(ProtocolError) -> String {
+        guard let value = fields[key] else { throw missing(key, "a string") }
+        guard let text = value.stringValue else { throw wrongType(key, "a string", value) }
+        return text
+    }
+
+    func int(_ key: String) throws(ProtocolError) -> Int {
+        guard let value = fields[key] else { throw missing(key, "an integer") }
+        guard let number = value.intValue else { throw wrongType(key, "an integer", value) }
+        return number
+    }
+
+    func optionalInt(_ key: String) throws(ProtocolError) -> Int? { has(key) ? try int(key) : nil }
+
+    func optionalDouble(_ key: String) throws(ProtocolError) -> Double? {
+        guard let value = fields[key], value != .null else { return nil }
+        guard let number = value.doubleValue else { throw wrongType(key, "a number", value) }
+        return number
+    }
+
+    func bool(_ key: String, default fallback: Bool) throws(ProtocolError) -> Bool {
+        guard let value = fields[key], value != .null else { return fallback }
+        guard let flag = value.boolValue else { throw wrongType(key, "a boolean", value) }
+        return flag
+    }
+
+    func array(_ key: String) throws(ProtocolError) -> [MessageValue] {
+        guard let value = fields[key] else { throw missing(key, "an array") }
+        guard let items = value.arrayValue else { throw wrongType(key, "an array", value) }
+        return items
+    }
+
+    func integerArray(_ key: String) throws(ProtocolError) -> [Int] {
+        guard let value = fields[key] else { throw missing(key, "an array of integers") }
+        return try integers(value, field: key)
+    }
+
+    /// An array of integers, each element's error naming its index.
+    func integers(_ value: MessageValue, field: String) throws(ProtocolError) -> [Int] {
+        guard let items = value.arrayValue else { throw wrongType(field, "an array of integers", value) }
+        var numbers = [Int]()
+        numbers.reserveCapacity(items.count)
+        for (index, item) in items.enumerated() {
+            guard let number = item.intValue else { throw wrongType("\(field).\(index)", "an integer", item) }
+            numbers.append(number)
+        }
+        return numbers
+    }
+
+    func mode() throws(ProtocolError) -> ReplyMode {
+        guard has("mode") else { return .wait }
+        let name = try string("mode")
+        guard let mode = ReplyMode(rawValue: name) else {
+            throw ProtocolError(.badRequest, "mode must be wait, stream or detach, not '\(name)'", field: "mode")
+        }
+        return mode
+    }
+
+    private func missing(_ key: String, _ kind: String) -> ProtocolError {
+        ProtocolError(.badRequest, "\(op) needs '\(key)' (\(kind))", field: key)
+    }
+
+    private func wrongType(_ key: String, _ kind: String, _ value: MessageValue) -> ProtocolError {
+        ProtocolError(.badRequest, "'\(key)' must be \(kind), got \(value.typeName)", field: key)
+    }
+}

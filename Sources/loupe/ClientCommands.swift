@@ -1,0 +1,174 @@
+import ArgumentParser
+import Foundation
+import LoupeWire
+
+/// What every client command takes.
+struct ClientOptions: ParsableArguments {
+    @Option(help: "The daemon's endpoint (default: $LOUPE_ENDPOINT or \(WireProtocol.defaultEndpoint)).")
+    var endpoint = ProcessInfo.processInfo.environment["LOUPE_ENDPOINT"] ?? WireProtocol.defaultEndpoint
+
+    @Flag(help: "Print the reply as JSON.")
+    var json = false
+
+    @Option(help: "Seconds to wait for the daemon's first reply.")
+    var timeout: Double = 5
+
+    /// Sends one request and returns the reply's body; a failure prints the daemon's
+    /// message (or that no daemon answered) and exits non-zero.
+    func call(_ op: String, _ fields: [String: MessageValue] = [:]) throws -> MessageValue {
+        do {
+            let client = try WireClient(endpoint: endpoint, timeout: timeout)
+            var fields = fields
+            fields["protocol"] = MessageValue(WireProtocol.version)
+            return try client.call(op, fields).body
+        } catch {
+            var standardError = FileHandle.standardError
+            print("loupe: \(error)", to: &standardError)
+            throw ExitCode.failure
+        }
+    }
+
+    /// The reply as JSON, without the envelope fields.
+    func printJSON(_ reply: MessageValue) {
+        var fields = reply.mapValue ?? [:]
+        fields["id"] = nil
+        fields["status"] = nil
+        print(MessageValue.map(fields).jsonText(pretty: true))
+    }
+}
+
+extension FileHandle: @retroactive TextOutputStream {
+    public func write(_ string: String) { write(Data(string.utf8)) }
+}
+
+struct Ps: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the models the daemon has loaded.")
+    @OptionGroup var options: ClientOptions
+
+    func run() throws {
+        let reply = try options.call("models.list")
+        if options.json { return options.printJSON(reply) }
+        let models = reply["models"]?.arrayValue ?? []
+        guard !models.isEmpty else { return print("no models loaded") }
+        let rows = models.map { model -> [String] in
+            let bytes = Double(model["weight_bytes"]?.intValue ?? 0)
+            let state = model["running"]?.boolValue == true ? "running" : "idle \(Int(model["idle_seconds"]?.doubleValue ?? 0)) s"
+            let queued = model["queued"]?.intValue ?? 0
+            return [model["name"]?.stringValue ?? "", model["architecture"]?.stringValue ?? "",
+                    String(format: "%.0f MB", bytes / 1e6), state + (queued > 0 ? ", \(queued) queued" : ""),
+                    model["path"]?.stringValue ?? ""]
+        }
+        printTable(["NAME", "ARCH", "MEMORY", "STATE", "PATH"], rows)
+    }
+}
+
+struct Load: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Load a model into the daemon under a name.")
+    @OptionGroup var options: ClientOptions
+    @Argument(help: "The name to use for it.") var name: String
+    @Argument(help: "A GGUF file, an HF directory, an HF id in the local cache, or a file in the models directory.") var source: String
+
+    func run() throws {
+        let source = FileManager.default.fileExists(atPath: source)
+            ? URL(fileURLWithPath: source).standardizedFileURL.path : source
+        let reply = try options.call("models.load", ["name": .string(name), "source": .string(source), "mode": "stream"])
+        if options.json { return options.printJSON(reply) }
+        let layers = reply["dimensions"]?["layers"]?.intValue ?? 0
+        let how = reply["shared"]?.boolValue == true ? "already in memory"
+            : String(format: "in %.2f s", reply["load_seconds"]?.doubleValue ?? 0)
+        print("loaded \(name) (\(reply["architecture"]?.stringValue ?? "?"), \(layers) layers) from \(reply["path"]?.stringValue ?? source), \(how)")
+    }
+}
+
+struct Unload: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Unload a model from the daemon.")
+    @OptionGroup var options: ClientOptions
+    @Argument var name: String
+
+    func run() throws {
+        let reply = try options.call("models.unload", ["name": .string(name)])
+        if options.json { return options.printJSON(reply) }
+        print(reply["freed"]?.boolValue == true ? "unloaded \(name)" : "unloaded \(name) (its weights stay: another name shares them)")
+    }
+}
+
+struct Describe: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a loaded model's module tree, as print(model) does.")
+    @OptionGroup var options: ClientOptions
+    @Argument var name: String
+
+    func run() throws {
+        let reply = try options.call("models.describe", ["name": .string(name), "sites": .bool(options.json)])
+        if options.json { return options.printJSON(reply) }
+        print(reply["printed"]?.stringValue ?? "")
+    }
+}
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show how a loaded model's tokenizer splits a text.")
+    @OptionGroup var options: ClientOptions
+    @Argument var name: String
+    @Argument var text: String
+
+    func run() throws {
+        let reply = try options.call("tokenize", ["model": .string(name), "text": .string(text)])
+        if options.json { return options.printJSON(reply) }
+        let ids = reply["tokens"]?.arrayValue ?? []
+        let pieces = reply["pieces"]?.arrayValue ?? []
+        printTable(["ID", "TOKEN"], zip(ids, pieces).map { [String($0.intValue ?? 0), $1.stringValue?.debugDescription ?? "nil"] })
+        print("\(ids.count) tokens")
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a prompt through a loaded model and show the likeliest next tokens.")
+    @OptionGroup var options: ClientOptions
+    @Argument var name: String
+    @Argument(help: "The prompt (with --ids: token ids separated by commas or spaces).") var prompt: String
+    @Option(help: "How many of the likeliest next tokens to show.") var top = 5
+    @Flag(help: "The prompt is token ids, for models without a tokenizer.") var ids = false
+
+    func run() throws {
+        var fields: [String: MessageValue] = ["model": .string(name), "top_k": MessageValue(top), "mode": "stream"]
+        if ids {
+            let numbers = prompt.split(whereSeparator: { $0 == "," || $0 == " " }).compactMap { Int($0) }
+            guard !numbers.isEmpty else { throw ValidationError("--ids needs token ids such as '3260, 1757'") }
+            fields["tokens"] = [MessageValue(numbers)]
+        } else {
+            fields["prompts"] = [.string(prompt)]
+        }
+        let reply = try options.call("forward", fields)
+        let tokens = reply["tokens"]?.arrayValue?.first ?? []
+        let best = reply["top"]?.arrayValue?.first?.arrayValue?.first?.arrayValue ?? []
+        if options.json {
+            return print(MessageValue.map(["tokens": tokens, "top": .array(best)]).jsonText(pretty: true))
+        }
+        print("\(tokens.arrayValue?.count ?? 0) tokens; likeliest next:")
+        printTable(["LOGIT", "ID", "TOKEN"], best.map { entry in
+            [String(format: "%.3f", entry["logit"]?.doubleValue ?? 0), String(entry["id"]?.intValue ?? 0),
+             entry["token"]?.stringValue?.debugDescription ?? "-"]
+        })
+    }
+}
+
+struct Stop: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Shut the daemon down gracefully.")
+    @OptionGroup var options: ClientOptions
+
+    func run() throws {
+        let reply = try options.call("server.shutdown")
+        if options.json { return options.printJSON(reply) }
+        print("the daemon at \(options.endpoint) is stopping")
+    }
+}
+
+/// Columns padded to their widest cell.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    let all = [header] + rows
+    let widths = header.indices.map { column in all.map { $0[column].count }.max() ?? 0 }
+    for row in all {
+        print(zip(row, widths).enumerated().map { index, cell in
+            index == row.count - 1 ? cell.0 : cell.0.padding(toLength: cell.1, withPad: " ", startingAt: 0)
+        }.joined(separator: "  "))
+    }
+}

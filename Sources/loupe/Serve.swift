@@ -1,0 +1,79 @@
+import ArgumentParser
+import Foundation
+import Logging
+import LoupeDaemon
+import LoupeTensor
+import LoupeWire
+
+/// `loupe serve`: the daemon, in the foreground until SIGTERM, SIGINT or `loupe stop`.
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the Loupe daemon: keep models warm and serve requests over ZeroMQ.")
+
+    @Option(help: "Where to listen: tcp://HOST:PORT or ipc:///PATH.")
+    var endpoint = ProcessInfo.processInfo.environment["LOUPE_ENDPOINT"] ?? WireProtocol.defaultEndpoint
+
+    @Option(help: "Where bare model file names are looked up (default: $LOUPE_MODELS or ~/.cache/loupe/models).")
+    var modelsDir: String?
+
+    @Option(help: "Unload a model after this many idle seconds (0: keep until unloaded).")
+    var keepAlive: Double = 0
+
+    @Option(help: ArgumentHelp("Load a model at start (repeatable).", valueName: "NAME=SOURCE"))
+    var preload: [String] = []
+
+    @Option(help: "Seconds a finished job's result stays fetchable with jobs.result.")
+    var resultTTL: Double = 600
+
+    @Option(help: "Jobs that may wait on one model before new ones are refused.")
+    var maxQueue = 64
+
+    @Option(help: "Token slots (rows x padded length) one forward pass may compute.")
+    var maxBatchTokens = 65_536
+
+    @Option(help: "Largest message accepted or sent, in MiB.")
+    var maxMessageMB = 256
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel = "info"
+
+    @Option(help: "Threads for matrix multiplies (default: every core).")
+    var threads: Int?
+
+    @Flag(help: .hidden)
+    var debugOps = false
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        Parallel.configureBLAS(threads: threads ?? Parallel.cores)
+
+        var settings = DaemonConfiguration()
+        settings.endpoint = endpoint
+        if let modelsDir { settings.modelsDirectory = modelsDir }
+        settings.keepAlive = keepAlive
+        settings.resultTTL = resultTTL
+        settings.maxQueue = maxQueue
+        settings.maxBatchTokens = maxBatchTokens
+        settings.limits.maxBytes = maxMessageMB << 20
+        settings.debugOps = debugOps
+        settings.preload = try preload.map { entry in
+            guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
+                throw ValidationError("--preload takes NAME=SOURCE, got '\(entry)'")
+            }
+            return (String(entry[..<equals]), String(entry[entry.index(after: equals)...]))
+        }
+
+        let daemon = Daemon(configuration: settings, registry: makeRegistry())
+        do {
+            try daemon.start()
+        } catch {
+            throw ValidationError("cannot listen on \(endpoint): \(error) (is another daemon running there?)")
+        }
+        daemon.stopOnSignals()
+        daemon.wait()
+    }
+}
