@@ -43,6 +43,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
+        .executableTarget(
+            name: "loupe-bench",
+            dependencies: ["LoupeModels", "GPT2", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+
         .testTarget(name: "LoupeTensorTests", dependencies: ["LoupeTensor"]),
         .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeFormats"]),
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),

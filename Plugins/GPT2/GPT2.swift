@@ -58,7 +58,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         epsilon = Float(config.double("layer_norm_epsilon") ?? 1e-5)
         let headDim = hidden / heads
         dimensions = ModelDimensions(layers: layers, hidden: hidden, heads: heads, keyValueHeads: heads,
-                                     headDim: headDim, vocabulary: vocabulary, context: context)
+                                     headDim: headDim, intermediate: inner, vocabulary: vocabulary, context: context)
 
         let w = WeightReader(source, optionalPrefix: "transformer.")
         tokenEmbedding = try w("transformer.wte.weight", [vocabulary, hidden])

@@ -54,7 +54,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     init(_ s: Settings, weights w: WeightReader) throws {
         settings = s
         dimensions = ModelDimensions(layers: s.layers, hidden: s.hidden, heads: s.heads, keyValueHeads: s.keyValueHeads,
-                                     headDim: s.headDim, vocabulary: s.vocabulary, context: s.context)
+                                     headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
         func linear(_ name: String, out: Int, in inputs: Int, bias: Bool) throws -> Linear {
             Linear(weight: try w(name + ".weight", [out, inputs]),
                    bias: bias ? try w(name + ".bias", [out]) : nil, layout: .outputMajor)

@@ -8,16 +8,20 @@ public struct ModelDimensions: Sendable, Equatable, Codable {
     /// Key/value heads: fewer than `heads` with grouped-query attention.
     public var keyValueHeads: Int
     public var headDim: Int
+    /// The MLP's inner width.
+    public var intermediate: Int
     public var vocabulary: Int
     /// The longest sequence the model accepts.
     public var context: Int
 
-    public init(layers: Int, hidden: Int, heads: Int, keyValueHeads: Int, headDim: Int, vocabulary: Int, context: Int) {
+    public init(layers: Int, hidden: Int, heads: Int, keyValueHeads: Int, headDim: Int, intermediate: Int,
+                vocabulary: Int, context: Int) {
         self.layers = layers
         self.hidden = hidden
         self.heads = heads
         self.keyValueHeads = keyValueHeads
         self.headDim = headDim
+        self.intermediate = intermediate
         self.vocabulary = vocabulary
         self.context = context
     }

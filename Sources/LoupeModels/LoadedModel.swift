@@ -1,0 +1,71 @@
+import Foundation
+import LoupeFormats
+import LoupeTokenizers
+
+/// A model in memory with its tokenizer: what `models.load` makes and the daemon keeps warm.
+public final class LoadedModel: Sendable {
+    /// What the model was loaded from, as given (a path or an HF id).
+    public let source: String
+    /// The file or directory it resolved to.
+    public let resolvedPath: String
+    public let model: any LanguageModel
+    /// Nil for a checkpoint that ships no tokenizer (the test fixtures); such a model takes token ids only.
+    public let tokenizer: Tokenizer?
+    public let loadSeconds: Double
+
+    init(source: String, resolvedPath: String, model: any LanguageModel, tokenizer: Tokenizer?, loadSeconds: Double) {
+        self.source = source
+        self.resolvedPath = resolvedPath
+        self.model = model
+        self.tokenizer = tokenizer
+        self.loadSeconds = loadSeconds
+    }
+
+    /// Loads a GGUF file, an HF directory (config.json + safetensors), or an HF id found in
+    /// the local HF cache (never the network), with whichever registered architecture runs it.
+    public static func load(_ source: String, registry: ArchitectureRegistry) throws -> LoadedModel {
+        let start = Date()
+        do {
+            let path = try resolve(source)
+            let checkpoint: Checkpoint
+            let tokenizer: Tokenizer?
+            if path.hasSuffix(".gguf") {
+                let file = try GGUFFile(path: path)
+                checkpoint = .gguf(file)
+                tokenizer = try Tokenizer.load(ggufMetadata: file.metadata, file: path)
+            } else {
+                let config = try HFConfig(path: path + "/config.json")
+                checkpoint = .huggingFace(config: config, weights: try SafetensorsDirectory(directory: path))
+                tokenizer = hasTokenizerFiles(path) ? try Tokenizer.load(directory: path) : nil
+            }
+            guard let type = checkpoint.modelType else {
+                throw ModelError.format(FormatError(.missingKey, file: path, item: "model_type", "the checkpoint does not say its model type"))
+            }
+            let model = try registry.adapter(forModelType: type).load(checkpoint)
+            return LoadedModel(source: source, resolvedPath: path, model: model, tokenizer: tokenizer,
+                               loadSeconds: Date().timeIntervalSince(start))
+        } catch let error as FormatError {
+            throw ModelError.format(error)
+        }
+    }
+
+    /// A path that exists, or an HF id ("org/name") resolved in the local cache.
+    static func resolve(_ source: String) throws -> String {
+        let expanded = (source as NSString).expandingTildeInPath
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: expanded, isDirectory: &isDirectory) {
+            return URL(fileURLWithPath: expanded).standardizedFileURL.path
+        }
+        let parts = source.split(separator: "/")
+        if parts.count == 2, !source.hasPrefix("."), !source.hasPrefix("/") {
+            return try HFCache.snapshotDirectory(forModelID: source)
+        }
+        throw FormatError(.notFound, file: source, "no such file or directory, and not an HF id (org/name)")
+    }
+
+    private static func hasTokenizerFiles(_ directory: String) -> Bool {
+        ["tokenizer.json", "vocab.json", "encoder.json"].contains {
+            FileManager.default.fileExists(atPath: directory + "/" + $0)
+        }
+    }
+}

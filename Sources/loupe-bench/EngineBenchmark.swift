@@ -1,0 +1,141 @@
+import ArgumentParser
+import Foundation
+import GPT2
+import Llama
+import LoupeModels
+import LoupeTensor
+
+/// Benchmarks of the engine. Every figure is printed with the baseline it is divided by,
+/// measured in the same run: the forward pass against sgemm alone on the same matrix
+/// shapes, and against HF transformers on the same weights where torch is installed.
+@main
+struct EngineBenchmark: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "loupe-bench", abstract: "Benchmarks of Loupe's engine.")
+
+    @Option(help: "SmolLM2 GGUF file.")
+    var smollm = (ProcessInfo.processInfo.environment["LOUPE_MODELS"] ?? (NSHomeDirectory() + "/.cache/loupe/models"))
+        + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    @Option(help: "HF directory of a GPT-2-small-shaped model (scripts/make_random_gpt2.py writes one).")
+    var gpt2: String
+
+    @Option(help: "Timed repetitions per figure (the median is reported).")
+    var repeats = 7
+
+    @Option(help: "Python interpreter for the HF transformers reference.")
+    var python = "python3"
+
+    func run() throws {
+        Parallel.configureBLAS()
+        let registry = ArchitectureRegistry()
+        registry.register(GPT2Architecture.self)
+        registry.register(LlamaArchitecture.self)
+        print("machine: \(Parallel.cores) cores; \(Date()); median of \(repeats) runs after one warm-up")
+
+        for (name, source) in [("SmolLM2-135M (GGUF Q4_1 → f32)", smollm), ("GPT-2 small shape, random f32", gpt2)] {
+            let before = residentBytes()
+            let loadStart = Date()
+            let loaded = try LoadedModel.load(source, registry: registry)
+            let loadSeconds = Date().timeIntervalSince(loadStart)
+            let model = loaded.model
+            // Mapped float32 weights become resident when first read: measure after a pass.
+            _ = try model.forward(TokenBatch([[1]]), logits: .last)
+            let resident = residentBytes() - before
+            print("\n## \(name)")
+            print(String(format: "load: %.3f s; resident after one pass +%.0f MB for %.0f MB of float32 weights (%.2fx)",
+                         loadSeconds, Double(resident) / 1e6, Double(model.weightBytes) / 1e6,
+                         Double(resident) / Double(model.weightBytes)))
+            let gated = model.architecture == "llama"
+            for rows in [1, 64] {
+                let tokens = (0..<16).map { ($0 * 37 + rows) % 1000 }
+                let batch = TokenBatch(Array(repeating: tokens, count: rows))
+                let forward = median(repeats) { _ = try! model.forward(batch, logits: .all) }
+                let flops = forwardFLOPs(model.dimensions, gated: gated, tokens: rows * 16, length: 16)
+                let linearFLOPs = forwardFLOPs(model.dimensions, gated: gated, tokens: rows * 16, length: 0)
+                let sgemm = sgemmOnSameShapes(model.dimensions, gated: gated, rows: rows * 16)
+                var line = String(format: "forward %dx16: %.1f ms, %.1f GFLOP/s = %.2f of sgemm's %.1f GFLOP/s on the same shapes",
+                                  rows, forward * 1000, flops / forward / 1e9,
+                                  (flops / forward) / (linearFLOPs / sgemm), linearFLOPs / sgemm / 1e9)
+                if let torch = torchSeconds(source, rows: rows) {
+                    line += String(format: "; HF transformers %.1f ms: Loupe takes %.2fx torch's time", torch * 1000, forward / torch)
+                } else {
+                    line += "; HF transformers: torch not installed"
+                }
+                print(line)
+            }
+        }
+    }
+
+    /// The matrix products of one forward pass: (inputs, outputs, how many). Llama's MLP has
+    /// a gate projection beside the up projection.
+    func linearShapes(_ d: ModelDimensions, gated: Bool) -> [(inputs: Int, outputs: Int, count: Int)] {
+        let attentionWidth = d.heads * d.headDim, kvWidth = d.keyValueHeads * d.headDim
+        return [(d.hidden, attentionWidth + 2 * kvWidth, d.layers), (attentionWidth, d.hidden, d.layers),
+                (d.hidden, d.intermediate, d.layers * (gated ? 2 : 1)), (d.intermediate, d.hidden, d.layers),
+                (d.hidden, d.vocabulary, 1)]
+    }
+
+    /// 2 × the multiply-adds of a forward pass with full logits over `tokens` tokens in
+    /// sequences of `length` (0 leaves attention out: the sgemm-only part).
+    func forwardFLOPs(_ d: ModelDimensions, gated: Bool, tokens: Int, length: Int) -> Double {
+        let perToken = linearShapes(d, gated: gated).reduce(0.0) { $0 + Double($1.inputs * $1.outputs * $1.count) }
+        // q·kᵀ and pattern·v, counted over the full square as torch computes them.
+        let attention = 2.0 * 2 * Double(tokens * length * d.heads * d.headDim * d.layers)
+        return 2 * Double(tokens) * perToken + attention
+    }
+
+    /// Median time of the same sgemm calls the forward pass makes, and nothing else
+    /// (operands allocated outside the timing).
+    func sgemmOnSameShapes(_ d: ModelDimensions, gated: Bool, rows: Int) -> Double {
+        let operands = linearShapes(d, gated: gated).map { shape in
+            (shape, Tensor(shape: [rows, shape.inputs], values: (0..<(rows * shape.inputs)).map { Float($0 % 7) * 0.01 }),
+             Tensor(zeros: [shape.outputs, shape.inputs]), Tensor(zeros: [rows, shape.outputs]))
+        }
+        return median(repeats) {
+            for (shape, x, w, y) in operands {
+                for _ in 0..<shape.count {
+                    gemm(rows: rows, columns: shape.outputs, inner: shape.inputs, a: x.data, lda: shape.inputs, transposeA: false,
+                         b: w.data, ldb: shape.inputs, transposeB: true, c: y.data, ldc: shape.outputs)
+                }
+            }
+        }
+    }
+
+    /// HF transformers' median forward time on the same weights, or nil without torch.
+    func torchSeconds(_ source: String, rows: Int) -> Double? {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/reference_forward.py").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [python, script, "--time", source, "--batch", "\(rows)", "--seq", "16", "--repeats", "\(repeats)"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0,
+              let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last,
+              let json = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
+        return json["median_s"] as? Double
+    }
+}
+
+/// Median wall time of `repeats` runs after one warm-up.
+func median(_ repeats: Int, _ body: () -> Void) -> Double {
+    body()
+    var times = [Double]()
+    for _ in 0..<repeats {
+        let start = DispatchTime.now().uptimeNanoseconds
+        body()
+        times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    }
+    return times.sorted()[times.count / 2]
+}
+
+/// This process's resident set, from /proc.
+func residentBytes() -> Int {
+    guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let fields = statm.split(separator: " ")
+    return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
+}
