@@ -55,7 +55,8 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         guard ["gelu_new", "gelu_pytorch_tanh"].contains(activation) else {
             throw ModelError.badConfig(file: file, key: "activation_function", "'\(activation)' is not supported (GPT-2 uses gelu_new)")
         }
-        epsilon = Float(config.double("layer_norm_epsilon") ?? 1e-5)
+        let configEpsilon = config.double("layer_norm_epsilon") ?? 1e-5
+        epsilon = Float(configEpsilon)
         let headDim = hidden / heads
         dimensions = ModelDimensions(layers: layers, hidden: hidden, heads: heads, keyValueHeads: heads,
                                      headDim: headDim, intermediate: inner, vocabulary: vocabulary, context: context)
@@ -92,7 +93,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         let perBlock = 4 * hidden + 3 * hidden * (hidden + 1) + hidden * (hidden + 1) + 2 * hidden * inner + inner + hidden
         let unembeddingFloats = unembedding.weight.storage === tokenEmbedding.storage ? 0 : vocabulary * hidden
         weightBytes = 4 * (vocabulary * hidden + context * hidden + layers * perBlock + 2 * hidden + unembeddingFloats)
-        moduleTree = GPT2Model.tree(dimensions, inner: inner, epsilon: Double(epsilon))
+        moduleTree = GPT2Model.tree(dimensions, inner: inner, epsilon: configEpsilon)
     }
 
     func forward(_ batch: TokenBatch, hooks: (any ForwardHooks)?, logits: LogitRows,

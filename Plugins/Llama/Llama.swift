@@ -25,7 +25,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     struct Settings {
         var source: String
         var layers, hidden, heads, keyValueHeads, headDim, intermediate, vocabulary, context: Int
-        var epsilon: Float
+        var epsilon: Double
         var ropeTheta: Double
         var tied: Bool
         var attentionBias: Bool
@@ -103,7 +103,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         }
         var normIn = x
         try pass.fire(["model.norm"], .input, &normIn)
-        var final = rmsNorm(normIn, weight: finalNorm, eps: settings.epsilon)
+        var final = rmsNorm(normIn, weight: finalNorm, eps: Float(settings.epsilon))
         try pass.fire(["model.norm"], .output, &final)
         try pass.fire(["model"], .output, &final, tuple: true)
         return try unembed(final, logits, pass)
@@ -121,7 +121,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         // Attention.
         var normIn = x
         try pass.fire(["\(p).input_layernorm"], .input, &normIn)
-        var normed = rmsNorm(normIn, weight: b.inputNorm, eps: settings.epsilon)
+        var normed = rmsNorm(normIn, weight: b.inputNorm, eps: Float(settings.epsilon))
         try pass.fire(["\(p).input_layernorm"], .output, &normed)
         try pass.fire(["\(p).self_attn", "\(p).self_attn.q_proj", "\(p).self_attn.k_proj", "\(p).self_attn.v_proj"], .input, &normed)
         var q = b.q(normed), k = b.k(normed), v = b.v(normed)
@@ -150,7 +150,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         // MLP: down(silu(gate(x)) * up(x)).
         var norm2In = x
         try pass.fire(["\(p).post_attention_layernorm"], .input, &norm2In)
-        var normed2 = rmsNorm(norm2In, weight: b.postAttentionNorm, eps: settings.epsilon)
+        var normed2 = rmsNorm(norm2In, weight: b.postAttentionNorm, eps: Float(settings.epsilon))
         try pass.fire(["\(p).post_attention_layernorm"], .output, &normed2)
         try pass.fire(["\(p).mlp", "\(p).mlp.gate_proj", "\(p).mlp.up_proj"], .input, &normed2)
         var gate = b.gate(normed2)
@@ -198,7 +198,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         func linear(_ path: String, _ inputs: Int, _ outputs: Int, _ bias: Bool) -> ModuleNode {
             node(path, "Linear", "in_features=\(inputs), out_features=\(outputs), bias=\(bias ? "True" : "False")")
         }
-        let norm = "(\(s.hidden),), eps=\(Double(s.epsilon))"
+        let norm = "(\(s.hidden),), eps=\(s.epsilon)"
         let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
         let layers = (0..<s.layers).map { l -> ModuleNode in
             let p = "model.layers.\(l)"
@@ -243,7 +243,7 @@ extension LlamaModel.Settings {
         intermediate = try c.requireInt("intermediate_size")
         vocabulary = try c.requireInt("vocab_size")
         context = c.int("max_position_embeddings") ?? 2048
-        epsilon = Float(c.double("rms_norm_eps") ?? 1e-6)
+        epsilon = c.double("rms_norm_eps") ?? 1e-6
         ropeTheta = c.ropeTheta ?? 10_000
         tied = c.tieWordEmbeddings
         attentionBias = c.bool("attention_bias") ?? false
@@ -271,7 +271,9 @@ extension LlamaModel.Settings {
         intermediate = try int("feed_forward_length")
         vocabulary = f.shape(of: "token_embd.weight")?.first ?? f.metadata["tokenizer.ggml.tokens"]?.arrayValue?.count ?? 0
         context = try int("context_length")
-        epsilon = Float(f.metadata["llama.attention.layer_norm_rms_epsilon"]?.doubleValue ?? 1e-5)
+        // GGUF stores it as float32; keep the decimal value it was written from (1e-05, not 9.99999974e-06).
+        let storedEpsilon = Float(f.metadata["llama.attention.layer_norm_rms_epsilon"]?.doubleValue ?? 1e-5)
+        epsilon = Double("\(storedEpsilon)") ?? Double(storedEpsilon)
         ropeTheta = f.metadata["llama.rope.freq_base"]?.doubleValue ?? 10_000
         tied = f.shape(of: "output.weight") == nil
         attentionBias = f.shape(of: "blk.0.attn_q.bias") != nil
