@@ -11,7 +11,7 @@ extension Tokenizer {
         let file = JSONFile(path: path)
         let model = try file.require(json["model"], "model")
         if let type = model["type"], type.stringValue != "BPE" {
-            throw file.unsupported("model.type", "model type \(type); Loupe reads BPE models only")
+            throw file.unsupported("model.type", "model type \(describe(type)); Loupe reads BPE models only")
         }
         try file.expect(model["dropout"], "model.dropout", toBe: [.null, .number(0)], "BPE dropout is random")
         try file.expect(model["byte_fallback"], "model.byte_fallback", toBe: [.null, .bool(false)], "byte fallback is for non-byte-level vocabularies")
@@ -82,9 +82,14 @@ extension Tokenizer {
     }
 
     /// The tokenizer a GGUF file's metadata describes (`tokenizer.ggml.model = gpt2`). `file`
-    /// names the file in errors. `tokenizer.ggml.pre` picks the split rules, as in llama.cpp:
-    /// "gpt2" and "default" (and no key) GPT-2's pattern; "smollm" digits apart, then GPT-2's
-    /// pattern; "llama-bpe", "llama3", "llama-v3" Llama-3's. Others are rejected.
+    /// names the file in errors. `tokenizer.ggml.pre` picks the split rules:
+    /// - "gpt2", "default" and no key: GPT-2's pattern, as transformers' GGUF loader does
+    ///   (llama.cpp runs extra regexes for "default"; files that say it are old conversions);
+    /// - "smollm": digits one by one, then GPT-2's pattern, as SmolLM2's own tokenizer.json
+    ///   and llama.cpp do (transformers' GGUF loader leaves the digit step out, and so differs
+    ///   from the trained tokenizer on text with digits);
+    /// - "llama-bpe", "llama3", "llama-v3": Llama-3's pattern.
+    /// Others are rejected rather than guessed.
     public static func load(ggufMetadata metadata: [String: GGUFValue], file: String) throws -> Tokenizer {
         func fail(_ kind: TokenizerError.Kind, _ key: String, _ message: String) -> TokenizerError {
             TokenizerError(kind, file: file, item: key, message)

@@ -59,6 +59,21 @@ final class BehaviourTests: XCTestCase {
         XCTAssertEqual(tokenizer.tokenString(8), "<a><b>")
     }
 
+    /// HF's Digits pre-tokenizer, both ways, before ByteLevel (pieces as HF gives them).
+    func testDigitsPreTokenizer() throws {
+        for (individual, expected) in [
+            (false, ["ab", "12", " ", "3", "x", "٣٤½", " ", "99"]),
+            (true, ["ab", "1", "2", " ", "3", "x", "٣", "٤", "½", " ", "9", "9"]),
+        ] {
+            let tokenizer = try load { json in
+                json["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [
+                    ["type": "Digits", "individual_digits": individual],
+                    ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true]]]
+            }
+            XCTAssertEqual(tokenizer.preTokenize("ab12 3x٣٤½ 99"), expected, "individual_digits \(individual)")
+        }
+    }
+
     /// A TemplateProcessing post-processor that puts a special token first makes it the BOS.
     func testTemplateBOS() throws {
         let tokenizer = try load { json in
