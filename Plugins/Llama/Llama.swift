@@ -46,9 +46,13 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
 
     struct Block {
         let inputNorm: Tensor
-        let q, k, v, o: Linear
+        /// q_proj, k_proj and v_proj side by side: one matrix product for all three.
+        let qkv: Linear
+        let o: Linear
         let postAttentionNorm: Tensor
-        let gate, up, down: Linear
+        /// gate_proj and up_proj side by side.
+        let gateUp: Linear
+        let down: Linear
     }
 
     init(_ s: Settings, weights w: WeightReader) throws {
@@ -65,18 +69,22 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
             let p = "model.layers.\(l)."
             return Block(
                 inputNorm: try w(p + "input_layernorm.weight", [s.hidden]),
-                q: try linear(p + "self_attn.q_proj", out: qWidth, in: s.hidden, bias: s.attentionBias),
-                k: try linear(p + "self_attn.k_proj", out: kvWidth, in: s.hidden, bias: s.attentionBias),
-                v: try linear(p + "self_attn.v_proj", out: kvWidth, in: s.hidden, bias: s.attentionBias),
-                o: try linear(p + "self_attn.o_proj", out: s.hidden, in: qWidth, bias: s.attentionBias),
+                qkv: Linear.fused([
+                    try linear(p + "self_attn.q_proj", out: qWidth, in: s.hidden, bias: s.attentionBias),
+                    try linear(p + "self_attn.k_proj", out: kvWidth, in: s.hidden, bias: s.attentionBias),
+                    try linear(p + "self_attn.v_proj", out: kvWidth, in: s.hidden, bias: s.attentionBias),
+                ]),
+                o: try linear(p + "self_attn.o_proj", out: s.hidden, in: qWidth, bias: s.attentionBias).inputMajor(),
                 postAttentionNorm: try w(p + "post_attention_layernorm.weight", [s.hidden]),
-                gate: try linear(p + "mlp.gate_proj", out: s.intermediate, in: s.hidden, bias: s.mlpBias),
-                up: try linear(p + "mlp.up_proj", out: s.intermediate, in: s.hidden, bias: s.mlpBias),
-                down: try linear(p + "mlp.down_proj", out: s.hidden, in: s.intermediate, bias: s.mlpBias))
+                gateUp: Linear.fused([
+                    try linear(p + "mlp.gate_proj", out: s.intermediate, in: s.hidden, bias: s.mlpBias),
+                    try linear(p + "mlp.up_proj", out: s.intermediate, in: s.hidden, bias: s.mlpBias),
+                ]),
+                down: try linear(p + "mlp.down_proj", out: s.hidden, in: s.intermediate, bias: s.mlpBias).inputMajor())
         }
         finalNorm = try w("model.norm.weight", [s.hidden])
         if !s.tied, w.has("lm_head.weight") {
-            unembedding = Linear(weight: try w("lm_head.weight", [s.vocabulary, s.hidden]), layout: .outputMajor)
+            unembedding = Linear(weight: try w("lm_head.weight", [s.vocabulary, s.hidden]), layout: .outputMajor).inputMajor()
         } else if !s.tied {
             throw ModelError.format(FormatError(.missingTensor, file: s.source, item: "lm_head.weight",
                                                 "tie_word_embeddings is false but the checkpoint has no lm_head.weight"))
@@ -124,7 +132,11 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         var normed = rmsNorm(normIn, weight: b.inputNorm, eps: Float(settings.epsilon))
         try pass.fire(["\(p).input_layernorm"], .output, &normed)
         try pass.fire(["\(p).self_attn", "\(p).self_attn.q_proj", "\(p).self_attn.k_proj", "\(p).self_attn.v_proj"], .input, &normed)
-        var q = b.q(normed), k = b.k(normed), v = b.v(normed)
+        let qkv = b.qkv(normed)
+        let (qWidth, kvWidth) = (heads * headDim, kvHeads * headDim)
+        var q = qkv.slice(axis: 1, 0..<qWidth)
+        var k = qkv.slice(axis: 1, qWidth..<(qWidth + kvWidth))
+        var v = qkv.slice(axis: 1, (qWidth + kvWidth)..<(qWidth + 2 * kvWidth))
         try pass.fire(["\(p).self_attn.q_proj"], .output, &q)
         try pass.fire(["\(p).self_attn.k_proj"], .output, &k)
         try pass.fire(["\(p).self_attn.v_proj"], .output, &v)
@@ -153,21 +165,24 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         var normed2 = rmsNorm(norm2In, weight: b.postAttentionNorm, eps: Float(settings.epsilon))
         try pass.fire(["\(p).post_attention_layernorm"], .output, &normed2)
         try pass.fire(["\(p).mlp", "\(p).mlp.gate_proj", "\(p).mlp.up_proj"], .input, &normed2)
-        var gate = b.gate(normed2)
+        let gateUp = b.gateUp(normed2)
+        let intermediate = gateUp.columnCount / 2
+        var gate = gateUp.slice(axis: 1, 0..<intermediate)
+        var up = gateUp.slice(axis: 1, intermediate..<(2 * intermediate))
         try pass.fire(["\(p).mlp.gate_proj"], .output, &gate)
-        var up = b.up(normed2)
         try pass.fire(["\(p).mlp.up_proj"], .output, &up)
         try pass.fire(["\(p).mlp.act_fn"], .input, &gate)
+        var activated: Tensor
         if pass.hasHooks {
             // act_fn's output is its own site, so compute it apart from the product with up.
-            siluInPlace(gate)
-            try pass.fire(["\(p).mlp.act_fn"], .output, &gate)
-            multiplyInPlace(gate, up)
+            activated = siluGated(gate, nil)
+            try pass.fire(["\(p).mlp.act_fn"], .output, &activated)
+            multiplyInPlace(activated, up)
         } else {
-            siluMultiplyInPlace(gate, up)
+            activated = siluGated(gate, up)
         }
-        try pass.fire(["\(p).mlp.down_proj"], .input, &gate)
-        var mlp = b.down(gate)
+        try pass.fire(["\(p).mlp.down_proj"], .input, &activated)
+        var mlp = b.down(activated)
         try pass.fire(["\(p).mlp.down_proj"], .output, &mlp)
         try pass.fire(["\(p).mlp"], .output, &mlp)
         try pass.fire(["blocks.\(layer).mlp_out"], .output, &mlp)

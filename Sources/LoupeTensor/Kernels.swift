@@ -32,6 +32,35 @@ public struct Linear: Sendable {
     public var inputSize: Int { layout == .inputMajor ? weight.shape[0] : weight.shape[1] }
     public var outputSize: Int { layout == .inputMajor ? weight.shape[1] : weight.shape[0] }
 
+    /// Several maps of the same input as one, in input-major layout: one sgemm computes
+    /// all of them side by side (Llama's q, k and v; its gate and up projections). sgemm
+    /// streams an input-major weight faster when few rows go through it, so output-major
+    /// weights are transposed here, once, at load.
+    public static func fused(_ parts: [Linear]) -> Linear {
+        let inputs = parts[0].inputSize
+        precondition(parts.allSatisfy { $0.inputSize == inputs }, "fused maps must share their input")
+        let outputs = parts.map(\.outputSize).reduce(0, +)
+        let weight = Tensor(zeros: [inputs, outputs])
+        let hasBias = parts.contains { $0.bias != nil }
+        let bias = hasBias ? Tensor(zeros: [outputs]) : nil
+        var column = 0
+        for part in parts {
+            let target = weight.slice(axis: 1, column..<(column + part.outputSize))
+            switch part.layout {
+            case .inputMajor: target.assign(from: part.weight)
+            case .outputMajor: transposeCopy(part.weight, into: target)
+            }
+            if let bias, let partBias = part.bias {
+                (bias.data + column).update(from: partBias.data, count: part.outputSize)
+            }
+            column += part.outputSize
+        }
+        return Linear(weight: weight, bias: bias, layout: .inputMajor)
+    }
+
+    /// The same map with an input-major weight (see `fused`).
+    public func inputMajor() -> Linear { layout == .inputMajor ? self : Linear.fused([self]) }
+
     /// x [..., in] → [..., out].
     public func callAsFunction(_ x: Tensor) -> Tensor {
         precondition(x.columnCount == inputSize, "linear layer takes \(inputSize) features, got \(x.shape)")
@@ -81,6 +110,32 @@ public func matmul(_ a: Tensor, _ b: Tensor) -> Tensor {
              b: rhs.data + rhsOffset, ldb: n, transposeB: false, c: output.data + batch * m * n, ldc: n)
     }
     return output
+}
+
+/// Writes the transpose of the matrix `source` [r, c] into `target` [c, r] (which may be a
+/// column slice of a wider matrix), in cache-sized tiles on all cores.
+public func transposeCopy(_ source: Tensor, into target: Tensor) {
+    precondition(source.rank == 2 && target.shape == [source.shape[1], source.shape[0]] && target.strides[1] == 1,
+                 "cannot transpose \(source.shape) into \(target.shape)")
+    let input = source.contiguous()
+    let (rows, columns) = (input.shape[0], input.shape[1])
+    let targetStride = target.strides[0]
+    let tile = 64
+    let rowTiles = (rows + tile - 1) / tile
+    Parallel.forEachChunk(rowTiles, costPerItem: tile * columns) { tiles in
+        for rowTile in tiles {
+            let r0 = rowTile * tile, r1 = min(r0 + tile, rows)
+            var c0 = 0
+            while c0 < columns {
+                let c1 = min(c0 + tile, columns)
+                for r in r0..<r1 {
+                    let from = input.data + r * columns
+                    for c in c0..<c1 { target.data[c * targetStride + r] = from[c] }
+                }
+                c0 = c1
+            }
+        }
+    }
 }
 
 // MARK: - Embeddings
@@ -146,34 +201,45 @@ public func geluTanhInPlace(_ x: Tensor) {
     }
 }
 
-/// SiLU(gate) * up, written into `gate` (Llama's MLP).
-public func siluMultiplyInPlace(_ gate: Tensor, _ up: Tensor) {
-    precondition(gate.isContiguous && up.isContiguous && gate.count == up.count)
-    let g = gate.data, u = up.data
-    Parallel.forEachChunk(gate.count, costPerItem: 16) { range in
-        for i in range {
-            let v = g[i]
-            g[i] = v / (1 + expf(-v)) * u[i]
+/// SiLU(gate) · up (Llama's MLP) as a new [rows, width] matrix, or SiLU(gate) alone when
+/// `up` is nil. Both operands may be column slices of one wider matrix.
+public func siluGated(_ gate: Tensor, _ up: Tensor?) -> Tensor {
+    let output = Tensor(zeros: [gate.rowCount, gate.columnCount])
+    let width = gate.columnCount
+    let (g, gStride) = rowMajorView(gate)
+    let (u, uStride) = up.map(rowMajorView) ?? (g, gStride)
+    precondition(up == nil || up!.shape == gate.shape, "gate \(gate.shape) and up \(up!.shape) differ")
+    Parallel.forEachChunk(gate.rowCount, costPerItem: width * 16) { rows in
+        for row in rows {
+            let gRow = g + row * gStride, uRow = u + row * uStride, out = output.data + row * width
+            if up == nil {
+                for i in 0..<width { out[i] = gRow[i] / (1 + expf(-gRow[i])) }
+            } else {
+                for i in 0..<width { out[i] = gRow[i] / (1 + expf(-gRow[i])) * uRow[i] }
+            }
+        }
+    }
+    return output
+}
+
+/// x *= y, element-wise; `y` may be a column slice of a wider matrix.
+public func multiplyInPlace(_ x: Tensor, _ y: Tensor) {
+    precondition(x.isContiguous && x.count == y.count, "multiply: \(x.shape) and \(y.shape)")
+    let width = x.columnCount
+    let (b, bStride) = rowMajorView(y)
+    Parallel.forEachChunk(x.rowCount, costPerItem: width) { rows in
+        for row in rows {
+            let a = x.data + row * width, bRow = b + row * bStride
+            for i in 0..<width { a[i] *= bRow[i] }
         }
     }
 }
 
-/// SiLU in place.
-public func siluInPlace(_ x: Tensor) {
-    precondition(x.isContiguous)
-    let p = x.data
-    Parallel.forEachChunk(x.count, costPerItem: 16) { range in
-        for i in range { p[i] = p[i] / (1 + expf(-p[i])) }
-    }
-}
-
-/// x *= y, element-wise.
-public func multiplyInPlace(_ x: Tensor, _ y: Tensor) {
-    precondition(x.isContiguous && y.isContiguous && x.count == y.count, "multiply: \(x.shape) and \(y.shape)")
-    let a = x.data, b = y.data
-    Parallel.forEachChunk(x.count) { range in
-        for i in range { a[i] *= b[i] }
-    }
+/// The first element and the row stride of a matrix whose rows are contiguous.
+private func rowMajorView(_ t: Tensor) -> (UnsafeMutablePointer<Float>, Int) {
+    if t.isContiguous { return (t.data, t.columnCount) }
+    precondition(t.rank == 2 && t.strides[1] == 1, "expected rows of contiguous elements, got strides \(t.strides)")
+    return (t.data, t.strides[0])
 }
 
 /// x += y, element-wise (the residual connection).
@@ -240,9 +306,10 @@ public struct RotaryTable: Sendable {
     }
 
     /// Rotates each head of `x` [rows, heads * dim] in place; row r sits at `positions[r]`.
+    /// `x` may be a column slice of a wider matrix (Llama's fused q, k, v).
     public func apply(_ x: Tensor, heads: Int, positions: [Int]) {
-        precondition(x.isContiguous && x.columnCount == heads * dim && positions.count == x.rowCount)
-        let half = dim / 2, width = x.columnCount
+        precondition(x.rank == 2 && x.strides[1] == 1 && x.columnCount == heads * dim && positions.count == x.rowCount)
+        let half = dim / 2, width = x.columnCount, rowStride = x.strides[0]
         cos.withUnsafeBufferPointer { cosTable in
             sin.withUnsafeBufferPointer { sinTable in
                 Parallel.forEachChunk(x.rowCount, costPerItem: width * 4) { rows in
@@ -250,7 +317,7 @@ public struct RotaryTable: Sendable {
                         let c = cosTable.baseAddress! + positions[row] * dim
                         let s = sinTable.baseAddress! + positions[row] * dim
                         for head in 0..<heads {
-                            let v = x.data + row * width + head * dim
+                            let v = x.data + row * rowStride + head * dim
                             for i in 0..<half {
                                 let a = v[i], b = v[i + half]
                                 v[i] = a * c[i] - b * s[i]

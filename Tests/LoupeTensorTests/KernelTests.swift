@@ -84,12 +84,32 @@ final class KernelTests: XCTestCase {
         geluTanhInPlace(gelu)
         let c = (2 / Double.pi).squareRoot()
         assertClose(gelu.toArray(), values.map { 0.5 * $0 * (1 + tanh(c * ($0 + 0.044715 * $0 * $0 * $0))) }, 1e-5, "gelu")
-        let silu = x.copy()
-        siluInPlace(silu)
-        assertClose(silu.toArray(), values.map { $0 / (1 + exp(-$0)) }, 1e-5, "silu")
-        let gate = x.copy(), up = random([50_000])
-        siluMultiplyInPlace(gate, up)
-        assertClose(gate.toArray(), zip(values, up.toArray()).map { $0 / (1 + exp(-$0)) * Double($1) }, 1e-5, "silu * up")
+        assertClose(siluGated(x.reshaped([500, 100]), nil).toArray(), values.map { $0 / (1 + exp(-$0)) }, 1e-5, "silu")
+        // Gate and up as the two halves of one matrix, as Llama's fused projection makes them.
+        let up = random([50_000])
+        let both = Tensor(zeros: [500, 200])
+        both.slice(axis: 1, 0..<100).assign(from: x.reshaped([500, 100]))
+        both.slice(axis: 1, 100..<200).assign(from: up.reshaped([500, 100]))
+        let gated = siluGated(both.slice(axis: 1, 0..<100), both.slice(axis: 1, 100..<200))
+        let expected = zip(values, up.toArray()).map { $0 / (1 + exp(-$0)) * Double($1) }
+        assertClose(gated.toArray(), expected, 1e-5, "silu * up")
+        let product = siluGated(both.slice(axis: 1, 0..<100), nil)
+        multiplyInPlace(product, both.slice(axis: 1, 100..<200))
+        assertClose(product.toArray(), expected, 1e-5, "silu then * up")
+    }
+
+    func testTransposeAndFusedLinear() {
+        let a = random([130, 70]), b = random([40, 70]), biasA = random([130])
+        let x = random([9, 70])
+        let fused = Linear.fused([Linear(weight: a, bias: biasA, layout: .outputMajor), Linear(weight: b, layout: .outputMajor)])
+        XCTAssertEqual(fused.weight.shape, [70, 170])
+        let y = fused(x)
+        let ya = Linear(weight: a, bias: biasA, layout: .outputMajor)(x), yb = Linear(weight: b, layout: .outputMajor)(x)
+        let expected = (0..<9).flatMap { r in ya.select(axis: 0, r).toArray() + yb.select(axis: 0, r).toArray() }.map(Double.init)
+        assertClose(y.toArray(), expected, 1e-5, "fused")
+        let t = Tensor(zeros: [70, 130])
+        transposeCopy(a, into: t)
+        XCTAssertEqual(t.toArray(), a.transposed(0, 1).contiguous().toArray())
     }
 
     func testSoftmaxRowsSumToOne() {
