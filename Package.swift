@@ -52,6 +52,9 @@ let package = Package(
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
         .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeModels", "GPT2", "Llama"]),
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeWire", "LoupeTensor"]),
+        .testTarget(
+            name: "LoupeDaemonTests",
+            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "GPT2", "Llama", "CZMQ", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

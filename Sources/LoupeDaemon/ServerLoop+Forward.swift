@@ -5,7 +5,9 @@ extension ServerLoop {
     func forward(_ request: Request) throws(ProtocolError) {
         let instance = try warmModel(request)
         let spec = try ForwardSpec(request, model: instance, configuration: configuration)
-        let job = try makeJob(op: "forward", model: try request.string("model"), for: request)
+        let name = try request.string("model")
+        try checkRoom(on: instance, name: name)
+        let job = try makeJob(op: "forward", model: name, for: request)
         job.control.setTotal(instance.model.dimensions.layers)
         let (inbox, control, jobID, interval, loaded) = (self.inbox, job.control, job.id, configuration.progressInterval, instance.loaded)
         let runner = ForwardRunner(spec: spec, loaded: loaded) {

@@ -16,12 +16,16 @@ extension ServerLoop {
         return job
     }
 
-    /// Queues `job` on the model; it runs when the jobs before it have.
+    /// Refuses a new job when the model's queue is full; called before the job exists.
+    func checkRoom(on instance: WarmModel, name: String) throws(ProtocolError) {
+        guard instance.pending.count < configuration.maxQueue else {
+            throw ProtocolError(.busy, "model '\(name)' already has \(instance.pending.count) jobs waiting; try again later")
+        }
+    }
+
+    /// Queues `job` on the model (after `checkRoom`); it runs when the jobs before it have.
     func enqueue(_ job: Job, on instance: WarmModel,
                  work: @escaping @Sendable (JobControl) throws -> [String: MessageValue]) {
-        guard instance.pending.count < configuration.maxQueue else {
-            return finish(job, .failure(ProtocolError(.busy, "model '\(job.model)' already has \(instance.pending.count) jobs waiting; try again later")))
-        }
         job.work = work
         instance.pending.append(job)
         if instance.running != nil, let position = instance.position(of: job) {

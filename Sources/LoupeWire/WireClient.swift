@@ -46,6 +46,8 @@ public final class WireClient {
 
     /// Sends `op` with `fields` and waits for the final reply; `ok` replies are returned,
     /// `error` replies thrown as `ClientError.daemon`. `interim` sees every other reply.
+    /// A `mode: detach` request's final reply is its `accepted`.
+    @discardableResult
     public func call(_ op: String, _ fields: [String: MessageValue] = [:], attachments: [[UInt8]] = [],
                      interim: ((MessageValue) -> Void)? = nil) throws(ClientError) -> WireMessage {
         let id = nextID
@@ -67,6 +69,7 @@ public final class WireClient {
             }
             switch status {
             case .ok: return reply
+            case .accepted where fields["mode"] == "detach": return reply
             case .error:
                 throw .daemon(ProtocolError(reply.body["error"]) ?? ProtocolError(.internalError, "error reply without a message"))
             default: interim?(reply.body)

@@ -1,0 +1,200 @@
+import Foundation
+import LoupeWire
+import XCTest
+
+/// The daemon with a real model (SmolLM2) warm: many clients, long jobs, cancelled jobs,
+/// clients that vanish. One daemon and one load serve the whole class.
+final class SmolTests: XCTestCase {
+    nonisolated(unsafe) static var live: LiveDaemon?
+    nonisolated(unsafe) static var setUpError: (any Error)?
+    nonisolated(unsafe) static var path = ""
+
+    override class func setUp() {
+        do {
+            path = try Fixtures.smol()
+            let live = try LiveDaemon()
+            try live.call("models.load", ["name": "smol", "source": .string(path)])
+            self.live = live
+        } catch {
+            setUpError = error
+        }
+    }
+
+    override class func tearDown() { live?.stop() }
+
+    private func daemon() throws -> LiveDaemon {
+        if let error = Self.setUpError { throw error }
+        return try XCTUnwrap(Self.live)
+    }
+
+    /// Token ids for a long batch: `rows` rows of `length` tokens.
+    private func longBatch(rows: Int, length: Int) -> MessageValue {
+        .array((0..<rows).map { row in MessageValue((0..<length).map { 100 + (row * 31 + $0 * 7) % 40_000 }) })
+    }
+
+    func testFourClientsAtOnce() throws {
+        let live = try daemon()
+        let outcomes = Outcomes()
+        let threads = (0..<4).map { index in
+            Thread {
+                do {
+                    let client = try live.client()
+                    // Already loaded by another client: this load must cost nothing.
+                    let start = Date()
+                    let load = try client.call("models.load", ["name": "smol", "source": .string(Self.path)]).body
+                    let loadWall = Date().timeIntervalSince(start)
+                    let printed = try client.call("models.describe", ["name": "smol", "sites": false]).body["printed"]?.stringValue ?? ""
+                    let tokens = try client.call("tokenize", ["model": "smol", "text": .string(Fixtures.cleanPrompt)]).body["tokens"]
+                    let run = try client.call("forward", ["model": "smol", "prompts": [.string(Fixtures.cleanPrompt), .string(Fixtures.corruptedPrompt)],
+                                                          "top_k": 3, "logits": true]).body
+                    outcomes.add(index, Outcome(load: load, loadWall: loadWall, printed: printed, tokens: tokens, run: run))
+                } catch {
+                    outcomes.fail(index, error)
+                }
+            }
+        }
+        threads.forEach { $0.start() }
+        try outcomes.waitForAll(4, timeout: 300)
+
+        let results = try outcomes.all()
+        XCTAssertEqual(results.count, 4)
+        for result in results {
+            XCTAssertEqual(result.load["shared"], true)
+            XCTAssertEqual(result.load["load_seconds"]?.doubleValue, 0)
+            XCTAssertLessThan(result.loadWall, 0.5, "a warm model's load is a lookup")
+            XCTAssertTrue(result.printed.hasPrefix("LlamaForCausalLM("), result.printed)
+            XCTAssertEqual(result.tokens?.arrayValue?.count, 16)
+            // The IOI answer: " John" (2322) first after the clean prompt.
+            let top = result.run["top"]?.arrayValue?.first?.arrayValue?.first?.arrayValue
+            XCTAssertEqual(top?.first?["id"], 2322)
+            XCTAssertEqual(top?.first?["token"], " John")
+            let logits = try WireTensor(XCTUnwrap(result.run["logits"])).floats()
+            XCTAssertEqual(logits.count, 2 * 49_152)
+            let clean = logits[2322] - logits[5099], corrupted = logits[49_152 + 2322] - logits[49_152 + 5099]
+            XCTAssertEqual(clean, 5.137, accuracy: 0.1)
+            XCTAssertEqual(corrupted, -3.829, accuracy: 0.1)
+            // Every client got the very same numbers.
+            XCTAssertEqual(result.run["logits"], results[0].run["logits"])
+        }
+    }
+
+    func testCancelStopsALongJobWithinOneLayer() throws {
+        let live = try daemon()
+        let client = try live.client()
+        try client.send(WireMessage(["id": 1, "op": "forward", "model": "smol", "tokens": longBatch(rows: 2, length: 192), "mode": "stream"]))
+        var statuses = [String]()
+        var job: MessageValue = .null
+        // Let it compute a few layers first.
+        while let reply = try client.receive(timeout: 60) {
+            statuses.append(reply.body["status"]?.stringValue ?? "")
+            job = reply.body["job"] ?? job
+            if reply.body["status"] == "progress", (reply.body["done"]?.intValue ?? 0) >= 3 { break }
+            XCTAssertNotEqual(reply.body["status"], "ok", "the job should be long enough to cancel")
+        }
+        XCTAssertEqual(Array(statuses.prefix(2)), ["accepted", "running"])
+        let cancel = try live.call("jobs.cancel", ["job": job])
+        XCTAssertEqual(cancel["state"], "cancelling")
+        let doneAtCancel = try XCTUnwrap(cancel["progress"]?["done"]?.intValue)
+        let cancelledAt = Date()
+
+        var final: MessageValue?
+        while final == nil, let reply = try client.receive(timeout: 60) {
+            if reply.body["status"] == "error" || reply.body["status"] == "ok" { final = reply.body }
+        }
+        let stoppedAfter = Date().timeIntervalSince(cancelledAt)
+        XCTAssertEqual(final?["error"]?["code"], "cancelled")
+        let doneAtStop = try XCTUnwrap(final?["progress"]?["done"]?.intValue)
+        XCTAssertLessThanOrEqual(doneAtStop - doneAtCancel, 1, "stopped within one layer of the request")
+        XCTAssertLessThan(doneAtStop, 30)
+        XCTAssertEqual(try live.call("jobs.status", ["job": job])["state"], "cancelled")
+        print("cancel: asked at layer \(doneAtCancel), stopped at \(doneAtStop) (\(final?["progress"] ?? nil)), \(Int(stoppedAfter * 1000)) ms later; statuses \(statuses)")
+    }
+
+    func testResultFromANewConnection() throws {
+        let live = try daemon()
+        let job = try XCTUnwrap(try live.client().call("forward", ["model": "smol", "prompts": [.string(Fixtures.cleanPrompt)],
+                                                                   "top_k": 3, "mode": "detach"]).body["job"])
+        // That connection is gone; another one asks for the result (waiting if need be).
+        let result = try live.call("jobs.result", ["job": job])
+        XCTAssertEqual(result["job"], job)
+        XCTAssertEqual(result["top"]?.arrayValue?.first?.arrayValue?.first?.arrayValue?.first?["id"], 2322)
+        XCTAssertNotNil(result["timing"]?["run_ms"])
+        XCTAssertEqual(try live.call("jobs.status", ["job": job])["state"], "done")
+        // Asked again, from yet another connection: the same result.
+        XCTAssertEqual(try live.call("jobs.result", ["job": job])["top"], result["top"])
+    }
+
+    func testAKilledClientDoesNotDisturbTheDaemon() throws {
+        let live = try daemon()
+        // A separate process sends a long job, says its id, and is killed mid-job.
+        let script = """
+        import sys, zmq, msgpack
+        s = zmq.Context().socket(zmq.DEALER); s.connect(sys.argv[1])
+        rows = [[100 + (r * 31 + i * 7) % 40000 for i in range(48)] for r in range(2)]
+        s.send(msgpack.packb({"id": 1, "op": "forward", "model": "smol", "tokens": rows, "mode": "stream"}))
+        while True:
+            reply = msgpack.unpackb(s.recv())
+            if reply["status"] == "running":
+                print(reply["job"], flush=True)
+        """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script, live.endpoint]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+        let job = try XCTUnwrap(Int(line.trimmingCharacters(in: .whitespacesAndNewlines)), "the client printed '\(line)'")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+
+        // The daemon answers at once, the job runs on, and its result is there for anyone.
+        let start = Date()
+        XCTAssertEqual(try live.call("hello")["server"], "loupe")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 0.5, "hello is answered while the job runs")
+        XCTAssertEqual(try live.call("jobs.status", ["job": MessageValue(job)])["state"], "running")
+        let result = try live.call("jobs.result", ["job": MessageValue(job)])
+        XCTAssertEqual(result["tokens"]?.arrayValue?.count, 2)
+        XCTAssertEqual(try live.call("models.list")["models"]?.arrayValue?.first?["running"], false)
+    }
+}
+
+/// What one client of `testFourClientsAtOnce` saw.
+private struct Outcome: @unchecked Sendable {
+    let load: MessageValue
+    let loadWall: Double
+    let printed: String
+    let tokens: MessageValue?
+    let run: MessageValue
+}
+
+/// Collects the clients' outcomes across threads.
+private final class Outcomes: @unchecked Sendable {
+    private let lock = NSCondition()
+    private var results: [Int: Result<Outcome, any Error>] = [:]
+
+    func add(_ index: Int, _ outcome: Outcome) { set(index, .success(outcome)) }
+    func fail(_ index: Int, _ error: any Error) { set(index, .failure(error)) }
+
+    private func set(_ index: Int, _ result: Result<Outcome, any Error>) {
+        lock.lock()
+        results[index] = result
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    func waitForAll(_ count: Int, timeout: Double) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        while results.count < count {
+            guard lock.wait(until: deadline) else { throw CocoaError(.userCancelled) }
+        }
+    }
+
+    func all() throws -> [Outcome] {
+        lock.lock()
+        defer { lock.unlock() }
+        return try results.keys.sorted().map { try results[$0]!.get() }
+    }
+}
