@@ -15,3 +15,9 @@ fixtures:
 	python3 scripts/make_format_fixtures.py
 	python3 scripts/make_tokenizer_fixtures.py
 	python3 scripts/make_model_fixtures.py
+
+# The daemon over loopback: round trips against a pyzmq echo, throughput, warm turnaround.
+.PHONY: bench-daemon
+bench-daemon:
+	swift build -c release --product loupe
+	python3 scripts/bench_daemon.py --loupe .build/release/loupe

@@ -5,3 +5,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 swift build --build-tests
 swift test --skip-build --parallel --num-workers 2
+# The wire protocol against a real `loupe serve` process.
+scripts/conformance_live.sh

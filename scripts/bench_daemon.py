@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Benchmarks the Loupe daemon over loopback TCP and prints a Markdown section for
+BENCHMARKS.md:
+
+1. `hello` round trip (median, p99) from a pyzmq REQ client, beside the same client
+   against a plain pyzmq REP echo server measured in the same run: the ratio is what
+   the daemon adds over ZeroMQ and MessagePack themselves.
+2. Requests per second with 4 client processes sending `hello` in lock step.
+3. A reply of 50,257 float32 logits (GPT-2's vocabulary), in MB/s, as a MessagePack bin
+   and as an attachment frame (`frames: true`).
+4. Warm turnaround: the IOI experiment (both prompts, one forward pass) sent to a daemon
+   that holds SmolLM2 warm, against `loupe ioi` in a fresh process that loads it first.
+
+Usage: bench_daemon.py --loupe .build/release/loupe [--smol PATH]
+"""
+import argparse
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+CLEAN = "After John and Mary went to the store, Mary gave a bottle of milk to"
+CORRUPTED = "After John and Mary went to the store, John gave a bottle of milk to"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def echo_server(endpoint, ready):
+    """A REP socket that sends back what it receives: the floor any server stands on."""
+    sock = zmq.Context().socket(zmq.REP)
+    sock.bind(endpoint)
+    ready.set()
+    while True:
+        message = sock.recv()
+        if message == b"stop":
+            sock.send(b"")
+            return
+        sock.send(message)
+
+
+def round_trips(endpoint, count, request, frames=False):
+    """Seconds per request/reply over a REQ socket, packing and unpacking as a client must."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        sock.send(msgpack.packb(request))
+        parts = sock.recv_multipart(copy=False)
+        reply = msgpack.unpackb(parts[0].bytes)
+        times.append(time.perf_counter() - start)
+    sock.close()
+    return times, reply, [len(p.bytes) for p in parts]
+
+
+def hammer(endpoint, seconds, counts, index):
+    sock = zmq.Context().socket(zmq.REQ)
+    sock.connect(endpoint)
+    request = msgpack.packb({"id": 1, "op": "hello"})
+    done = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        sock.send(request)
+        msgpack.unpackb(sock.recv())
+        done += 1
+    counts[index] = done
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
+
+
+def call(endpoint, request, timeout=600):
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, timeout * 1000)
+    sock.connect(endpoint)
+    sock.send(msgpack.packb(request))
+    reply = msgpack.unpackb(sock.recv())
+    sock.close()
+    if reply.get("status") != "ok":
+        raise SystemExit(f"{request['op']} failed: {reply}")
+    return reply
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loupe", required=True, help="the loupe executable (a release build)")
+    parser.add_argument("--smol", default=os.path.join(os.environ.get("LOUPE_MODELS", os.path.expanduser("~/.cache/loupe/models")),
+                                                       "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    parser.add_argument("--count", type=int, default=5000)
+    args = parser.parse_args()
+    loupe = str(Path(args.loupe).resolve())
+    lines = []
+
+    work = Path(tempfile.mkdtemp(prefix="loupe-bench-"))
+    # One layer of GPT-2 small's shape: the 50,257-token vocabulary without the wait.
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_random_gpt2.py"), str(work / "gpt2-1layer"), "--layers", "1"],
+                   check=True, stdout=subprocess.DEVNULL)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    daemon = subprocess.Popen([loupe, "serve", "--endpoint", endpoint, "--log-level", "warning"])
+    echo_endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ready = multiprocessing.Event()
+    echo = multiprocessing.Process(target=echo_server, args=(echo_endpoint, ready), daemon=True)
+    echo.start()
+    ready.wait()
+    try:
+        for _ in range(100):
+            try:
+                call(endpoint, {"id": 0, "op": "hello"}, timeout=1)
+                break
+            except zmq.Again:
+                time.sleep(0.1)
+
+        # 1. hello against the daemon and against the echo, interleaved in rounds so that
+        # both see the same machine.
+        hello = {"id": 1, "op": "hello", "protocol": 1}
+        loupe_times, echo_times = [], []
+        for _ in range(5):
+            loupe_times += round_trips(endpoint, args.count // 5, hello)[0]
+            echo_times += round_trips(echo_endpoint, args.count // 5, hello)[0]
+        lm, lp = statistics.median(loupe_times), percentile(loupe_times, 0.99)
+        em, ep = statistics.median(echo_times), percentile(echo_times, 0.99)
+        lines.append(f"| `hello` round trip, median | {lm * 1e6:.0f} µs | pyzmq REQ/REP echo: {em * 1e6:.0f} µs | {lm / em:.2f}x |")
+        lines.append(f"| `hello` round trip, p99 | {lp * 1e6:.0f} µs | pyzmq REQ/REP echo: {ep * 1e6:.0f} µs | {lp / ep:.2f}x |")
+
+        # 2. Four clients at once.
+        counts = multiprocessing.Array("i", 4)
+        workers = [multiprocessing.Process(target=hammer, args=(endpoint, 3.0, counts, i)) for i in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        lines.append(f"| `hello` requests/s, 4 client processes | {sum(counts) / 3.0:,.0f} /s | | |")
+
+        # 3. 50,257 logits in one reply.
+        call(endpoint, {"id": 2, "op": "models.load", "name": "gpt2", "source": str(work / "gpt2-1layer")})
+        forward = {"id": 3, "op": "forward", "model": "gpt2", "tokens": [[464]], "logits": True}
+        times, reply, sizes = round_trips(endpoint, 200, forward)
+        assert reply["logits"]["shape"] == [1, 1, 50257], reply.get("error")
+        bytes_ = sum(sizes)
+        payload = 50257 * 4
+        echo_big = round_trips(echo_endpoint, 200, {"data": b"\0" * payload})[0]
+        forward_frames = dict(forward, frames=True)
+        frame_times, _, frame_sizes = round_trips(endpoint, 200, forward_frames)
+        tiny_forward = round_trips(endpoint, 200, dict(forward, logits=False, top_k=1))[0]
+        lines.append(f"| 50,257-float reply (forward, logits), median | {statistics.median(times) * 1e3:.2f} ms, "
+                     f"{payload / statistics.median(times) / 1e6:.0f} MB/s | pyzmq echo of {payload:,} bytes: "
+                     f"{statistics.median(echo_big) * 1e3:.2f} ms | forward with top-1 only: {statistics.median(tiny_forward) * 1e3:.2f} ms |")
+        lines.append(f"| same, data as an attachment frame | {statistics.median(frame_times) * 1e3:.2f} ms, "
+                     f"{payload / statistics.median(frame_times) / 1e6:.0f} MB/s | {len(frame_sizes)} frames | |")
+
+        # 4. Warm turnaround vs a fresh process.
+        if Path(args.smol).exists():
+            call(endpoint, {"id": 4, "op": "models.load", "name": "smol", "source": args.smol})
+            ioi = {"id": 5, "op": "forward", "model": "smol", "prompts": [CLEAN, CORRUPTED], "top_k": 5}
+            call(endpoint, ioi)  # the first experiment
+            warm = []
+            for _ in range(10):
+                start = time.perf_counter()
+                call(endpoint, ioi)
+                warm.append(time.perf_counter() - start)
+            cli = []
+            for _ in range(5):
+                start = time.perf_counter()
+                subprocess.run([loupe, "run", "smol", CLEAN, "--endpoint", endpoint], check=True, stdout=subprocess.DEVNULL)
+                cli.append(time.perf_counter() - start)
+            fresh = []
+            for _ in range(3):
+                start = time.perf_counter()
+                subprocess.run([loupe, "ioi", "--model", args.smol], check=True, stdout=subprocess.DEVNULL)
+                fresh.append(time.perf_counter() - start)
+            w, c, f = statistics.median(warm), statistics.median(cli), statistics.median(fresh)
+            lines.append(f"| IOI experiment (2 prompts, SmolLM2), warm daemon | {w * 1e3:.0f} ms | fresh `loupe ioi` process "
+                         f"(loads the model): {f:.2f} s | {f / w:.0f}x faster warm |")
+            lines.append(f"| `loupe run smol PROMPT` (CLI process + warm daemon) | {c * 1e3:.0f} ms | | |")
+        else:
+            lines.append(f"| warm turnaround | not measured: {args.smol} is missing (scripts/fetch-models.sh) | | |")
+        call(endpoint, {"id": 9, "op": "server.shutdown"})
+        daemon.wait(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(echo_endpoint)
+        sock.send(b"stop")
+        echo.join(timeout=2)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print("| measure | Loupe | reference | ratio / note |")
+    print("|---|---|---|---|")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
