@@ -12,6 +12,8 @@ public struct DaemonConfiguration: Sendable {
     /// How long a finished job's reply stays fetchable with `jobs.result`.
     public var resultTTL: Double = 600
     public var maxRetainedResults = 64
+    /// Bytes of retained results (full logits add up); the oldest go first.
+    public var maxRetainedBytes = 512 << 20
     /// Jobs waiting on one model before new ones are refused with `busy`.
     public var maxQueue = 64
     /// Token slots (rows x padded length) one forward pass may compute.

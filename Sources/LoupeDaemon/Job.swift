@@ -52,5 +52,4 @@ struct Subscriber {
     let requester: Requester
     /// Interim replies (`queued`, `running`, `progress`) too, not only the final one.
     let streams: Bool
-    var lastProgress = Date.distantPast
 }

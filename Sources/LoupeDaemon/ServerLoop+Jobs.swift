@@ -56,10 +56,10 @@ extension ServerLoop {
     }
 
     private func jobEnded(_ jobID: Int, instanceID: Int, _ result: Result<[String: MessageValue], any Error>) {
-        guard let instance = instances[instanceID], let job = jobs[jobID] else { return }
+        guard let instance = instances[instanceID] else { return }
         instance.running = nil
         instance.lastUsed = Date()
-        finish(job, result.mapError { ProtocolError.running($0) })
+        if let job = jobs[jobID] { finish(job, result.mapError { ProtocolError.running($0) }) }
         pump(instance)
         releaseIfUnused(instance)
         stopIfIdle()
@@ -106,6 +106,7 @@ extension ServerLoop {
         outcome["job"] = MessageValue(job.id)
         job.outcome = outcome
         job.outcomeBytes = MessageEncoder.encode(.map(outcome)).count
+        retainedBytes += job.outcomeBytes
         for subscriber in job.subscribers { send(outcome, to: subscriber.requester) }
         job.subscribers.removeAll()
         finishedJobs.append(job.id)
@@ -118,13 +119,16 @@ extension ServerLoop {
         reply(to: requester, status: status, outcome)
     }
 
-    /// Drops outcomes past their time, then the oldest beyond the count limit.
+    /// Drops outcomes past their time, then the oldest beyond the count and byte limits.
     func expireResults(now: Date) {
-        while let first = finishedJobs.first, let job = jobs[first],
-              finishedJobs.count > configuration.maxRetainedResults
-                || now.timeIntervalSince(job.finished ?? now) > configuration.resultTTL {
+        while let first = finishedJobs.first {
+            let job = jobs[first]
+            let expired = job.map { now.timeIntervalSince($0.finished ?? now) > configuration.resultTTL } ?? true
+            guard expired || finishedJobs.count > configuration.maxRetainedResults
+                    || retainedBytes > configuration.maxRetainedBytes else { return }
             finishedJobs.removeFirst()
             jobs[first] = nil
+            retainedBytes -= job?.outcomeBytes ?? 0
         }
     }
 

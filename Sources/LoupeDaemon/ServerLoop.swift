@@ -38,8 +38,9 @@ final class ServerLoop {
     var loads: [String: LoadInFlight] = [:]
     var loadingNames: [String: LoadInFlight] = [:]
     var jobs: [Int: Job] = [:]
-    /// Finished jobs in the order they finished, for retention.
+    /// Finished jobs in the order they finished, and their outcomes' bytes, for retention.
     var finishedJobs: [Int] = []
+    var retainedBytes = 0
     var nextJob = 1
     var lastHousekeeping = Date()
 
