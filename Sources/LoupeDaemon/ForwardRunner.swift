@@ -62,21 +62,24 @@ struct ForwardRunner: Sendable {
 
 /// Selecting the k largest of many values without sorting them all.
 enum TopK {
-    /// Indices of the k largest values, largest first; ties go to the lower index.
+    /// Indices of the k largest values, largest first; ties go to the lower index, NaN last.
     static func indices(_ values: UnsafeBufferPointer<Float>, k: Int) -> [Int] {
         let k = min(k, values.count)
         guard k > 0 else { return [] }
-        if k > 64 {
-            return Array(values.indices.sorted { values[$0] > values[$1] || (values[$0] == values[$1] && $0 < $1) }.prefix(k))
+        // a ranks before b: larger, or equal and earlier; NaN after every number.
+        func before(_ a: Int, _ b: Int) -> Bool {
+            let (x, y) = (values[a], values[b])
+            if x.isNaN || y.isNaN { return !x.isNaN && y.isNaN || (x.isNaN && y.isNaN && a < b) }
+            return x > y || (x == y && a < b)
         }
+        if k > 64 { return Array(values.indices.sorted(by: before).prefix(k)) }
         // A sorted run of the best k so far, worst last: cheap for the small k people ask for.
         var best = [Int]()
         best.reserveCapacity(k + 1)
         for index in values.indices {
-            let value = values[index]
-            if best.count == k, let worst = best.last, !(value > values[worst]) { continue }
+            if best.count == k, let worst = best.last, !before(index, worst) { continue }
             var slot = best.count
-            while slot > 0, value > values[best[slot - 1]] { slot -= 1 }
+            while slot > 0, before(index, best[slot - 1]) { slot -= 1 }
             best.insert(index, at: slot)
             if best.count > k { best.removeLast() }
         }

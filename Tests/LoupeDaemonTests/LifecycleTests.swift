@@ -1,6 +1,7 @@
 import Foundation
 import LoupeWire
 import XCTest
+@testable import LoupeDaemon
 
 /// Models coming and going, results kept, and the daemon stopping cleanly; tiny models only.
 final class LifecycleTests: XCTestCase {
@@ -125,5 +126,36 @@ final class LifecycleTests: XCTestCase {
         for _ in 0..<3 { jobs.append(try XCTUnwrap(try live.call("forward", ["model": "tiny", "tokens": [[1, 2]]])["job"])) }
         try live.expectError(.notFound, "jobs.result", ["job": jobs[0]])
         XCTAssertEqual(try live.call("jobs.result", ["job": jobs[2]])["job"], jobs[2])
+    }
+}
+
+final class ForwardDetailsTests: XCTestCase {
+    func testTokensAsATensorInAnAttachmentFrame() throws {
+        let live = try LiveDaemon()
+        defer { live.stop() }
+        try live.call("models.load", ["name": "tiny", "source": .string(Fixtures.gpt2Tiny)])
+        let ids: [Int32] = [1, 2, 3, 4, 5, 6]
+        let tensor: MessageValue = ["dtype": "i32", "shape": [2, 3], "data": ["frame": 1]]
+        let reply = try live.client().call("forward", ["model": "tiny", "tokens": tensor, "top_k": 1],
+                                           attachments: [ids.withUnsafeBytes { Array($0) }])
+        XCTAssertEqual(reply.body["tokens"], [[1, 2, 3], [4, 5, 6]])
+        // The same as sending the ids as arrays.
+        let plain = try live.call("forward", ["model": "tiny", "tokens": [[1, 2, 3], [4, 5, 6]], "top_k": 1])
+        XCTAssertEqual(reply.body["top"], plain["top"])
+    }
+
+    func testTopK() {
+        let values: [Float] = [0.5, 3, -1, 3, 2, .nan, 7]
+        values.withUnsafeBufferPointer { buffer in
+            XCTAssertEqual(TopK.indices(buffer, k: 3), [6, 1, 3])
+            XCTAssertEqual(TopK.indices(buffer, k: 0), [])
+            XCTAssertEqual(TopK.indices(buffer, k: 10), [6, 1, 3, 4, 0, 2, 5])
+        }
+        // The sorting path for large k agrees with the insertion path.
+        var generator = SystemRandomNumberGenerator()
+        let many = (0..<5000).map { _ in Float.random(in: -10...10, using: &generator) }
+        many.withUnsafeBufferPointer { buffer in
+            XCTAssertEqual(Array(TopK.indices(buffer, k: 200).prefix(64)), TopK.indices(buffer, k: 64))
+        }
     }
 }
