@@ -1,3 +1,4 @@
+import CMalloc
 import Foundation
 import LoupeFormats
 import LoupeTokenizers
@@ -42,6 +43,7 @@ public final class LoadedModel: Sendable {
                 throw ModelError.format(FormatError(.missingKey, file: path, item: "model_type", "the checkpoint does not say its model type"))
             }
             let model = try registry.adapter(forModelType: type).load(checkpoint)
+            releaseFreedMemory()
             return LoadedModel(source: source, resolvedPath: path, model: model, tokenizer: tokenizer,
                                loadSeconds: Date().timeIntervalSince(start))
         } catch let error as FormatError {
@@ -61,6 +63,12 @@ public final class LoadedModel: Sendable {
             return try HFCache.snapshotDirectory(forModelID: source)
         }
         throw FormatError(.notFound, file: source, "no such file or directory, and not an HF id (org/name)")
+    }
+
+    /// Loading frees large temporaries (dequantized tensors before their transposition); hand
+    /// that memory back to the system so a warm model costs only its weights.
+    private static func releaseFreedMemory() {
+        malloc_trim(0)
     }
 
     private static func hasTokenizerFiles(_ directory: String) -> Bool {

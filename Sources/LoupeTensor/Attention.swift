@@ -102,7 +102,7 @@ func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Floa
     while i + 8 <= n {
         let x = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self)
         let y = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
-        lanes.addProduct(x, y)
+        lanes += x * y  // not addProduct: without FMA in the target it becomes a libm call per lane
         i += 8
     }
     var sum = lanes.sum()
@@ -121,7 +121,7 @@ func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<F
     while i + 8 <= n {
         let xs = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
         var ys = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
-        ys.addProduct(a, xs)
+        ys += a * xs
         UnsafeMutableRawPointer(y + i).storeBytes(of: ys, as: SIMD8<Float>.self)
         i += 8
     }

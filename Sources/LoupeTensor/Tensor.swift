@@ -1,6 +1,6 @@
 import Foundation
 
-/// The memory behind one or more tensors: float32, either owned (64-byte aligned, zeroed)
+/// The memory behind one or more tensors: float32, either owned (zeroed)
 /// or borrowed from something that outlives it (an mmap'd weight file, say).
 public final class TensorStorage: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
@@ -8,14 +8,12 @@ public final class TensorStorage: @unchecked Sendable {
     /// Keeps a borrowed region alive (an mmap'd file); nil when the storage owns its memory.
     private let owner: AnyObject?
 
-    /// Fresh, zero-filled memory for `count` floats.
+    /// Fresh, zero-filled memory for `count` floats. calloc hands out large blocks as fresh
+    /// zero pages, so a big output that a kernel overwrites is not written twice.
     public init(count: Int) {
-        let bytes = max(count, 1) * MemoryLayout<Float>.stride
-        var raw: UnsafeMutableRawPointer? = nil
-        guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
-            fatalError("out of memory allocating \(bytes) bytes")
+        guard let raw = calloc(max(count, 1), MemoryLayout<Float>.stride) else {
+            fatalError("out of memory allocating \(count) floats")
         }
-        memset(raw, 0, bytes)
         self.pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         self.count = count
         self.owner = nil

@@ -12,12 +12,14 @@ import LoupeTensor
 struct EngineBenchmark: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "loupe-bench", abstract: "Benchmarks of Loupe's engine.")
 
-    @Option(help: "SmolLM2 GGUF file.")
-    var smollm = (ProcessInfo.processInfo.environment["LOUPE_MODELS"] ?? (NSHomeDirectory() + "/.cache/loupe/models"))
-        + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+    @Option(help: "The model: a GGUF file or an HF directory (scripts/make_random_gpt2.py writes a GPT-2-small-shaped one).")
+    var model: String
 
-    @Option(help: "HF directory of a GPT-2-small-shaped model (scripts/make_random_gpt2.py writes one).")
-    var gpt2: String
+    @Option(help: "A name for the report.")
+    var name: String?
+
+    @Option(help: "Batch sizes to time, each of 16-token sequences.")
+    var rows: [Int] = [1, 64]
 
     @Option(help: "Timed repetitions per figure (the median is reported).")
     var repeats = 7
@@ -30,49 +32,47 @@ struct EngineBenchmark: ParsableCommand {
         let registry = ArchitectureRegistry()
         registry.register(GPT2Architecture.self)
         registry.register(LlamaArchitecture.self)
-        print("machine: \(Parallel.cores) cores; \(Date()); median of \(repeats) runs after one warm-up")
-
-        for (name, source) in [("SmolLM2-135M (GGUF Q4_1 → f32)", smollm), ("GPT-2 small shape, random f32", gpt2)] {
-            let before = residentBytes()
-            let loadStart = Date()
-            let loaded = try LoadedModel.load(source, registry: registry)
-            let loadSeconds = Date().timeIntervalSince(loadStart)
-            let model = loaded.model
-            // Mapped float32 weights become resident when first read: measure after a pass.
-            _ = try model.forward(TokenBatch([[1]]), logits: .last)
-            let resident = residentBytes() - before
-            print("\n## \(name)")
-            print(String(format: "load: %.3f s; resident after one pass +%.0f MB for %.0f MB of float32 weights (%.2fx)",
-                         loadSeconds, Double(resident) / 1e6, Double(model.weightBytes) / 1e6,
-                         Double(resident) / Double(model.weightBytes)))
-            let gated = model.architecture == "llama"
-            for rows in [1, 64] {
-                let tokens = (0..<16).map { ($0 * 37 + rows) % 1000 }
-                let batch = TokenBatch(Array(repeating: tokens, count: rows))
-                let forward = median(repeats) { _ = try! model.forward(batch, logits: .all) }
-                let flops = forwardFLOPs(model.dimensions, gated: gated, tokens: rows * 16, length: 16)
-                let linearFLOPs = forwardFLOPs(model.dimensions, gated: gated, tokens: rows * 16, length: 0)
-                let sgemm = sgemmOnSameShapes(model.dimensions, gated: gated, rows: rows * 16)
-                var line = String(format: "forward %dx16: %.1f ms, %.1f GFLOP/s = %.2f of sgemm's %.1f GFLOP/s on the same shapes",
-                                  rows, forward * 1000, flops / forward / 1e9,
-                                  (flops / forward) / (linearFLOPs / sgemm), linearFLOPs / sgemm / 1e9)
-                if let torch = torchSeconds(source, rows: rows) {
-                    line += String(format: "; HF transformers %.1f ms: Loupe takes %.2fx torch's time", torch * 1000, forward / torch)
-                } else {
-                    line += "; HF transformers: torch not installed"
-                }
-                print(line)
+        print("\n## \(name ?? model)")
+        print("\(Parallel.cores) cores; \(Date()); median of \(repeats) runs after one warm-up")
+        let before = residentBytes()
+        let loadStart = Date()
+        let loaded = try LoadedModel.load(model, registry: registry)
+        let loadSeconds = Date().timeIntervalSince(loadStart)
+        let network = loaded.model
+        // Mapped float32 weights become resident when first read: measure after a pass.
+        _ = try network.forward(TokenBatch([[1]]), logits: .last)
+        let resident = residentBytes() - before
+        print(String(format: "load: %.3f s; resident after one pass +%.0f MB for %.0f MB of float32 weights (%.2fx)",
+                     loadSeconds, Double(resident) / 1e6, Double(network.weightBytes) / 1e6,
+                     Double(resident) / Double(network.weightBytes)))
+        let gated = network.architecture == "llama"
+        for rows in rows {
+            let tokens = (0..<16).map { ($0 * 37 + rows) % 1000 }
+            let batch = TokenBatch(Array(repeating: tokens, count: rows))
+            let forward = median(repeats) { _ = try! network.forward(batch, logits: .all) }
+            let flops = forwardFLOPs(network.dimensions, gated: gated, tokens: rows * 16, length: 16)
+            let linearFLOPs = forwardFLOPs(network.dimensions, gated: gated, tokens: rows * 16, length: 0)
+            let sgemm = sgemmOnSameShapes(network.dimensions, gated: gated, rows: rows * 16)
+            var line = String(format: "forward %dx16: %.1f ms, %.1f GFLOP/s = %.2f of sgemm's %.1f GFLOP/s on the same shapes",
+                              rows, forward * 1000, flops / forward / 1e9,
+                              (flops / forward) / (linearFLOPs / sgemm), linearFLOPs / sgemm / 1e9)
+            if let torch = torchSeconds(model, rows: rows) {
+                line += String(format: "; HF transformers %.1f ms: Loupe takes %.2fx torch's time", torch * 1000, forward / torch)
+            } else {
+                line += "; HF transformers: torch not installed"
             }
+            print(line)
         }
     }
 
-    /// The matrix products of one forward pass: (inputs, outputs, how many). Llama's MLP has
-    /// a gate projection beside the up projection.
-    func linearShapes(_ d: ModelDimensions, gated: Bool) -> [(inputs: Int, outputs: Int, count: Int)] {
+    /// The matrix products of one forward pass as the engine makes them: (inputs, outputs,
+    /// how many, weight stored output-major). Projections are input-major (Llama's gate and up
+    /// fused into one); the tied unembedding reads the embedding matrix output-major.
+    func linearShapes(_ d: ModelDimensions, gated: Bool) -> [(inputs: Int, outputs: Int, count: Int, outputMajor: Bool)] {
         let attentionWidth = d.heads * d.headDim, kvWidth = d.keyValueHeads * d.headDim
-        return [(d.hidden, attentionWidth + 2 * kvWidth, d.layers), (attentionWidth, d.hidden, d.layers),
-                (d.hidden, d.intermediate, d.layers * (gated ? 2 : 1)), (d.intermediate, d.hidden, d.layers),
-                (d.hidden, d.vocabulary, 1)]
+        return [(d.hidden, attentionWidth + 2 * kvWidth, d.layers, false), (attentionWidth, d.hidden, d.layers, false),
+                (d.hidden, d.intermediate * (gated ? 2 : 1), d.layers, false), (d.intermediate, d.hidden, d.layers, false),
+                (d.hidden, d.vocabulary, 1, true)]
     }
 
     /// 2 × the multiply-adds of a forward pass with full logits over `tokens` tokens in
@@ -89,13 +89,16 @@ struct EngineBenchmark: ParsableCommand {
     func sgemmOnSameShapes(_ d: ModelDimensions, gated: Bool, rows: Int) -> Double {
         let operands = linearShapes(d, gated: gated).map { shape in
             (shape, Tensor(shape: [rows, shape.inputs], values: (0..<(rows * shape.inputs)).map { Float($0 % 7) * 0.01 }),
-             Tensor(zeros: [shape.outputs, shape.inputs]), Tensor(zeros: [rows, shape.outputs]))
+             // Written weights: untouched zero pages would all be one cached page.
+             Tensor(shape: [shape.outputs * shape.inputs], values: (0..<(shape.outputs * shape.inputs)).map { Float($0 % 13) * 0.01 }),
+             Tensor(zeros: [rows, shape.outputs]))
         }
         return median(repeats) {
             for (shape, x, w, y) in operands {
                 for _ in 0..<shape.count {
                     gemm(rows: rows, columns: shape.outputs, inner: shape.inputs, a: x.data, lda: shape.inputs, transposeA: false,
-                         b: w.data, ldb: shape.inputs, transposeB: true, c: y.data, ldc: shape.outputs)
+                         b: w.data, ldb: shape.outputMajor ? shape.inputs : shape.outputs, transposeB: shape.outputMajor,
+                         c: y.data, ldc: shape.outputs)
                 }
             }
         }
