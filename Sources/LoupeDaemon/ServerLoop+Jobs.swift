@@ -173,13 +173,13 @@ extension ServerLoop {
                 "progress": progress]
     }
 
+    /// The outcome now, or when the job ends; `mode: stream` hears the job's state at once.
     func jobResult(_ request: Request) throws(ProtocolError) {
         let job = try job(for: request)
-        if let outcome = job.outcome {
-            send(outcome, to: request.requester)
-        } else {
-            job.subscribers.append(Subscriber(requester: request.requester, streams: false))
-        }
+        if let outcome = job.outcome { return send(outcome, to: request.requester) }
+        let streams = try request.mode() == .stream
+        job.subscribers.append(Subscriber(requester: request.requester, streams: streams))
+        if streams { reply(to: request.requester, status: ReplyStatus(rawValue: job.state.rawValue) ?? .running, ["job": MessageValue(job.id)]) }
     }
 
     /// `debug.fail`: a job whose work throws what no handler expects.

@@ -22,9 +22,10 @@ public enum ClientError: Error, Sendable, CustomStringConvertible {
 
 /// A connection to a daemon over a DEALER socket, for one thread at a time.
 ///
-/// `call` sends a request and returns its final reply. Long requests go as `mode: stream`,
-/// so the daemon acknowledges at once: the first reply must come within `timeout`, which
-/// tells a missing daemon from a slow job; later replies may take as long as the job does.
+/// `call` sends a request and returns its final reply. Requests go as `mode: stream` unless
+/// they say otherwise, so the daemon acknowledges a long one at once: the first reply must
+/// come within `timeout`, which tells a missing daemon from a slow job; later replies may
+/// take as long as the job does.
 public final class WireClient {
     public let endpoint: String
     public var timeout: Double
@@ -53,6 +54,7 @@ public final class WireClient {
         let id = nextID
         nextID += 1
         var body = fields
+        if body["mode"] == nil { body["mode"] = "stream" }
         body["id"] = .int(id)
         body["op"] = .string(op)
         try send(WireMessage(.map(body), attachments: attachments))
@@ -69,7 +71,7 @@ public final class WireClient {
             }
             switch status {
             case .ok: return reply
-            case .accepted where fields["mode"] == "detach": return reply
+            case .accepted where body["mode"] == "detach": return reply
             case .error:
                 throw .daemon(ProtocolError(reply.body["error"]) ?? ProtocolError(.internalError, "error reply without a message"))
             default: interim?(reply.body)

@@ -71,7 +71,7 @@ struct Load: ParsableCommand {
     func run() throws {
         let source = FileManager.default.fileExists(atPath: source)
             ? URL(fileURLWithPath: source).standardizedFileURL.path : source
-        let reply = try options.call("models.load", ["name": .string(name), "source": .string(source), "mode": "stream"])
+        let reply = try options.call("models.load", ["name": .string(name), "source": .string(source)])
         if options.json { return options.printJSON(reply) }
         let layers = reply["dimensions"]?["layers"]?.intValue ?? 0
         let how = reply["shared"]?.boolValue == true ? "already in memory"
@@ -129,7 +129,7 @@ struct Run: ParsableCommand {
     @Flag(help: "The prompt is token ids, for models without a tokenizer.") var ids = false
 
     func run() throws {
-        var fields: [String: MessageValue] = ["model": .string(name), "top_k": MessageValue(top), "mode": "stream"]
+        var fields: [String: MessageValue] = ["model": .string(name), "top_k": MessageValue(top)]
         if ids {
             let numbers = prompt.split(whereSeparator: { $0 == "," || $0 == " " }).compactMap { Int($0) }
             guard !numbers.isEmpty else { throw ValidationError("--ids needs token ids such as '3260, 1757'") }
