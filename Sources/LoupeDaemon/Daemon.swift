@@ -30,6 +30,7 @@ public final class Daemon: Sendable {
     /// endpoint gets its port). Throws when the endpoint cannot be bound.
     @discardableResult
     public func start() throws -> String {
+        try Self.checkNoDaemon(at: configuration.endpoint)
         let ready = DispatchSemaphore(value: 0)
         let bindResult = Mutex<Result<String, ZMQError>?>(nil)
         let (configuration, registry, logger, inbox) = (self.configuration, self.registry, self.logger, self.inbox)
@@ -102,6 +103,15 @@ public final class Daemon: Sendable {
         signalSources.withLock { $0.append(contentsOf: sources) }
     }
 
+    /// libzmq binds an `ipc://` path over an existing socket file, which would silently take
+    /// the endpoint from a daemon already serving there; ask it first.
+    private static func checkNoDaemon(at endpoint: String) throws {
+        guard endpoint.hasPrefix("ipc://"), FileManager.default.fileExists(atPath: String(endpoint.dropFirst("ipc://".count))) else { return }
+        if let client = try? WireClient(endpoint: endpoint, timeout: 0.5), (try? client.call("hello")) != nil {
+            throw DaemonError.endpointInUse(endpoint)
+        }
+    }
+
     /// An `ipc://` endpoint's file, once the socket has closed.
     private static func removeSocketFile(_ endpoint: String) {
         guard endpoint.hasPrefix("ipc://") else { return }
@@ -113,4 +123,14 @@ public final class Daemon: Sendable {
 /// A signal source, held only to keep it alive; Dispatch runs its handler.
 private struct SignalSource: @unchecked Sendable {
     let source: any DispatchSourceSignal
+}
+
+public enum DaemonError: Error, CustomStringConvertible {
+    case endpointInUse(String)
+
+    public var description: String {
+        switch self {
+        case .endpointInUse(let endpoint): return "a Loupe daemon is already serving at \(endpoint)"
+        }
+    }
 }

@@ -43,7 +43,9 @@ struct Serve: ParsableCommand {
     var debugOps = false
 
     func run() throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("--log-level takes trace, debug, info, notice, warning, error or critical")
+        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -70,6 +72,8 @@ struct Serve: ParsableCommand {
         let daemon = Daemon(configuration: settings, registry: makeRegistry())
         do {
             try daemon.start()
+        } catch let error as DaemonError {
+            throw ValidationError("\(error)")
         } catch {
             throw ValidationError("cannot listen on \(endpoint): \(error) (is another daemon running there?)")
         }

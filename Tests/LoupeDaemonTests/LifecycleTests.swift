@@ -159,3 +159,34 @@ final class ForwardDetailsTests: XCTestCase {
         }
     }
 }
+
+final class EndpointTests: XCTestCase {
+    func testASecondDaemonDoesNotTakeALiveEndpoint() throws {
+        let live = try LiveDaemon()
+        defer { live.stop() }
+        var configuration = DaemonConfiguration()
+        configuration.endpoint = live.endpoint
+        XCTAssertThrowsError(try Daemon(configuration: configuration, registry: Fixtures.registry(), logger: Fixtures.logger).start()) {
+            XCTAssertTrue("\($0)".contains("already serving"), "\($0)")
+        }
+        XCTAssertEqual(try live.call("hello")["server"], "loupe", "the first daemon still serves")
+    }
+
+    func testAStaleSocketFileIsReplaced() throws {
+        let path = NSTemporaryDirectory() + "loupe-stale-\(UUID().uuidString.prefix(8)).sock"
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: nil))
+        let live = try LiveDaemon { $0.endpoint = "ipc://" + path }
+        defer { live.stop() }
+        XCTAssertEqual(try live.call("hello")["server"], "loupe")
+    }
+
+    func testTCPOnAnEphemeralPort() throws {
+        let live = try LiveDaemon { $0.endpoint = "tcp://127.0.0.1:*" }
+        defer { live.stop() }
+        XCTAssertTrue(live.endpoint.hasPrefix("tcp://127.0.0.1:") && !live.endpoint.hasSuffix(":*"), live.endpoint)
+        XCTAssertEqual(try live.call("hello")["protocol"], 1)
+        var configuration = DaemonConfiguration()
+        configuration.endpoint = live.endpoint
+        XCTAssertThrowsError(try Daemon(configuration: configuration, registry: Fixtures.registry(), logger: Fixtures.logger).start())
+    }
+}
