@@ -123,7 +123,12 @@ final class ErrorCodeTests: XCTestCase {
         _ = try client.call("forward", ["model": "tiny", "tokens": heavy, "mode": "detach"])
         try client.send(WireMessage(["id": 1, "op": "forward", "model": "tiny", "tokens": [[1, 2, 3]], "mode": "stream"]))
         let accepted = try XCTUnwrap(try client.receive(timeout: 10))
+        XCTAssertEqual(accepted.body["status"], "accepted")
         let job = try XCTUnwrap(accepted.body["job"])
+        let queued = try XCTUnwrap(try client.receive(timeout: 10))
+        XCTAssertEqual(queued.body["status"], "queued")
+        XCTAssertEqual(queued.body["position"], 1)
+        XCTAssertEqual(try live.call("jobs.status", ["job": job])["position"], 1)
         XCTAssertEqual(try live.call("jobs.cancel", ["job": job])["state"], "cancelled")
         var final: MessageValue?
         while final == nil, let reply = try client.receive(timeout: 30) {

@@ -116,6 +116,22 @@ final class LifecycleTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: String(live.endpoint.dropFirst("ipc://".count))))
     }
 
+    func testStats() throws {
+        let live = try LiveDaemon()
+        defer { live.stop() }
+        try live.call("models.load", ["name": "tiny", "source": .string(Fixtures.gpt2Tiny)])
+        try live.call("forward", ["model": "tiny", "tokens": [[1, 2]]])
+        let stats = try live.call("server.stats")
+        XCTAssertGreaterThan(stats["uptime_seconds"]?.doubleValue ?? 0, 0)
+        XCTAssertEqual(stats["requests"], 3)
+        XCTAssertEqual(stats["models"], ["tiny"])
+        XCTAssertGreaterThan(stats["model_bytes"]?.intValue ?? 0, 500_000)
+        XCTAssertGreaterThan(stats["rss_bytes"]?.intValue ?? 0, 0)
+        XCTAssertEqual(stats["jobs"], ["queued": 0, "running": 0, "retained": 2])
+        XCTAssertEqual(stats["endpoint"]?.stringValue, live.endpoint)
+        XCTAssertEqual(stats["pid"]?.intValue, Int(getpid()))
+    }
+
     func testResultsExpire() throws {
         let live = try LiveDaemon {
             $0.maxRetainedResults = 2
