@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Replays Protocol/vectors/ against a real `loupe serve` process (the debug build), then
-# stops it with `loupe stop` and checks that it removed its socket file.
+# stops it with `loupe stop`, and a second one with SIGTERM, checking that each removes
+# its socket file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 loupe=${LOUPE:-.build/debug/loupe}
@@ -13,4 +14,11 @@ python3 scripts/conformance.py --endpoint "$endpoint" >/dev/null
 "$loupe" stop --endpoint "$endpoint" >/dev/null
 wait "$daemon"
 if [ -e "$socket" ]; then echo "conformance: the daemon left $socket behind" >&2; exit 1; fi
-echo "conformance: Protocol/vectors pass against loupe serve"
+
+"$loupe" serve --endpoint "$endpoint" --log-level warning &
+daemon=$!
+for _ in $(seq 50); do "$loupe" ps --endpoint "$endpoint" --timeout 0.2 >/dev/null 2>&1 && break; sleep 0.1; done
+kill -TERM "$daemon"
+wait "$daemon"
+if [ -e "$socket" ]; then echo "conformance: SIGTERM left $socket behind" >&2; exit 1; fi
+echo "conformance: Protocol/vectors pass against loupe serve; it stops cleanly on loupe stop and SIGTERM"

@@ -1,0 +1,60 @@
+import CZMQ
+import Foundation
+import LoupeWire
+import XCTest
+
+/// Garbage on the wire: every message gets exactly one reply, and the daemon keeps serving.
+final class HostileClientTests: XCTestCase {
+    func testRandomAndCorruptedMessages() throws {
+        let live = try LiveDaemon()
+        defer { live.stop() }
+        let socket = try ZMQSocket(.dealer)
+        try socket.setOption(ZMQ_RCVTIMEO, Int32(10_000))
+        try socket.connect(live.endpoint)
+
+        var random = SeededRandom(seed: 7)
+        let valid = MessageEncoder.encode(["id": 1, "op": "hello", "protocol": 1, "client": "fuzz", "extra": [1, 2.5, ["k": .binary([1, 2])]]])
+        var sent = 0
+        for round in 0..<3000 {
+            var frames: [[UInt8]]
+            switch round % 3 {
+            case 0: frames = [(0..<Int(random.next() % 48)).map { _ in UInt8(truncatingIfNeeded: random.next()) }]
+            case 1:
+                var bytes = valid
+                for _ in 0..<(1 + Int(random.next() % 3)) {
+                    bytes[Int(random.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: random.next())
+                }
+                frames = [Array(bytes.prefix(1 + Int(random.next() % UInt64(bytes.count))))]
+            default:
+                // Extra frames, empty frames, a delimiter followed by nothing.
+                frames = [[], valid, [UInt8](repeating: 0xff, count: Int(random.next() % 8))].shuffled(using: &random)
+            }
+            try socket.send(frames)
+            sent += 1
+        }
+        var replies = 0
+        var codes = Set<String>()
+        while replies < sent, let frames = try socket.receive() {
+            replies += 1
+            let body = try MessageDecoder.decode(frames.first(where: { !$0.isEmpty }) ?? [])
+            XCTAssertNotNil(body["status"]?.stringValue)
+            if let code = body["error"]?["code"]?.stringValue { codes.insert(code) }
+        }
+        XCTAssertEqual(replies, sent, "one reply per message")
+        XCTAssertTrue(codes.isSubset(of: Set(ErrorCode.allCases.map(\.rawValue))), "\(codes)")
+        XCTAssertEqual(try live.call("hello")["server"], "loupe")
+    }
+}
+
+/// A small seeded generator, so a failure can be replayed.
+struct SeededRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
