@@ -8,7 +8,7 @@ final class ErrorCodeTests: XCTestCase {
     var live: LiveDaemon!
 
     override func setUpWithError() throws {
-        live = try LiveDaemon { $0.maxQueue = 1 }
+        live = try LiveDaemon { $0.maxQueue = 2 }
         try live.call("models.load", ["name": "tiny", "source": .string(Fixtures.gpt2Tiny)])
     }
 
@@ -100,35 +100,35 @@ final class ErrorCodeTests: XCTestCase {
     }
 
     func testBusyWhenTheQueueIsFull() throws {
-        // maxQueue is 1: one job runs, one waits, the third of a burst is refused.
+        // maxQueue is 2: one job runs, two wait, the fourth of a burst is refused.
         let client = try live.client()
         let heavy: [String: MessageValue] = ["model": "tiny", "tokens": .array((0..<64).map { _ in MessageValue((0..<64).map { $0 }) }),
                                              "op": "forward", "mode": "detach"]
-        for id in 1...3 {
+        for id in 1...4 {
             var fields = heavy
             fields["id"] = MessageValue(id)
             try client.send(WireMessage(.map(fields)))
         }
         var codes = [String]()
-        while codes.count < 3, let reply = try client.receive(timeout: 30) {
+        while codes.count < 4, let reply = try client.receive(timeout: 30) {
             codes.append(reply.body["status"] == "error" ? reply.body["error"]?["code"]?.stringValue ?? "" : reply.body["status"]?.stringValue ?? "")
         }
-        XCTAssertEqual(codes.sorted(), ["accepted", "accepted", "busy"])
+        XCTAssertEqual(codes.sorted(), ["accepted", "accepted", "accepted", "busy"])
     }
 
     func testCancelled() throws {
-        // A queued job, cancelled before the job ahead of it ends, ends `cancelled`.
+        // A queued job, cancelled before the jobs ahead of it end, ends `cancelled`.
         let client = try live.client()
         let heavy = MessageValue.array((0..<64).map { _ in MessageValue((0..<64).map { $0 }) })
-        _ = try client.call("forward", ["model": "tiny", "tokens": heavy, "mode": "detach"])
+        for _ in 0..<2 { try client.call("forward", ["model": "tiny", "tokens": heavy, "mode": "detach"]) }
         try client.send(WireMessage(["id": 1, "op": "forward", "model": "tiny", "tokens": [[1, 2, 3]], "mode": "stream"]))
         let accepted = try XCTUnwrap(try client.receive(timeout: 10))
         XCTAssertEqual(accepted.body["status"], "accepted")
         let job = try XCTUnwrap(accepted.body["job"])
         let queued = try XCTUnwrap(try client.receive(timeout: 10))
         XCTAssertEqual(queued.body["status"], "queued")
-        XCTAssertEqual(queued.body["position"], 1)
-        XCTAssertEqual(try live.call("jobs.status", ["job": job])["position"], 1)
+        XCTAssertEqual(queued.body["position"], 2)
+        XCTAssertEqual(try live.call("jobs.status", ["job": job])["position"], 2)
         XCTAssertEqual(try live.call("jobs.cancel", ["job": job])["state"], "cancelled")
         var final: MessageValue?
         while final == nil, let reply = try client.receive(timeout: 30) {
