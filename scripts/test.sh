@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
-# Every test: Swift unit and integration tests (they need the fetched models).
-set -euo pipefail
+# Every test: the Swift unit and integration tests (they need the models that
+# scripts/fetch-models.sh fetches), then the wire protocol against a live daemon.
+# Ends with one line counting what passed and failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-swift build --build-tests
-swift test --skip-build --parallel --num-workers 2
+scripts/setup.sh || exit 1
+swift build --build-tests || exit 1
+
+log=$(mktemp)
+swift test --skip-build 2>&1 | tee "$log"
+swift_status=${PIPESTATUS[0]}
+# XCTest's closing line for all suites: "Executed N tests, with M failures ..."
+summary=$(grep -E "^\s*Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1)
+executed=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
+failed=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
+rm -f "$log"
+if [ -z "$summary" ]; then echo "swift test printed no summary" >&2; exit 1; fi
+
 # The wire protocol against a real `loupe serve` process.
-scripts/conformance_live.sh
+if scripts/conformance_live.sh; then conformance_passed=1; conformance_failed=0; else conformance_passed=0; conformance_failed=1; fi
+
+passed=$((executed - failed + conformance_passed))
+failed=$((failed + conformance_failed))
+echo "tests: $passed passed, $failed failed"
+[ "$swift_status" -eq 0 ] && [ "$failed" -eq 0 ]
