@@ -80,3 +80,30 @@ final class LoadErrorTests: XCTestCase {
         assertFormatError("/nonexistent/model", .notFound, item: nil)
     }
 }
+
+/// A model named by its HF id loads from the local HF cache, with no network.
+final class HFCacheLoadingTests: XCTestCase {
+    func testHFIdResolvesInTheLocalCache() throws {
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("loupe-hub-\(UUID().uuidString)").path
+        let snapshot = cache + "/models--loupe-tests--gpt2-tiny/snapshots/0123abcd"
+        try FileManager.default.createDirectory(atPath: snapshot, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: cache + "/models--loupe-tests--gpt2-tiny/refs", withIntermediateDirectories: true)
+        try "0123abcd".write(toFile: cache + "/models--loupe-tests--gpt2-tiny/refs/main", atomically: true, encoding: .utf8)
+        for file in ["config.json", "model.safetensors"] {
+            try FileManager.default.copyItem(atPath: fixturesDirectory + "/models/gpt2-tiny/" + file, toPath: snapshot + "/" + file)
+        }
+        let previous = ProcessInfo.processInfo.environment["HF_HUB_CACHE"]
+        setenv("HF_HUB_CACHE", cache, 1)
+        defer {
+            if let previous { setenv("HF_HUB_CACHE", previous, 1) } else { unsetenv("HF_HUB_CACHE") }
+            try? FileManager.default.removeItem(atPath: cache)
+        }
+        let loaded = try LoadedModel.load("loupe-tests/gpt2-tiny", registry: testRegistry)
+        XCTAssertEqual(loaded.resolvedPath, snapshot)
+        XCTAssertEqual(loaded.model.architecture, "gpt2")
+        XCTAssertThrowsError(try LoadedModel.load("loupe-tests/absent", registry: testRegistry)) { error in
+            guard case ModelError.format(let format) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(format.kind, .notFound)
+        }
+    }
+}
