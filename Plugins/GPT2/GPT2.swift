@@ -27,8 +27,8 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
     private let tokenEmbedding: Tensor      // wte [vocab, hidden]; also the unembedding
     private let positionEmbedding: Tensor   // wpe [context, hidden]
     private let blocks: [Block]
-    private let finalNorm: (weight: Tensor, bias: Tensor)
-    private let unembedding: Linear
+    private let finalNormWeights: (weight: Tensor, bias: Tensor)
+    let unembedding: Linear
 
     struct Block {
         let norm1: (weight: Tensor, bias: Tensor)
@@ -83,7 +83,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
                              bias: try w(p + "mlp.c_proj.bias", [hidden]), layout: .inputMajor),
                 attentionScale: scale)
         }
-        finalNorm = (try w("transformer.ln_f.weight", [hidden]), try w("transformer.ln_f.bias", [hidden]))
+        finalNormWeights = (try w("transformer.ln_f.weight", [hidden]), try w("transformer.ln_f.bias", [hidden]))
         // HF ties lm_head to wte unless the config says otherwise and the checkpoint has its own.
         if !config.tieWordEmbeddings, w.has("lm_head.weight") {
             unembedding = Linear(weight: try w("lm_head.weight", [vocabulary, hidden]), layout: .outputMajor)
@@ -96,34 +96,29 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         moduleTree = GPT2Model.tree(dimensions, inner: inner, epsilon: configEpsilon)
     }
 
-    func forward(_ batch: TokenBatch, hooks: (any ForwardHooks)?, logits: LogitRows,
-                 cancelled: CancellationCheck?) throws -> Tensor {
-        try validate(batch)
-        let pass = ForwardPass(batch: batch, hooks: hooks, cancelled: cancelled)
-
-        var tokens = embeddingLookup(tokenEmbedding, batch.paddedIDs())
+    /// Token embeddings plus learned position embeddings.
+    func embed(_ pass: ForwardPass) throws -> Tensor {
+        var tokens = embeddingLookup(tokenEmbedding, pass.tokenIDs ?? [])
         try pass.fire(["transformer.wte"], .output, &tokens)
-        var positions = embeddingLookup(positionEmbedding, batch.positionIDs())
+        var positions = embeddingLookup(positionEmbedding, pass.positionIDs)
         try pass.fire(["transformer.wpe"], .output, &positions)
         var x = tokens.copy()
         addInPlace(x, positions)
         try pass.fireIdentity("transformer.drop", &x)
+        return x
+    }
 
-        for layer in 0..<dimensions.layers {
-            try pass.checkCancelled()
-            x = try block(layer, x, pass)
-        }
-
+    func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
         var normIn = x
         try pass.fire(["transformer.ln_f"], .input, &normIn)
-        var final = layerNorm(normIn, weight: finalNorm.weight, bias: finalNorm.bias, eps: epsilon)
+        var final = layerNorm(normIn, weight: finalNormWeights.weight, bias: finalNormWeights.bias, eps: epsilon)
         try pass.fire(["transformer.ln_f"], .output, &final)
         try pass.fire(["transformer"], .output, &final, tuple: true)
-        return try unembed(final, logits, pass)
+        return final
     }
 
     /// One block: x + attn(ln_1(x)), then + mlp(ln_2(·)).
-    private func block(_ layer: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
+    func layer(_ layer: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
         let b = blocks[layer], p = "transformer.h.\(layer)"
         let (rows, length) = (pass.rows, pass.length)
         let (heads, headDim, hidden) = (dimensions.heads, dimensions.headDim, dimensions.hidden)
@@ -146,12 +141,12 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         try pass.fire(["blocks.\(layer).attn.q"], .output, &q, shape: headShape)
         try pass.fire(["blocks.\(layer).attn.k"], .output, &k, shape: headShape)
         try pass.fire(["blocks.\(layer).attn.v"], .output, &v, shape: headShape)
-        let geometry = AttentionGeometry(batch: rows, queries: length, keys: length, heads: heads,
-                                         keyValueHeads: heads, headDim: headDim, padding: pass.batch.padding)
-        var pattern = attentionPattern(q: q, k: k, geometry: geometry, scale: b.attentionScale)
+        let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: heads, headDim: headDim)
+        let (keys, values) = pass.attentionInputs(layer: layer, keys: k, values: v)
+        var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: b.attentionScale)
         try pass.fire(["blocks.\(layer).attn.pattern"], .output, &pattern, shape: pattern.shape)
         try pass.fireIdentity("\(p).attn.attn_dropout", &pattern, shape: pattern.shape)
-        var z = attendValues(pattern: pattern, v: v, geometry: geometry)
+        var z = attendValues(pattern: pattern, v: values, geometry: geometry)
         try pass.fire(["\(p).attn.c_proj"], .input, &z)
         try pass.fire(["blocks.\(layer).attn.z"], .output, &z, shape: headShape)
         var attention = b.attentionOut(z)
@@ -184,18 +179,6 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         try pass.fire([p], .output, &x, tuple: true)
         try pass.fire(["blocks.\(layer).resid_post"], .output, &x)
         return x
-    }
-
-    /// lm_head at the rows `which` asks for.
-    private func unembed(_ final: Tensor, _ which: LogitRows, _ pass: ForwardPass) throws -> Tensor {
-        let (rows, length, hidden) = (pass.rows, pass.length, dimensions.hidden)
-        if which == .none { return final.reshaped([rows, length, hidden]) }
-        let positions = which == .last ? 1 : length
-        var headIn = pass.rowsToUnembed(final, which)
-        try pass.fire(["lm_head"], .input, &headIn, shape: [rows, positions, hidden])
-        var logits = unembedding(headIn)
-        try pass.fire(["lm_head", "logits"], .output, &logits, shape: [rows, positions, dimensions.vocabulary])
-        return logits.reshaped([rows, positions, dimensions.vocabulary])
     }
 
     /// The module tree as `print(model)` shows it for GPT2LMHeadModel.

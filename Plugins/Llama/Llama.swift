@@ -40,8 +40,8 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     private let settings: Settings
     private let tokenEmbedding: Tensor
     private let blocks: [Block]
-    private let finalNorm: Tensor
-    private let unembedding: Linear
+    private let finalNormWeight: Tensor
+    let unembedding: Linear
     private let rotary: RotaryTable
 
     struct Block {
@@ -82,7 +82,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
                 ]),
                 down: try linear(p + "mlp.down_proj", out: s.hidden, in: s.intermediate, bias: s.mlpBias).inputMajor())
         }
-        finalNorm = try w("model.norm.weight", [s.hidden])
+        finalNormWeight = try w("model.norm.weight", [s.hidden])
         if !s.tied, w.has("lm_head.weight") {
             unembedding = Linear(weight: try w("lm_head.weight", [s.vocabulary, s.hidden]), layout: .outputMajor).inputMajor()
         } else if !s.tied {
@@ -98,27 +98,23 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         moduleTree = LlamaModel.tree(s)
     }
 
-    func forward(_ batch: TokenBatch, hooks: (any ForwardHooks)?, logits: LogitRows,
-                 cancelled: CancellationCheck?) throws -> Tensor {
-        try validate(batch)
-        let pass = ForwardPass(batch: batch, hooks: hooks, cancelled: cancelled)
-        var x = embeddingLookup(tokenEmbedding, batch.paddedIDs())
+    func embed(_ pass: ForwardPass) throws -> Tensor {
+        var x = embeddingLookup(tokenEmbedding, pass.tokenIDs ?? [])
         try pass.fire(["model.embed_tokens"], .output, &x)
-        let positions = batch.positionIDs()
-        for layer in 0..<dimensions.layers {
-            try pass.checkCancelled()
-            x = try block(layer, x, positions, pass)
-        }
+        return x
+    }
+
+    func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
         var normIn = x
         try pass.fire(["model.norm"], .input, &normIn)
-        var final = rmsNorm(normIn, weight: finalNorm, eps: Float(settings.epsilon))
+        var final = rmsNorm(normIn, weight: finalNormWeight, eps: Float(settings.epsilon))
         try pass.fire(["model.norm"], .output, &final)
         try pass.fire(["model"], .output, &final, tuple: true)
-        return try unembed(final, logits, pass)
+        return final
     }
 
     /// One decoder layer: x + attn(norm(x)), then + mlp(norm(·)).
-    private func block(_ layer: Int, _ input: Tensor, _ positions: [Int], _ pass: ForwardPass) throws -> Tensor {
+    func layer(_ layer: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
         let b = blocks[layer], p = "model.layers.\(layer)"
         let (rows, length) = (pass.rows, pass.length)
         let (heads, kvHeads, headDim) = (dimensions.heads, dimensions.keyValueHeads, dimensions.headDim)
@@ -140,16 +136,16 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         try pass.fire(["\(p).self_attn.q_proj"], .output, &q)
         try pass.fire(["\(p).self_attn.k_proj"], .output, &k)
         try pass.fire(["\(p).self_attn.v_proj"], .output, &v)
-        rotary.apply(q, heads: heads, positions: positions)
-        rotary.apply(k, heads: kvHeads, positions: positions)
+        rotary.apply(q, heads: heads, positions: pass.positionIDs)
+        rotary.apply(k, heads: kvHeads, positions: pass.positionIDs)
         try pass.fire(["blocks.\(layer).attn.q"], .output, &q, shape: [rows, length, heads, headDim])
         try pass.fire(["blocks.\(layer).attn.k"], .output, &k, shape: [rows, length, kvHeads, headDim])
         try pass.fire(["blocks.\(layer).attn.v"], .output, &v, shape: [rows, length, kvHeads, headDim])
-        let geometry = AttentionGeometry(batch: rows, queries: length, keys: length, heads: heads,
-                                         keyValueHeads: kvHeads, headDim: headDim, padding: pass.batch.padding)
-        var pattern = attentionPattern(q: q, k: k, geometry: geometry, scale: 1 / Float(headDim).squareRoot())
+        let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: kvHeads, headDim: headDim)
+        let (keys, values) = pass.attentionInputs(layer: layer, keys: k, values: v)
+        var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: 1 / Float(headDim).squareRoot())
         try pass.fire(["blocks.\(layer).attn.pattern"], .output, &pattern, shape: pattern.shape)
-        var z = attendValues(pattern: pattern, v: v, geometry: geometry)
+        var z = attendValues(pattern: pattern, v: values, geometry: geometry)
         try pass.fire(["\(p).self_attn.o_proj"], .input, &z)
         try pass.fire(["blocks.\(layer).attn.z"], .output, &z, shape: [rows, length, heads, headDim])
         var attention = b.o(z)
@@ -191,18 +187,6 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         try pass.fire([p], .output, &x)
         try pass.fire(["blocks.\(layer).resid_post"], .output, &x)
         return x
-    }
-
-    /// lm_head at the rows `which` asks for.
-    private func unembed(_ final: Tensor, _ which: LogitRows, _ pass: ForwardPass) throws -> Tensor {
-        let (rows, length, hidden) = (pass.rows, pass.length, dimensions.hidden)
-        if which == .none { return final.reshaped([rows, length, hidden]) }
-        let positions = which == .last ? 1 : length
-        var headIn = pass.rowsToUnembed(final, which)
-        try pass.fire(["lm_head"], .input, &headIn, shape: [rows, positions, hidden])
-        var logits = unembedding(headIn)
-        try pass.fire(["lm_head", "logits"], .output, &logits, shape: [rows, positions, dimensions.vocabulary])
-        return logits.reshaped([rows, positions, dimensions.vocabulary])
     }
 
     /// The module tree as `print(model)` shows it for LlamaForCausalLM.

@@ -1,26 +1,83 @@
 import LoupeFormats
 import LoupeTensor
 
-/// What one forward pass carries through an architecture's layers: the batch, the hooks
-/// and the cancellation check. Architectures call `fire` at every site, in order.
+/// What one forward pass carries through an architecture's layers: which positions it
+/// computes, the hooks and the cancellation check. Architectures call `fire` at every site,
+/// in order.
+///
+/// A pass computes `length` positions of each of `rows` sequences. A full pass starts at
+/// position 0; a continuation computes only the last positions, attending to the keys and
+/// values of the earlier ones from a cache (`cachedLength` of them): attention is causal, so
+/// nothing at a later position can change an earlier one.
 public struct ForwardPass {
-    public let batch: TokenBatch
+    public let rows: Int
+    /// Positions computed per row.
+    public let length: Int
+    /// Positions before them whose keys and values come from `prefix`.
+    public let cachedLength: Int
+    /// Pad slots at the start of each row (counted in the whole sequence).
+    public let padding: [Int]
+    /// The position id of each computed slot, row by row.
+    public let positionIDs: [Int]
+    /// The token id of each computed slot; nil for a continuation that starts from hidden states.
+    public let tokenIDs: [Int]?
     private let hooks: (any ForwardHooks)?
     private let cancelled: CancellationCheck?
+    private let prefix: KeyValueCache?
+    private let recorder: KeyValueCache?
 
-    public init(batch: TokenBatch, hooks: (any ForwardHooks)?, cancelled: CancellationCheck?) {
-        self.batch = batch
+    /// A full pass over a batch of token sequences. `recorder` keeps every layer's keys and
+    /// values, for continuations.
+    public init(batch: TokenBatch, hooks: (any ForwardHooks)?, cancelled: CancellationCheck?,
+                recorder: KeyValueCache? = nil) {
+        rows = batch.rows
+        length = batch.length
+        cachedLength = 0
+        padding = batch.padding
+        positionIDs = batch.positionIDs()
+        tokenIDs = batch.paddedIDs()
         self.hooks = hooks
         self.cancelled = cancelled
+        prefix = nil
+        self.recorder = recorder
+    }
+
+    /// A continuation: positions `start..<start+length` of `rows` sequences that share the
+    /// unpadded prefix recorded in `cache` (row `cacheRow` of it), from hidden states.
+    public init(continuing cache: KeyValueCache, row cacheRow: Int = 0, rows: Int, from start: Int, length: Int,
+                hooks: (any ForwardHooks)? = nil, cancelled: CancellationCheck? = nil) {
+        self.rows = rows
+        self.length = length
+        cachedLength = start
+        padding = Array(repeating: 0, count: rows)
+        positionIDs = (0..<rows).flatMap { _ in start..<(start + length) }
+        tokenIDs = nil
+        self.hooks = hooks
+        self.cancelled = cancelled
+        prefix = cache.prefix(row: cacheRow, positions: start, copies: rows)
+        recorder = nil
+    }
+
+    /// The attention geometry of this pass's rows.
+    public func attentionGeometry(heads: Int, keyValueHeads: Int, headDim: Int) -> AttentionGeometry {
+        AttentionGeometry(batch: rows, queries: length, keys: cachedLength + length, heads: heads,
+                          keyValueHeads: keyValueHeads, headDim: headDim, padding: padding)
+    }
+
+    /// The keys and values layer `layer` attends to: the cached ones of earlier positions
+    /// followed, row by row, by those of this pass's positions. A recording pass keeps them.
+    public func attentionInputs(layer: Int, keys: Tensor, values: Tensor) -> (keys: Tensor, values: Tensor) {
+        var result = (keys: keys, values: values)
+        if let prefix, cachedLength > 0 {
+            result = (prefix.keys[layer]!.interleaving(keys, rows: rows), prefix.values[layer]!.interleaving(values, rows: rows))
+        }
+        recorder?.store(layer: layer, keys: result.keys, values: result.values, rows: rows)
+        return result
     }
 
     /// True when hooks may look at sites; an architecture may then take a slower path that
     /// materialises every site.
     public var hasHooks: Bool { hooks != nil }
-
-    /// Batch rows and padded length.
-    public var rows: Int { batch.rows }
-    public var length: Int { batch.length }
 
     /// Shows `value` to the hooks at each of `paths` (an HF module path and its canonical
     /// aliases), in turn. The engine keeps activations as [rows·length, features]; hooks see

@@ -28,6 +28,9 @@ public struct ModelDimensions: Sendable, Equatable, Codable {
 }
 
 /// A transformer ready to run: what an architecture adapter builds from a checkpoint.
+///
+/// An architecture says how to embed tokens, run one layer and apply the final norm; the
+/// forward pass that strings them together, and the unembedding, are the same for all.
 public protocol LanguageModel: AnyObject, Sendable {
     /// The adapter's name ("gpt2", "llama").
     var architecture: String { get }
@@ -36,21 +39,54 @@ public protocol LanguageModel: AnyObject, Sendable {
     var moduleTree: ModuleNode { get }
     /// Bytes of float32 weights held.
     var weightBytes: Int { get }
+    /// lm_head.
+    var unembedding: Linear { get }
 
-    /// Runs the batch and returns logits at the rows asked for (see `LogitRows`).
-    /// `hooks` sees and may change every site it wants; `cancelled` is checked once per layer.
-    func forward(_ batch: TokenBatch, hooks: (any ForwardHooks)?, logits: LogitRows,
-                 cancelled: CancellationCheck?) throws -> Tensor
+    /// The hidden states entering layer 0 for the pass's tokens: [rows · length, hidden].
+    func embed(_ pass: ForwardPass) throws -> Tensor
+    /// Layer `index` on hidden states [rows · length, hidden].
+    func layer(_ index: Int, _ x: Tensor, _ pass: ForwardPass) throws -> Tensor
+    /// The final norm, and the base model's output sites.
+    func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor
 }
 
 extension LanguageModel {
+    /// Runs the batch and returns logits at the rows asked for (see `LogitRows`).
+    /// `hooks` sees and may change every site it wants; `cancelled` is checked once per layer.
+    public func forward(_ batch: TokenBatch, hooks: (any ForwardHooks)? = nil, logits: LogitRows = .all,
+                        cancelled: CancellationCheck? = nil, recorder: KeyValueCache? = nil) throws -> Tensor {
+        try validate(batch)
+        let pass = ForwardPass(batch: batch, hooks: hooks, cancelled: cancelled, recorder: recorder)
+        let x = try run(layers: 0..<dimensions.layers, on: try embed(pass), pass)
+        return try unembed(try finalNorm(x, pass), logits, pass)
+    }
+
+    /// Layers `layers` in turn.
+    public func run(layers: Range<Int>, on input: Tensor, _ pass: ForwardPass) throws -> Tensor {
+        var x = input
+        for index in layers {
+            try pass.checkCancelled()
+            x = try layer(index, x, pass)
+        }
+        return x
+    }
+
+    /// lm_head at the rows `which` asks for: [rows, 1 or length, vocabulary], or the final
+    /// hidden states [rows, length, hidden] for `.none`.
+    public func unembed(_ final: Tensor, _ which: LogitRows, _ pass: ForwardPass) throws -> Tensor {
+        let (rows, length, hidden) = (pass.rows, pass.length, dimensions.hidden)
+        if which == .none { return final.reshaped([rows, length, hidden]) }
+        let positions = which == .last ? 1 : length
+        var headIn = pass.rowsToUnembed(final, which)
+        try pass.fire(["lm_head"], .input, &headIn, shape: [rows, positions, hidden])
+        var logits = unembedding(headIn)
+        try pass.fire(["lm_head", "logits"], .output, &logits, shape: [rows, positions, dimensions.vocabulary])
+        return logits.reshaped([rows, positions, dimensions.vocabulary])
+    }
+
     /// Every site in the order the forward pass reaches it (HF paths and canonical names),
     /// found by running two tiny batches; callers keep the result.
     public func discoverSites() throws -> [SiteInfo] { try SiteDiscovery.sites(of: self) }
-
-    public func forward(_ batch: TokenBatch, hooks: (any ForwardHooks)? = nil, logits: LogitRows = .all) throws -> Tensor {
-        try forward(batch, hooks: hooks, logits: logits, cancelled: nil)
-    }
 
     /// Checks a batch against the vocabulary and the context before any compute.
     public func validate(_ batch: TokenBatch) throws {

@@ -1,0 +1,42 @@
+import Foundation
+import LoupeModels
+import LoupeTensor
+import XCTest
+
+/// A pass that continues from cached keys and values computes exactly what the full pass
+/// computes at the same positions.
+final class ContinuationTests: XCTestCase {
+    func testContinuationMatchesFullPass() throws {
+        for name in ["gpt2-tiny", "llama-tiny", "llama-tiny-untied"] {
+            let model = try LoadedModel.load(fixturesDirectory + "/models/" + name, registry: testRegistry).model
+            let tokens = [3, 141, 59, 26, 5, 35, 89, 79, 32, 38]
+            let layers = model.dimensions.layers
+            let residuals = (0..<layers).map { Site("blocks.\($0).resid_pre", .output) }
+            let recorder = ActivationRecorder(residuals)
+            let cache = KeyValueCache(layers: layers)
+            let full = try model.forward(TokenBatch([tokens]), hooks: recorder, logits: .all, recorder: cache)
+            XCTAssertEqual(cache.positions, tokens.count)
+            for start in [1, 4, 9] {
+                for firstLayer in 0..<layers {
+                    // Three copies of the same continuation: rows of a stacked batch.
+                    let copies = 3
+                    let entering = recorder.values[residuals[firstLayer]]!.reshaped([tokens.count, -1])
+                        .slice(axis: 0, start..<tokens.count).contiguous()
+                    let stacked = Tensor(zeros: [copies * (tokens.count - start), model.dimensions.hidden])
+                    for copy in 0..<copies {
+                        stacked.slice(axis: 0, (copy * (tokens.count - start))..<((copy + 1) * (tokens.count - start))).assign(from: entering)
+                    }
+                    let pass = ForwardPass(continuing: cache, rows: copies, from: start, length: tokens.count - start)
+                    let x = try model.run(layers: firstLayer..<layers, on: stacked, pass)
+                    let logits = try model.unembed(try model.finalNorm(x, pass), .last, pass)
+                    XCTAssertEqual(logits.shape, [copies, 1, model.dimensions.vocabulary])
+                    let expected = full.select(axis: 0, 0).select(axis: 0, tokens.count - 1)
+                    for copy in 0..<copies {
+                        XCTAssertLessThanOrEqual(maxDifference(logits.select(axis: 0, copy).select(axis: 0, 0), expected), 1e-5,
+                                                 "\(name): from layer \(firstLayer), position \(start)")
+                    }
+                }
+            }
+        }
+    }
+}
