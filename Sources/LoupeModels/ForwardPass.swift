@@ -5,16 +5,17 @@ import LoupeTensor
 /// computes, the hooks and the cancellation check. Architectures call `fire` at every site,
 /// in order.
 ///
-/// A pass computes `length` positions of each of `rows` sequences. A full pass starts at
-/// position 0; a continuation computes only the last positions, attending to the keys and
-/// values of the earlier ones from a cache (`cachedLength` of them): attention is causal, so
-/// nothing at a later position can change an earlier one.
+/// A full pass computes every position of each of `rows` sequences. A continuation computes
+/// only the last positions of each sequence, attending to the keys and values of the earlier
+/// ones from a cache: attention is causal, so nothing at a later position can change an
+/// earlier one. Rows of a continuation may start at different positions; their computed
+/// positions are then stacked, row after row, without padding.
 public struct ForwardPass {
     public let rows: Int
-    /// Positions computed per row.
-    public let length: Int
-    /// Positions before them whose keys and values come from `prefix`.
-    public let cachedLength: Int
+    /// Positions computed in each row.
+    public let queryCounts: [Int]
+    /// Positions per row, cached ones included.
+    public let keyCount: Int
     /// Pad slots at the start of each row (counted in the whole sequence).
     public let padding: [Int]
     /// The position id of each computed slot, row by row.
@@ -23,7 +24,8 @@ public struct ForwardPass {
     public let tokenIDs: [Int]?
     private let hooks: (any ForwardHooks)?
     private let cancelled: CancellationCheck?
-    private let prefix: KeyValueCache?
+    /// The cache a continuation reads its earlier positions from, and which of its rows.
+    private let prefix: (cache: KeyValueCache, row: Int)?
     private let recorder: KeyValueCache?
 
     /// A full pass over a batch of token sequences. `recorder` keeps every layer's keys and
@@ -31,8 +33,8 @@ public struct ForwardPass {
     public init(batch: TokenBatch, hooks: (any ForwardHooks)?, cancelled: CancellationCheck?,
                 recorder: KeyValueCache? = nil) {
         rows = batch.rows
-        length = batch.length
-        cachedLength = 0
+        queryCounts = Array(repeating: batch.length, count: batch.rows)
+        keyCount = batch.length
         padding = batch.padding
         positionIDs = batch.positionIDs()
         tokenIDs = batch.paddedIDs()
@@ -42,37 +44,62 @@ public struct ForwardPass {
         self.recorder = recorder
     }
 
-    /// A continuation: positions `start..<start+length` of `rows` sequences that share the
-    /// unpadded prefix recorded in `cache` (row `cacheRow` of it), from hidden states.
-    public init(continuing cache: KeyValueCache, row cacheRow: Int = 0, rows: Int, from start: Int, length: Int,
+    /// A continuation of the unpadded sequence in row `row` of `cache`: one row per entry of
+    /// `starts`, computing positions `start..<cache.positions` from hidden states.
+    public init(continuing cache: KeyValueCache, row: Int = 0, starts: [Int],
                 hooks: (any ForwardHooks)? = nil, cancelled: CancellationCheck? = nil) {
-        self.rows = rows
-        self.length = length
-        cachedLength = start
-        padding = Array(repeating: 0, count: rows)
-        positionIDs = (0..<rows).flatMap { _ in start..<(start + length) }
+        let total = cache.positions
+        precondition(starts.allSatisfy { $0 >= 0 && $0 < total }, "continuations start inside the cached sequence")
+        rows = starts.count
+        queryCounts = starts.map { total - $0 }
+        keyCount = total
+        padding = Array(repeating: 0, count: starts.count)
+        positionIDs = starts.flatMap { $0..<total }
         tokenIDs = nil
         self.hooks = hooks
         self.cancelled = cancelled
-        prefix = cache.prefix(row: cacheRow, positions: start, copies: rows)
+        prefix = (cache, row)
         recorder = nil
+        precondition(hooks == nil || Set(starts).count <= 1, "hooks see [rows, length, ...]: rows of one continuation must start together")
     }
+
+    /// Positions computed per row (the most, for a continuation whose rows start apart).
+    public var length: Int { queryCounts.max() ?? 0 }
+    /// Positions computed over all rows: the rows of every activation matrix.
+    public var computedRows: Int { queryCounts.reduce(0, +) }
 
     /// The attention geometry of this pass's rows.
     public func attentionGeometry(heads: Int, keyValueHeads: Int, headDim: Int) -> AttentionGeometry {
-        AttentionGeometry(batch: rows, queries: length, keys: cachedLength + length, heads: heads,
-                          keyValueHeads: keyValueHeads, headDim: headDim, padding: padding)
+        AttentionGeometry(queryCounts: queryCounts, keys: keyCount, heads: heads, keyValueHeads: keyValueHeads,
+                          headDim: headDim, padding: padding)
     }
 
-    /// The keys and values layer `layer` attends to: the cached ones of earlier positions
-    /// followed, row by row, by those of this pass's positions. A recording pass keeps them.
+    /// The keys and values layer `layer` attends to, [rows · keyCount, width]: for each row,
+    /// the cached ones of its earlier positions, then those of the positions it computes. A
+    /// recording pass keeps them.
     public func attentionInputs(layer: Int, keys: Tensor, values: Tensor) -> (keys: Tensor, values: Tensor) {
         var result = (keys: keys, values: values)
-        if let prefix, cachedLength > 0 {
-            result = (prefix.keys[layer]!.interleaving(keys, rows: rows), prefix.values[layer]!.interleaving(values, rows: rows))
+        if let prefix {
+            result = (assemble(prefix.cache.keys[layer]!, keys, cacheRow: prefix.row, cached: prefix.cache.positions),
+                      assemble(prefix.cache.values[layer]!, values, cacheRow: prefix.row, cached: prefix.cache.positions))
         }
         recorder?.store(layer: layer, keys: result.keys, values: result.values, rows: rows)
         return result
+    }
+
+    private func assemble(_ cached: Tensor, _ computed: Tensor, cacheRow: Int, cached cachedPerRow: Int) -> Tensor {
+        let width = computed.columnCount
+        let out = Tensor(zeros: [rows * keyCount, width])
+        var computedRow = 0
+        for row in 0..<rows {
+            let earlier = keyCount - queryCounts[row]
+            out.slice(axis: 0, (row * keyCount)..<(row * keyCount + earlier))
+                .assign(from: cached.slice(axis: 0, (cacheRow * cachedPerRow)..<(cacheRow * cachedPerRow + earlier)))
+            out.slice(axis: 0, (row * keyCount + earlier)..<((row + 1) * keyCount))
+                .assign(from: computed.slice(axis: 0, computedRow..<(computedRow + queryCounts[row])))
+            computedRow += queryCounts[row]
+        }
+        return out
     }
 
     /// True when hooks may look at sites; an architecture may then take a slower path that
@@ -124,23 +151,20 @@ public struct ForwardPass {
         if let cancelled, cancelled() { throw ModelError.cancelled }
     }
 
-    /// The rows of final hidden states [rows·length, hidden] that the unembedding reads.
+    /// The rows of final hidden states [computed rows, hidden] that the unembedding reads.
     public func rowsToUnembed(_ hidden: Tensor, _ which: LogitRows) -> Tensor {
         switch which {
         case .all, .none: return hidden
         case .last:
             let width = hidden.columnCount
             let last = Tensor(zeros: [rows, width])
+            var end = 0
             for row in 0..<rows {
-                (last.data + row * width).update(from: hidden.data + (row * length + length - 1) * width, count: width)
+                end += queryCounts[row]
+                (last.data + row * width).update(from: hidden.data + (end - 1) * width, count: width)
             }
             return last
         }
-    }
-
-    /// The logits tensor's shape for `which`.
-    public func logitShape(_ which: LogitRows, vocabulary: Int) -> [Int] {
-        which == .last ? [rows, 1, vocabulary] : [rows, length, vocabulary]
     }
 }
 

@@ -1,11 +1,12 @@
 /// The sizes of one causal self-attention call over a left-padded batch.
 ///
-/// Each of `batch` rows has `keys` slots of which the last `queries` are new: a full
-/// forward pass has queries == keys; a pass that continues from cached keys and values
-/// has fewer queries. Slot j of row b is padding when j < padding[b]; padding is never
-/// attended to.
+/// Each of `batch` rows has `keys` slots of which the last `queryCounts[b]` are new: a full
+/// forward pass has every count equal to keys; a pass that continues from cached keys and
+/// values has fewer, and rows stacked from different continuations may have different
+/// counts. Slot j of row b is padding when j < padding[b]; padding is never attended to.
 public struct AttentionGeometry: Sendable {
     public let batch: Int
+    /// The most queries of any row: the pattern is laid out [batch, heads, queries, keys].
     public let queries: Int
     public let keys: Int
     public let heads: Int
@@ -14,29 +15,40 @@ public struct AttentionGeometry: Sendable {
     public let keyValueHeads: Int
     public let headDim: Int
     public let padding: [Int]
+    /// Queries of each row, and where each row's queries start among all query rows.
+    public let queryCounts: [Int]
+    public let queryOffsets: [Int]
 
     public init(batch: Int, queries: Int, keys: Int, heads: Int, keyValueHeads: Int, headDim: Int, padding: [Int]) {
-        precondition(queries <= keys && heads % keyValueHeads == 0 && padding.count == batch)
-        self.batch = batch
-        self.queries = queries
+        self.init(queryCounts: Array(repeating: queries, count: batch), keys: keys, heads: heads,
+                  keyValueHeads: keyValueHeads, headDim: headDim, padding: padding)
+    }
+
+    public init(queryCounts: [Int], keys: Int, heads: Int, keyValueHeads: Int, headDim: Int, padding: [Int]) {
+        precondition(queryCounts.allSatisfy { $0 <= keys } && heads % keyValueHeads == 0 && padding.count == queryCounts.count)
+        batch = queryCounts.count
+        queries = queryCounts.max() ?? 0
         self.keys = keys
         self.heads = heads
         self.keyValueHeads = keyValueHeads
         self.headDim = headDim
         self.padding = padding
+        self.queryCounts = queryCounts
+        var offset = 0
+        queryOffsets = queryCounts.map { count in defer { offset += count }; return offset }
     }
 
-    /// The slot of query i within its row's keys.
-    @inline(__always) func slot(ofQuery i: Int) -> Int { keys - queries + i }
+    /// Query rows over all rows of the batch.
+    public var queryRows: Int { queryCounts.reduce(0, +) }
 }
 
 /// Attention probabilities [batch, heads, queries, keys]: softmax(q kᵀ · scale) under the
-/// causal and padding mask.
+/// causal and padding mask. A row with fewer queries than `queries` leaves the rest zero.
 ///
-/// `q` is [batch * queries, heads * headDim] and `k` [batch * keys, keyValueHeads * headDim];
+/// `q` is [query rows, heads * headDim] and `k` [batch * keys, keyValueHeads * headDim];
 /// both may be column slices of a wider matrix (GPT-2's fused c_attn output).
 public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry, scale: Float) -> Tensor {
-    checkRows(q, g.batch * g.queries, g.heads * g.headDim, "queries")
+    checkRows(q, g.queryRows, g.heads * g.headDim, "queries")
     checkRows(k, g.batch * g.keys, g.keyValueHeads * g.headDim, "keys")
     let pattern = Tensor(zeros: [g.batch, g.heads, g.queries, g.keys])
     let groups = g.heads / g.keyValueHeads
@@ -44,11 +56,11 @@ public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry
     Parallel.forEachChunk(g.batch * g.heads, costPerItem: g.queries * g.keys * g.headDim) { pairs in
         for pair in pairs {
             let b = pair / g.heads, h = pair % g.heads
-            let qBase = q.data + b * g.queries * qStride + h * g.headDim
+            let qBase = q.data + g.queryOffsets[b] * qStride + h * g.headDim
             let kBase = k.data + b * g.keys * kStride + (h / groups) * g.headDim
-            for i in 0..<g.queries {
+            for i in 0..<g.queryCounts[b] {
                 let scores = pattern.data + ((b * g.heads + h) * g.queries + i) * g.keys
-                let last = g.slot(ofQuery: i)
+                let last = g.keys - g.queryCounts[b] + i  // this query's own slot
                 // A padding slot's query sees only itself, so its row stays finite; no real
                 // token ever reads it.
                 let first = last < g.padding[b] ? last : g.padding[b]
@@ -63,23 +75,23 @@ public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry
     return pattern
 }
 
-/// Σⱼ pattern[b, h, i, j] · v[b, j, head(h)] for every query: [batch * queries, heads * headDim],
+/// Σⱼ pattern[b, h, i, j] · v[b, j, head(h)] for every query: [query rows, heads * headDim],
 /// the heads side by side as HF's attention output projection reads them.
 public func attendValues(pattern: Tensor, v: Tensor, geometry g: AttentionGeometry) -> Tensor {
     precondition(pattern.shape == [g.batch, g.heads, g.queries, g.keys] && pattern.isContiguous,
                  "attention pattern shape \(pattern.shape) does not fit the geometry")
     checkRows(v, g.batch * g.keys, g.keyValueHeads * g.headDim, "values")
     let width = g.heads * g.headDim
-    let output = Tensor(zeros: [g.batch * g.queries, width])
+    let output = Tensor(zeros: [g.queryRows, width])
     let groups = g.heads / g.keyValueHeads
     let vStride = v.strides[0]
     Parallel.forEachChunk(g.batch * g.heads, costPerItem: g.queries * g.keys * g.headDim) { pairs in
         for pair in pairs {
             let b = pair / g.heads, h = pair % g.heads
             let vBase = v.data + b * g.keys * vStride + (h / groups) * g.headDim
-            for i in 0..<g.queries {
+            for i in 0..<g.queryCounts[b] {
                 let weights = pattern.data + ((b * g.heads + h) * g.queries + i) * g.keys
-                let out = output.data + (b * g.queries + i) * width + h * g.headDim
+                let out = output.data + (g.queryOffsets[b] + i) * width + h * g.headDim
                 for j in 0..<g.keys where weights[j] != 0 {
                     axpy(weights[j], vBase + j * vStride, out, g.headDim)
                 }

@@ -16,25 +16,24 @@ final class ContinuationTests: XCTestCase {
             let cache = KeyValueCache(layers: layers)
             let full = try model.forward(TokenBatch([tokens]), hooks: recorder, logits: .all, recorder: cache)
             XCTAssertEqual(cache.positions, tokens.count)
-            for start in [1, 4, 9] {
-                for firstLayer in 0..<layers {
-                    // Three copies of the same continuation: rows of a stacked batch.
-                    let copies = 3
-                    let entering = recorder.values[residuals[firstLayer]]!.reshaped([tokens.count, -1])
-                        .slice(axis: 0, start..<tokens.count).contiguous()
-                    let stacked = Tensor(zeros: [copies * (tokens.count - start), model.dimensions.hidden])
-                    for copy in 0..<copies {
-                        stacked.slice(axis: 0, (copy * (tokens.count - start))..<((copy + 1) * (tokens.count - start))).assign(from: entering)
-                    }
-                    let pass = ForwardPass(continuing: cache, rows: copies, from: start, length: tokens.count - start)
-                    let x = try model.run(layers: firstLayer..<layers, on: stacked, pass)
-                    let logits = try model.unembed(try model.finalNorm(x, pass), .last, pass)
-                    XCTAssertEqual(logits.shape, [copies, 1, model.dimensions.vocabulary])
-                    let expected = full.select(axis: 0, 0).select(axis: 0, tokens.count - 1)
-                    for copy in 0..<copies {
-                        XCTAssertLessThanOrEqual(maxDifference(logits.select(axis: 0, copy).select(axis: 0, 0), expected), 1e-5,
-                                                 "\(name): from layer \(firstLayer), position \(start)")
-                    }
+            // Rows that start at different positions, stacked in one continuation.
+            let starts = [1, 4, 9, 4]
+            for firstLayer in 0..<layers {
+                let entering = recorder.values[residuals[firstLayer]]!.reshaped([tokens.count, -1])
+                let stacked = Tensor(zeros: [starts.map { tokens.count - $0 }.reduce(0, +), model.dimensions.hidden])
+                var row = 0
+                for start in starts {
+                    stacked.slice(axis: 0, row..<(row + tokens.count - start)).assign(from: entering.slice(axis: 0, start..<tokens.count))
+                    row += tokens.count - start
+                }
+                let pass = ForwardPass(continuing: cache, starts: starts)
+                let x = try model.run(layers: firstLayer..<layers, on: stacked, pass)
+                let logits = try model.unembed(try model.finalNorm(x, pass), .last, pass)
+                XCTAssertEqual(logits.shape, [starts.count, 1, model.dimensions.vocabulary])
+                let expected = full.select(axis: 0, 0).select(axis: 0, tokens.count - 1)
+                for (index, start) in starts.enumerated() {
+                    XCTAssertLessThanOrEqual(maxDifference(logits.select(axis: 0, index).select(axis: 0, 0), expected), 1e-5,
+                                             "\(name): from layer \(firstLayer), position \(start)")
                 }
             }
         }
