@@ -39,6 +39,11 @@ let package = Package(
         .target(name: "GPT2", dependencies: ["LoupeModels"], path: "Plugins/GPT2"),
         .target(name: "Llama", dependencies: ["LoupeModels"], path: "Plugins/Llama"),
 
+        // Traces: the IR, its validation and executor, the intervention-plugin protocol.
+        .target(name: "LoupeTrace", dependencies: ["LoupeModels", "LoupeTensor"]),
+        // Intervention plugins: each registers itself through one call.
+        .target(name: "Interventions", dependencies: ["LoupeTrace", "LoupeModels", "LoupeTensor"], path: "Plugins/Interventions"),
+
         // The wire protocol and the daemon.
         .target(name: "LoupeWire", dependencies: ["CZMQ", "CMsgPack", "LoupeTensor"]),
         .target(
@@ -61,6 +66,7 @@ let package = Package(
         .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeFormats"]),
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
         .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeModels", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "GPT2", "Llama"]),
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeWire", "LoupeTensor"]),
         .testTarget(
             name: "LoupeDaemonTests",

@@ -1,0 +1,324 @@
+import Foundation
+import LoupeModels
+import LoupeTensor
+
+/// Runs traces on one model: validates them against its sites, then runs every
+/// invocation as one left-padded batch in one forward pass, evaluating each node when the
+/// pass reaches the site it depends on.
+public final class TraceRunner: @unchecked Sendable {
+    public let model: any LanguageModel
+    public let sites: [SiteInfo]
+    public let interventions: InterventionRegistry
+    let siteOrder: [Site: Int]
+
+    /// `sites`: the model's `discoverSites()`, if the caller keeps them (found here otherwise).
+    public init(model: any LanguageModel, sites: [SiteInfo]? = nil, interventions: InterventionRegistry = InterventionRegistry()) throws {
+        self.model = model
+        self.sites = try sites ?? model.discoverSites()
+        self.interventions = interventions
+        var order = [Site: Int]()
+        for (i, info) in self.sites.enumerated() where order[Site(info.site, info.io)] == nil {
+            order[Site(info.site, info.io)] = i
+        }
+        self.siteOrder = order
+    }
+
+    /// Checks a trace and plans its execution; throws the first error, naming its node.
+    public func compile(_ trace: Trace) throws(TraceError) -> CompiledTrace {
+        try Compiler.checkInvocations(trace.invocations, model.dimensions)
+        var compiler = Compiler(model: model, sites: sites, siteOrder: siteOrder, interventions: interventions, trace: trace, mode: .all)
+        var nodes = try compiler.compile()
+        let mode = logitMode(nodes)
+        if mode == .last {
+            var again = Compiler(model: model, sites: sites, siteOrder: siteOrder, interventions: interventions, trace: trace, mode: .last)
+            nodes = try again.compile()
+        }
+        return schedule(nodes, trace: trace, mode: mode)
+    }
+
+    /// Validates and runs a trace.
+    public func run(_ trace: Trace, cancelled: CancellationCheck? = nil) throws -> TraceResult {
+        try run(try compile(trace), cancelled: cancelled)
+    }
+
+    public func run(_ compiled: CompiledTrace, cancelled: CancellationCheck? = nil) throws -> TraceResult {
+        let batch = TokenBatch(compiled.invocations)
+        let hooks = TraceHooks(compiled, batch: batch)
+        try hooks.runStart()
+        let rows: LogitRows = compiled.logits == .all ? .all : compiled.logits == .last ? .last : .none
+        _ = try model.forward(batch, hooks: hooks, logits: rows, cancelled: cancelled)
+        return hooks.result()
+    }
+
+    /// Logits only where they are read: none when no node touches the unembedding; only the
+    /// last position when every read of it indexes position -1 and nothing writes it.
+    private func logitMode(_ nodes: [CompiledNode]) -> LogitMode {
+        var heads = Set<Int>()
+        for (i, node) in nodes.enumerated() {
+            switch node.op {
+            case .get(let ref) where Compiler.headSites.contains(ref.site): heads.insert(i)
+            case .set(let ref, _) where Compiler.headSites.contains(ref.site): return .all
+            case .intervene(let steps, _) where steps.contains(where: { Compiler.headSites.contains($0.step.site) }): return .all
+            default: break
+            }
+        }
+        if heads.isEmpty { return .none }
+        for node in nodes where !heads.isDisjoint(with: node.inputs) {
+            guard case .index(let x, _, let raw) = node.op, heads.contains(x), node.inputs == [x], raw.count >= 2,
+                  raw[1] == .int(-1) else { return .all }
+            switch raw[0] {
+            case .int, .slice: continue
+            default: return .all
+            }
+        }
+        return .last
+    }
+
+    private func schedule(_ nodes: [CompiledNode], trace: Trace, mode: LogitMode) -> CompiledTrace {
+        var keyed = [Int: [(key: (Int, Int, Int), task: CompiledTrace.Task)]]()
+        var start = [CompiledTrace.Task]()
+        var lastUse = [Int](repeating: -1, count: nodes.count)
+        for (i, node) in nodes.enumerated() {
+            switch node.op {
+            case .intervene(let steps, _):
+                for (s, step) in steps.enumerated() {
+                    keyed[step.order, default: []].append(((step.event.invoke, i, s), .step(node: i, step: s)))
+                    for n in node.inputs { lastUse[n] = max(lastUse[n], step.order) }
+                }
+            default:
+                if node.event.site < 0 {
+                    start.append(.node(i))
+                } else {
+                    keyed[node.event.site, default: []].append(((node.event.invoke, i, 0), .node(i)))
+                }
+                for n in node.inputs { lastUse[n] = max(lastUse[n], node.event.site) }
+            }
+            if case .save = node.op { lastUse[i] = Int.max }
+        }
+        let tasks = keyed.mapValues { list in list.sorted { $0.key < $1.key }.map(\.task) }
+        return CompiledTrace(invocations: trace.invocations, nodes: nodes, logits: mode, tasks: tasks, startTasks: start,
+                             sites: sites, lastUse: lastUse)
+    }
+}
+
+/// The hooks of one trace run.
+final class TraceHooks: ForwardHooks {
+    let plan: CompiledTrace
+    let batch: TokenBatch
+    private var values: [Tensor?]
+    private var wanted: Set<Site> = []
+    private let orderOf: [Site: Int]
+
+    init(_ plan: CompiledTrace, batch: TokenBatch) {
+        self.plan = plan
+        self.batch = batch
+        self.values = Array(repeating: nil, count: plan.nodes.count)
+        var orderOf = [Site: Int]()
+        for order in plan.tasks.keys {
+            let info = plan.sites[order]
+            orderOf[Site(info.site, info.io)] = order
+        }
+        self.orderOf = orderOf
+        self.wanted = Set(orderOf.keys)
+    }
+
+    func wants(_ site: Site) -> Bool { wanted.contains(site) }
+
+    func runStart() throws {
+        let frame = Frame(seen: nil, info: nil, batch: batch)
+        for task in plan.startTasks { try run(task, frame) }
+    }
+
+    func visit(_ site: Site, _ value: inout Tensor) throws {
+        guard let order = orderOf[site], let tasks = plan.tasks[order] else { return }
+        let frame = Frame(seen: value, info: plan.sites[order], batch: batch)
+        for task in tasks { try run(task, frame) }
+        keepPastSite(order, storage: value.storage)
+    }
+
+    func result() -> TraceResult {
+        var saved = [String: Tensor](), names = [String]()
+        for (i, node) in plan.nodes.enumerated() {
+            if case .save(_, let name) = node.op, let value = values[i] {
+                saved[name] = value.copy()
+                names.append(name)
+            }
+        }
+        return TraceResult(saved: saved, names: names, logits: plan.logits, slots: batch.slots)
+    }
+
+    /// A site's value as each invocation sees it.
+    struct Frame {
+        let seen: Tensor?
+        let info: SiteInfo?
+        let batch: TokenBatch
+
+        /// Invocation `invoke`'s rows, without its left padding: positions count as in the
+        /// invocation alone.
+        func view(_ invoke: Int) -> Tensor {
+            var v = seen!.slice(axis: 0, invoke..<(invoke + 1))
+            let pad = batch.padding[invoke]
+            if pad > 0, let info {
+                for (axis, symbol) in info.shape.enumerated() where symbol == SiteInfo.sequenceDim && v.shape[axis] == batch.length {
+                    v = v.slice(axis: axis, pad..<batch.length)
+                }
+            }
+            return v
+        }
+    }
+
+    private func operand(_ o: Operand) -> Tensor {
+        switch o {
+        case .node(let n): return values[n]!
+        case .literal(let t): return t
+        }
+    }
+
+    private func run(_ task: CompiledTrace.Task, _ frame: Frame) throws {
+        switch task {
+        case .step(let n, let s):
+            guard case .intervene(let steps, let tensors) = plan.nodes[n].op else { return }
+            let resolved = tensors.mapValues(operand)
+            try steps[s].step.apply(SiteValues(view: frame.view, tensors: resolved))
+        case .node(let n):
+            let node = plan.nodes[n]
+            let value = try evaluate(node, frame)
+            guard value.shape == node.shape else {
+                throw TraceError(.shapeMismatch, node: node.id, "internal: node \(node.id) computed shape \(value.shape), validation expected \(node.shape ?? [])")
+            }
+            values[n] = value
+        }
+    }
+
+    private func evaluate(_ node: CompiledNode, _ frame: Frame) throws -> Tensor {
+        switch node.op {
+        case .get(let ref):
+            return frame.view(ref.invoke)
+        case .set(let ref, let o):
+            let target = frame.view(ref.invoke)
+            assignSafely(target, TensorMath.broadcast(operand(o), to: target.shape))
+            return target
+        case .constant(let t):
+            return t
+        case .index(let x, let key, _):
+            return key.read(values[x]!)
+        case .setIndex(let x, let key, let o):
+            key.write(operand(o), into: values[x]!)
+            return values[x]!
+        case .binary(let name, let a, let b):
+            let f: (Float, Float) -> Float
+            switch name {
+            case "add": f = { $0 + $1 }
+            case "sub": f = { $0 - $1 }
+            case "mul": f = { $0 * $1 }
+            case "div": f = { $0 / $1 }
+            default: f = { Foundation.pow($0, $1) }
+            }
+            return TensorMath.binary(operand(a), operand(b), f)
+        case .unary(let name, let x):
+            let f: (Float) -> Float
+            switch name {
+            case "neg": f = { -$0 }
+            case "exp": f = { Foundation.exp($0) }
+            case "log": f = { Foundation.log($0) }
+            case "abs": f = { Swift.abs($0) }
+            default: f = { $0.squareRoot() }
+            }
+            return TensorMath.unary(values[x]!, f)
+        case .matmul(let a, let b):
+            return TensorMath.matmul(operand(a), operand(b))
+        case .reduce(let kind, let x, let dims, let keepdim):
+            return TensorMath.reduce(values[x]!, kind, dims: dims, keepdim: keepdim)
+        case .softmax(let x, let dim, let log):
+            return TensorMath.softmax(values[x]!, dim: dim, log: log)
+        case .reshape(let x, let shape):
+            return TensorMath.reshape(values[x]!, shape)
+        case .permute(let x, let order):
+            return values[x]!.permuted(order)
+        case .clone(let x):
+            return values[x]!.copy()
+        case .full(let shape, let value):
+            return Tensor(shape: shape, values: [Float](repeating: value, count: shape.reduce(1, *)))
+        case .cat(let parts, let dim, let stack):
+            let tensors = parts.map(operand)
+            return stack ? TensorMath.stack(tensors, dim: dim) : TensorMath.cat(tensors, dim: dim)
+        case .topk(let x, let k, let dim, let largest, let indices):
+            return TensorMath.topk(values[x]!, k: k, dim: dim, largest: largest, indices: indices)
+        case .save(let x, _):
+            return values[x]!
+        case .intervene:
+            return Tensor(zeros: [])
+        }
+    }
+
+    /// After a site: values still needed later that view the engine's buffer (which the
+    /// pass goes on to reuse) move to private storage, views of one region together so
+    /// they still alias each other; values nobody needs any more are dropped.
+    private func keepPastSite(_ order: Int, storage: TensorStorage) {
+        var spans = [(node: Int, low: Int, high: Int)]()
+        for (n, value) in values.enumerated() {
+            guard let value else { continue }
+            if plan.lastUse[n] <= order && plan.nodes[n].event.site >= 0 {
+                values[n] = nil
+                continue
+            }
+            guard value.storage === storage, value.count > 0 else { continue }
+            var low = value.offset, high = value.offset
+            for (size, stride) in zip(value.shape, value.strides) { high += (size - 1) * stride }
+            for (size, stride) in zip(value.shape, value.strides) where stride < 0 { low += (size - 1) * stride }
+            spans.append((n, low, high))
+        }
+        spans.sort { $0.low < $1.low }
+        var i = 0
+        while i < spans.count {
+            var j = i + 1, high = spans[i].high
+            while j < spans.count && spans[j].low <= high { high = max(high, spans[j].high); j += 1 }
+            let low = spans[i].low
+            let copy = TensorStorage(count: high - low + 1)
+            copy.pointer.update(from: storage.pointer + low, count: high - low + 1)
+            for span in spans[i..<j] {
+                let v = values[span.node]!
+                values[span.node] = Tensor(storage: copy, shape: v.shape, strides: v.strides, offset: v.offset - low)
+            }
+            i = j
+        }
+    }
+}
+
+extension TensorMath {
+    /// A reshape that is a view whenever PyTorch's `view` would be one (also for views with
+    /// size-1 dims of any stride, as an invocation's rows are), else a copy.
+    static func reshape(_ t: Tensor, _ shape: [Int]) -> Tensor {
+        if let strides = viewStrides(t.shape, t.strides, shape) {
+            return Tensor(storage: t.storage, shape: shape, strides: strides, offset: t.offset)
+        }
+        return t.copy().reshaped(shape)
+    }
+
+    /// PyTorch's stride computation for `view` (ATen's computeStride).
+    static func viewStrides(_ old: [Int], _ oldStrides: [Int], _ new: [Int]) -> [Int]? {
+        let count = old.reduce(1, *)
+        if count == 0 || old.isEmpty { return Tensor.contiguousStrides(for: new) }
+        var newStrides = [Int](repeating: 0, count: new.count)
+        var viewD = new.count - 1
+        var chunkBase = oldStrides[old.count - 1]
+        var tensorNumel = 1, viewNumel = 1
+        for tensorD in stride(from: old.count - 1, through: 0, by: -1) {
+            tensorNumel *= old[tensorD]
+            if tensorD == 0 || (old[tensorD - 1] != 1 && oldStrides[tensorD - 1] != tensorNumel * chunkBase) {
+                while viewD >= 0 && (viewNumel < tensorNumel || new[viewD] == 1) {
+                    newStrides[viewD] = viewNumel * chunkBase
+                    viewNumel *= new[viewD]
+                    viewD -= 1
+                }
+                if viewNumel != tensorNumel { return nil }
+                if tensorD > 0 {
+                    chunkBase = oldStrides[tensorD - 1]
+                    tensorNumel = 1
+                    viewNumel = 1
+                }
+            }
+        }
+        return viewD == -1 ? newStrides : nil
+    }
+}

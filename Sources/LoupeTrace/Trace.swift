@@ -1,0 +1,71 @@
+import LoupeTensor
+
+/// A trace: invocations (token ids) and nodes in order. Built from a `TraceValue` (a
+/// decoded request) or directly in Swift; `TRACE.md` is the schema.
+public struct Trace {
+    public var invocations: [[Int]]
+    /// Each node a map: `{id, op, ...fields}`.
+    public var nodes: [TraceValue]
+
+    public init(invocations: [[Int]], nodes: [TraceValue]) {
+        self.invocations = invocations
+        self.nodes = nodes
+    }
+
+    /// Reads `{invokes: [...], nodes: [...]}`. An invocation is `{tokens: [ids]}`, a bare
+    /// array of ids, or `{prompt: text}` when `tokenize` is given (the caller's tokenizer).
+    public init(_ value: TraceValue, tokenize: ((String) throws -> [Int])? = nil) throws(TraceError) {
+        guard case .map(let fields) = value else {
+            throw TraceError(.badRequest, "a trace is a map with invokes and nodes, got \(value.typeName)")
+        }
+        guard let invokes = fields["invokes"]?.arrayValue, !invokes.isEmpty else {
+            throw TraceError(.badRequest, field: "invokes", "invokes must be a non-empty array of invocations")
+        }
+        var invocations = [[Int]]()
+        for (i, invoke) in invokes.enumerated() {
+            let field = "invokes.\(i)"
+            var tokensValue: TraceValue? = invoke.arrayValue != nil ? invoke : invoke["tokens"]
+            if tokensValue == nil, let prompt = invoke["prompt"]?.stringValue {
+                guard let tokenize else {
+                    throw TraceError(.badRequest, field: field + ".prompt", "this model takes token ids only: send tokens, not a prompt")
+                }
+                do { tokensValue = .array(try tokenize(prompt).map { .int($0) }) } catch {
+                    throw TraceError(.badRequest, field: field + ".prompt", "could not tokenize the prompt: \(error)")
+                }
+            }
+            guard let list = tokensValue?.arrayValue else {
+                throw TraceError(.badRequest, field: field, "an invocation is {tokens: [ids]} or {prompt: text}")
+            }
+            var ids = [Int]()
+            for (j, token) in list.enumerated() {
+                guard let id = token.intValue else {
+                    throw TraceError(.badRequest, field: "\(field).tokens.\(j)", "token ids are integers, got \(token.typeName)")
+                }
+                ids.append(id)
+            }
+            invocations.append(ids)
+        }
+        guard let nodes = fields["nodes"]?.arrayValue else {
+            throw TraceError(.badRequest, field: "nodes", "nodes must be an array of node maps")
+        }
+        self.init(invocations: invocations, nodes: nodes)
+    }
+}
+
+/// What a trace run returns.
+public struct TraceResult: @unchecked Sendable {
+    /// Saved values by name, each a contiguous copy.
+    public let saved: [String: Tensor]
+    /// The names in the order their `save` nodes appear.
+    public let names: [String]
+    /// Where logits were computed: every position, only the last, or nowhere.
+    public let logits: LogitMode
+    /// Token slots the forward pass computed (rows x padded length).
+    public let slots: Int
+
+    public subscript(name: String) -> Tensor? { saved[name] }
+}
+
+public enum LogitMode: String, Sendable {
+    case all, last, none
+}

@@ -1,0 +1,121 @@
+import Foundation
+import GPT2
+import Interventions
+import Llama
+import LoupeModels
+import LoupeTensor
+import LoupeTrace
+import XCTest
+
+/// Both architecture plugins, registered as the daemon does.
+let testRegistry: ArchitectureRegistry = {
+    let registry = ArchitectureRegistry()
+    registry.register(GPT2Architecture.self)
+    registry.register(LlamaArchitecture.self)
+    return registry
+}()
+
+/// The built-in interventions, registered as the daemon does.
+let testInterventions: InterventionRegistry = {
+    let registry = InterventionRegistry()
+    registerBuiltInInterventions(registry)
+    return registry
+}()
+
+/// Tests/Fixtures, found from this source file.
+let fixturesDirectory = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures").path
+
+/// The directory scripts/fetch-models.sh fills.
+let modelsDirectory: String = ProcessInfo.processInfo.environment["LOUPE_MODELS"]
+    ?? (NSHomeDirectory() + "/.cache/loupe/models")
+
+/// A file fetched by scripts/fetch-models.sh; fails the test (never skips) when it is absent.
+func fetchedModel(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+    let path = modelsDirectory + "/" + name
+    guard FileManager.default.fileExists(atPath: path) else {
+        XCTFail("\(path) is missing: run scripts/fetch-models.sh (the README's test command does)", file: file, line: line)
+        throw CocoaError(.fileNoSuchFile)
+    }
+    return path
+}
+
+/// Fixture models and their runners, loaded once per process.
+final class Fixtures: @unchecked Sendable {
+    static let shared = Fixtures()
+    private var runners: [String: TraceRunner] = [:]
+    private let lock = NSLock()
+
+    func runner(_ name: String) throws -> TraceRunner {
+        lock.lock()
+        defer { lock.unlock() }
+        if let runner = runners[name] { return runner }
+        let path = name.hasSuffix(".gguf") ? try fetchedModel(name) : fixturesDirectory + "/models/" + name
+        let model = try LoadedModel.load(path, registry: testRegistry).model
+        let runner = try TraceRunner(model: model, interventions: testInterventions)
+        runners[name] = runner
+        return runner
+    }
+}
+
+/// A hook that applies a closure at one site.
+final class EditHook: ForwardHooks {
+    let sites: [Site: (inout Tensor) -> Void]
+    init(_ site: Site, _ edit: @escaping (inout Tensor) -> Void) { self.sites = [site: edit] }
+    init(_ sites: [Site: (inout Tensor) -> Void]) { self.sites = sites }
+    func wants(_ s: Site) -> Bool { sites[s] != nil }
+    func visit(_ s: Site, _ value: inout Tensor) throws { sites[s]!(&value) }
+}
+
+/// Largest |a - b| over two tensors of the same shape.
+func maxDifference(_ a: Tensor, _ b: Tensor, file: StaticString = #filePath, line: UInt = #line) -> Float {
+    XCTAssertEqual(a.shape, b.shape, "shapes differ", file: file, line: line)
+    guard a.shape == b.shape else { return .infinity }
+    return zip(a.toArray(), b.toArray()).reduce(0) { max($0, abs($1.0 - $1.1)) }
+}
+
+func assertClose(_ actual: Tensor?, _ expected: Tensor, tolerance: Float = 1e-4, _ what: String,
+                 file: StaticString = #filePath, line: UInt = #line) {
+    guard let actual else { return XCTFail("\(what): missing", file: file, line: line) }
+    let difference = maxDifference(actual, expected, file: file, line: line)
+    XCTAssertLessThanOrEqual(difference, tolerance, "\(what): max |difference| \(difference)", file: file, line: line)
+}
+
+/// Builds trace nodes with ids in order.
+struct TraceBuilder {
+    var nodes: [TraceValue] = []
+
+    @discardableResult
+    mutating func add(_ op: String, _ fields: [String: TraceValue] = [:]) -> TraceValue {
+        let id = nodes.count
+        var map = fields
+        map["id"] = .int(id)
+        map["op"] = .string(op)
+        nodes.append(.map(map))
+        return .ref(id)
+    }
+
+    mutating func get(_ site: String, io: String = "output", item: Int? = nil, invoke: Int) -> TraceValue {
+        var fields: [String: TraceValue] = ["site": .string(site), "io": .string(io), "invoke": .int(invoke)]
+        if let item { fields["item"] = .int(item) }
+        return add("get", fields)
+    }
+
+    mutating func index(_ x: TraceValue, _ key: TraceValue) -> TraceValue { add("index", ["x": x, "key": key]) }
+    mutating func sub(_ x: TraceValue, _ y: TraceValue) -> TraceValue { add("sub", ["x": x, "y": y]) }
+    mutating func div(_ x: TraceValue, _ y: TraceValue) -> TraceValue { add("div", ["x": x, "y": y]) }
+    mutating func save(_ x: TraceValue, _ name: String) { add("save", ["x": x, "name": .string(name)]) }
+
+    /// logits[0, -1, a] - logits[0, -1, b] of one invocation.
+    mutating func logitDiff(_ logits: TraceValue, _ a: Int, _ b: Int) -> TraceValue {
+        sub(index(logits, [0, -1, .int(a)]), index(logits, [0, -1, .int(b)]))
+    }
+
+    func trace(_ invocations: [[Int]]) -> Trace { Trace(invocations: invocations, nodes: nodes) }
+}
+
+/// {slice: [nil, nil, nil]}: `:`.
+let all: TraceValue = ["slice": [nil, nil, nil]]
+
+/// A scalar tensor's value.
+func scalar(_ t: Tensor?) -> Float { t?.toArray().first ?? .nan }
