@@ -34,7 +34,13 @@ struct IOI: ParsableCommand {
     @Option(help: "The wrong answer.")
     var wrong = " Mary"
 
+    @Option(help: "Run it on the daemon at this endpoint, which keeps the model warm between runs.")
+    var endpoint: String?
+
     func run() throws {
+        if let endpoint {
+            return try IOIOnDaemon(endpoint: endpoint, model: model, clean: clean, corrupted: corrupted, answer: answer, wrong: wrong).run()
+        }
         Parallel.configureBLAS()
         let loaded = try LoadedModel.load(model, registry: makeRegistry())
         guard let tokenizer = loaded.tokenizer else { throw ValidationError("\(model) has no tokenizer") }

@@ -4,30 +4,8 @@ import XCTest
 
 /// The `loupe` command line as a user runs it: the built executable against a live daemon.
 final class CLITests: XCTestCase {
-    /// The executable SwiftPM builds beside the test bundle.
-    private var loupe: String {
-        get throws {
-            let path = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("loupe").path
-            guard FileManager.default.isExecutableFile(atPath: path) else {
-                throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: path])
-            }
-            return path
-        }
-    }
-
-    private func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String, errors: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try loupe)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let (output, errors) = (Pipe(), Pipe())
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let out = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let err = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, out, err)
+    private func run(_ arguments: [String], environment: [String: String] = [:]) throws -> LoupeProcess.Result {
+        try LoupeProcess.run(arguments, environment: environment)
     }
 
     func testNoDaemonIsSaidPlainly() throws {

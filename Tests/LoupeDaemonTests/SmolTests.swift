@@ -124,6 +124,15 @@ final class SmolTests: XCTestCase {
         XCTAssertEqual(try live.call("jobs.result", ["job": job])["top"], result["top"])
     }
 
+    func testIOICommandOnTheWarmDaemon() throws {
+        let live = try daemon()
+        let result = try LoupeProcess.run(["ioi", "--endpoint", live.endpoint, "--model", Self.path])
+        XCTAssertEqual(result.status, 0, result.errors)
+        XCTAssertTrue(result.output.contains("already warm"), result.output)
+        XCTAssertTrue(result.output.contains("clean logit difference (\" John\" - \" Mary\"): 5.1"), result.output)
+        XCTAssertTrue(result.output.contains("corrupted logit difference (\" John\" - \" Mary\"): -3.8"), result.output)
+    }
+
     func testAKilledClientDoesNotDisturbTheDaemon() throws {
         let live = try daemon()
         // A separate process sends a long job, says its id, and is killed mid-job.
