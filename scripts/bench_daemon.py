@@ -9,8 +9,9 @@ BENCHMARKS.md:
 3. A reply of 50,257 float32 logits (GPT-2's vocabulary), in MB/s, as a MessagePack bin
    and as an attachment frame (`frames: true`), fetched again with `jobs.result` so that
    the forward pass that computed it is not in the timing.
-4. Warm turnaround: the IOI experiment (both prompts, one forward pass) sent to a daemon
-   that holds SmolLM2 warm, against `loupe ioi` in a fresh process that loads it first.
+4. Warm turnaround: the IOI experiment (both prompts, one forward pass) as
+   `loupe ioi --endpoint` against a daemon that holds SmolLM2 warm (and as a bare request
+   from Python), against `loupe ioi` in a fresh process that loads the model first.
 
 Usage: bench_daemon.py --loupe .build/release/loupe [--smol PATH]
 """
@@ -190,7 +191,7 @@ def main():
             cli = []
             for _ in range(5):
                 start = time.perf_counter()
-                subprocess.run([loupe, "run", "smol", CLEAN, "--endpoint", endpoint], check=True, stdout=subprocess.DEVNULL)
+                subprocess.run([loupe, "ioi", "--model", args.smol, "--endpoint", endpoint], check=True, stdout=subprocess.DEVNULL)
                 cli.append(time.perf_counter() - start)
             fresh = []
             for _ in range(3):
@@ -198,9 +199,9 @@ def main():
                 subprocess.run([loupe, "ioi", "--model", args.smol], check=True, stdout=subprocess.DEVNULL)
                 fresh.append(time.perf_counter() - start)
             w, c, f = statistics.median(warm), statistics.median(cli), statistics.median(fresh)
-            lines.append(f"| IOI experiment (2 prompts, SmolLM2), warm daemon | {w * 1e3:.0f} ms | fresh `loupe ioi` process "
-                         f"(loads the model): {f:.2f} s | {f / w:.0f}x faster warm |")
-            lines.append(f"| `loupe run smol PROMPT` (CLI process + warm daemon) | {c * 1e3:.0f} ms | | |")
+            lines.append(f"| IOI experiment (SmolLM2), `loupe ioi --endpoint` on the warm daemon | {c * 1e3:.0f} ms | "
+                         f"fresh `loupe ioi` process (loads the model): {f:.2f} s | {f / c:.1f}x faster warm |")
+            lines.append(f"| same experiment as one request from a Python client | {w * 1e3:.0f} ms | | |")
         else:
             lines.append(f"| warm turnaround | not measured: {args.smol} is missing (scripts/fetch-models.sh) | | |")
         call(endpoint, {"id": 9, "op": "server.shutdown"})
