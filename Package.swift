@@ -35,6 +35,8 @@ let package = Package(
         .target(name: "LoupeTokenizers", dependencies: ["LoupeFormats"]),
         .target(name: "LoupeModels", dependencies: ["LoupeTensor", "LoupeFormats", "LoupeTokenizers", "CMalloc"]),
 
+        .target(name: "LoupeSweeps", dependencies: ["LoupeModels"]),
+
         // Architecture plugins: each registers itself through one call.
         .target(name: "GPT2", dependencies: ["LoupeModels"], path: "Plugins/GPT2"),
         .target(name: "Llama", dependencies: ["LoupeModels"], path: "Plugins/Llama"),
@@ -66,6 +68,7 @@ let package = Package(
         .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeFormats"]),
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
         .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeModels", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeSweeps", "LoupeModels", "GPT2", "Llama"]),
         .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "GPT2", "Llama"]),
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeWire", "LoupeTensor"]),
         .testTarget(
