@@ -1,0 +1,190 @@
+import Foundation
+import LoupeModels
+import LoupeTensor
+import LoupeTrace
+import XCTest
+
+/// The tutorial's experiments written as traces, checked against the plain engine with
+/// hand-written hooks (and, on SmolLM2, against the HF reference values).
+final class TutorialTests: XCTestCase {
+    // Two prompts of the tiny fixtures' vocabulary that differ at positions 3 and 6.
+    let clean = [5, 17, 300, 42, 8, 99, 23, 61]
+    let corrupted = [5, 17, 300, 7, 8, 99, 140, 61]
+    let (correct, wrong) = (17, 42)
+
+    /// Block output site for the tutorial's residual patching, and the tuple item to ask for.
+    func blockSite(_ name: String, _ layer: Int) -> (path: String, item: Int?) {
+        name.hasPrefix("gpt2") ? ("transformer.h.\(layer)", 0) : ("model.layers.\(layer)", nil)
+    }
+
+    func logitDiff(_ logits: Tensor) -> Float {
+        let last = logits.select(axis: 0, 0).select(axis: 0, logits.shape[1] - 1)
+        return last[correct] - last[wrong]
+    }
+
+    // MARK: Cells 8 and 9 on SmolLM2
+
+    /// The clean and corrupted logit differences of the tutorial's IOI pair on SmolLM2,
+    /// as one trace of two invocations, match the HF reference.
+    func testSmolLM2CleanAndCorruptedLogitDifferences() throws {
+        let runner = try Fixtures.shared.runner("SmolLM2-135M-Instruct.Q4_1.gguf")
+        let golden = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: fixturesDirectory + "/models/smollm2-golden.json"))) as! [String: Any]
+        let seed = golden["ioi_seed"] as! [String: Any]
+        let ids = seed["answer_ids"] as! [Int]
+        let cleanCase = seed["clean"] as! [String: Any], corruptedCase = seed["corrupted"] as! [String: Any]
+        var b = TraceBuilder()
+        for invoke in 0..<2 {
+            let logits = b.get("lm_head", invoke: invoke)
+            b.save(b.logitDiff(logits, ids[0], ids[1]), invoke == 0 ? "clean_logit_diff" : "corrupted_logit_diff")
+        }
+        let result = try runner.run(b.trace([cleanCase["ids"] as! [Int], corruptedCase["ids"] as! [Int]]))
+        XCTAssertEqual(result.logits, .last, "only the last position is read")
+        XCTAssertEqual(Double(scalar(result["clean_logit_diff"])), cleanCase["logit_diff"] as! Double, accuracy: 2e-3)
+        XCTAssertEqual(Double(scalar(result["corrupted_logit_diff"])), corruptedCase["logit_diff"] as! Double, accuracy: 2e-3)
+        XCTAssertEqual(String(format: "%.3f", scalar(result["clean_logit_diff"])), "5.137")
+        XCTAssertEqual(String(format: "%.3f", scalar(result["corrupted_logit_diff"])), "-3.829")
+    }
+
+    // MARK: Cell 13: the batched residual-stream patching
+
+    /// The tutorial's batched cell as a trace: clean, corrupted, and one invocation per
+    /// layer and position patching the clean block output into the corrupted run.
+    func residualPatchingTrace(_ name: String, layers: Int) -> (Trace, labels: [[String]]) {
+        var b = TraceBuilder()
+        var cleanHS = [TraceValue]()
+        for layer in 0..<layers {
+            let site = blockSite(name, layer)
+            cleanHS.append(b.get(site.path, item: site.item, invoke: 0))
+        }
+        let cleanDiff = b.logitDiff(b.get("lm_head", invoke: 0), correct, wrong)
+        b.save(cleanDiff, "clean")
+        let corruptedDiff = b.logitDiff(b.get("lm_head", invoke: 1), correct, wrong)
+        b.save(corruptedDiff, "corrupted")
+        var invocations = [clean, corrupted]
+        var labels = [[String]]()
+        for layer in 0..<layers {
+            var row = [String]()
+            for t in 0..<clean.count {
+                let invoke = invocations.count
+                invocations.append(corrupted)
+                let site = blockSite(name, layer)
+                let hidden = b.get(site.path, item: site.item, invoke: invoke)
+                b.add("setindex", ["x": hidden, "key": [all, .int(t), all], "value": b.index(cleanHS[layer], [all, .int(t), all])])
+                let patched = b.logitDiff(b.get("lm_head", invoke: invoke), correct, wrong)
+                let result = b.div(b.sub(patched, corruptedDiff), b.sub(cleanDiff, corruptedDiff))
+                b.save(result, "r\(layer)_\(t)")
+                row.append("r\(layer)_\(t)")
+            }
+            labels.append(row)
+        }
+        return (b.trace(invocations), labels)
+    }
+
+    func testBatchedResidualPatchingEqualsOnePassPerPatch() throws {
+        for name in ["gpt2-tiny", "llama-tiny"] {
+            let runner = try Fixtures.shared.runner(name)
+            let model = runner.model
+            let layers = model.dimensions.layers
+            let (trace, labels) = residualPatchingTrace(name, layers: layers)
+            let result = try runner.run(trace)
+            XCTAssertEqual(result.logits, .last, name)
+            XCTAssertEqual(result.slots, (2 + layers * clean.count) * clean.count, name)
+
+            // The plain path: every patch its own forward pass with a hook.
+            let sites = (0..<layers).map { Site(blockSite(name, $0).path, .output) }
+            let recorder = ActivationRecorder(sites)
+            let cleanDiff = logitDiff(try model.forward(TokenBatch([clean]), hooks: recorder, logits: .last))
+            let corruptedDiff = logitDiff(try model.forward(TokenBatch([corrupted]), logits: .last))
+            XCTAssertEqual(scalar(result["clean"]), cleanDiff, accuracy: 1e-4, name)
+            XCTAssertEqual(scalar(result["corrupted"]), corruptedDiff, accuracy: 1e-4, name)
+            XCTAssertGreaterThan(abs(cleanDiff - corruptedDiff), 1e-3, "\(name): the prompts must matter")
+            var moved = 0
+            for layer in 0..<layers {
+                for t in 0..<clean.count {
+                    let cleanHidden = recorder.values[sites[layer]]!
+                    let logits = try model.forward(TokenBatch([corrupted]), hooks: EditHook(sites[layer]) { value in
+                        value.slice(axis: 1, t..<(t + 1)).assign(from: cleanHidden.slice(axis: 1, t..<(t + 1)))
+                    }, logits: .last)
+                    let expected = (logitDiff(logits) - corruptedDiff) / (cleanDiff - corruptedDiff)
+                    let got = scalar(result[labels[layer][t]])
+                    XCTAssertEqual(got, expected, accuracy: 1e-4, "\(name) layer \(layer) position \(t)")
+                    if abs(expected) > 1e-3 { moved += 1 }
+                }
+            }
+            XCTAssertGreaterThan(moved, 0, "\(name): some patch must change the result")
+        }
+    }
+
+    // MARK: Cell 22: attention-head patching through o_proj's input
+
+    let headLayers = 2, heads = 4
+
+    /// The tutorial's cell: o_proj input rearranged into heads, one head replaced from the
+    /// clean run, rearranged back and written as the input.
+    func headPatchingTrace(viaPlugin: Bool) -> Trace {
+        var b = TraceBuilder()
+        var cleanHeads = [[TraceValue]]()
+        for layer in 0..<headLayers {
+            let z = b.get("model.layers.\(layer).self_attn.o_proj", io: "input", invoke: 0)
+            let reshaped = b.add("split_heads", ["x": z, "heads": .int(heads)])
+            cleanHeads.append((0..<heads).map { b.index(reshaped, [all, all, .int($0), all]) })
+        }
+        let cleanDiff = b.logitDiff(b.get("lm_head", invoke: 0), correct, wrong)
+        b.save(cleanDiff, "clean")
+        let corruptedDiff = b.logitDiff(b.get("lm_head", invoke: 1), correct, wrong)
+        b.save(corruptedDiff, "corrupted")
+        var invocations = [clean, corrupted]
+        for layer in 0..<headLayers {
+            for head in 0..<heads {
+                let invoke = invocations.count
+                invocations.append(corrupted)
+                if viaPlugin {
+                    b.add("intervene", ["name": "head_patch", "invoke": .int(invoke),
+                                        "params": ["source": 0, "layer": .int(layer), "head": .int(head)]])
+                } else {
+                    let site = "model.layers.\(layer).self_attn.o_proj"
+                    let z = b.get(site, io: "input", invoke: invoke)
+                    let reshaped = b.add("split_heads", ["x": z, "heads": .int(heads)])
+                    b.add("setindex", ["x": reshaped, "key": [all, all, .int(head), all], "value": cleanHeads[layer][head]])
+                    let merged = b.add("merge_heads", ["x": reshaped])
+                    b.add("set", ["site": .string(site), "io": "input", "invoke": .int(invoke), "value": merged])
+                }
+                let patched = b.logitDiff(b.get("lm_head", invoke: invoke), correct, wrong)
+                b.save(b.div(b.sub(patched, corruptedDiff), b.sub(cleanDiff, corruptedDiff)), "h\(layer)_\(head)")
+            }
+        }
+        return b.trace(invocations)
+    }
+
+    func testHeadPatchingByRearrangingEqualsHeadPatchPluginAndPlainHooks() throws {
+        let runner = try Fixtures.shared.runner("llama-tiny")
+        let model = runner.model
+        let d = model.dimensions
+        XCTAssertEqual(d.heads, heads)
+        XCTAssertLessThan(d.keyValueHeads, d.heads, "the fixture has grouped-query attention")
+        let manual = try runner.run(headPatchingTrace(viaPlugin: false))
+        let plugin = try runner.run(headPatchingTrace(viaPlugin: true))
+
+        let sites = (0..<headLayers).map { Site("model.layers.\($0).self_attn.o_proj", .input) }
+        let recorder = ActivationRecorder(sites)
+        let cleanDiff = logitDiff(try model.forward(TokenBatch([clean]), hooks: recorder, logits: .last))
+        let corruptedDiff = logitDiff(try model.forward(TokenBatch([corrupted]), logits: .last))
+        XCTAssertEqual(scalar(manual["clean"]), cleanDiff, accuracy: 1e-4)
+        XCTAssertEqual(scalar(plugin["corrupted"]), corruptedDiff, accuracy: 1e-4)
+        var moved = 0
+        for layer in 0..<headLayers {
+            for head in 0..<heads {
+                let columns = (head * d.headDim)..<((head + 1) * d.headDim)
+                let source = recorder.values[sites[layer]]!
+                let logits = try model.forward(TokenBatch([corrupted]), hooks: EditHook(sites[layer]) { z in
+                    z.slice(axis: 2, columns).assign(from: source.slice(axis: 2, columns))
+                }, logits: .last)
+                let expected = (logitDiff(logits) - corruptedDiff) / (cleanDiff - corruptedDiff)
+                XCTAssertEqual(scalar(manual["h\(layer)_\(head)"]), expected, accuracy: 1e-4, "rearranged, layer \(layer) head \(head)")
+                XCTAssertEqual(scalar(plugin["h\(layer)_\(head)"]), expected, accuracy: 1e-4, "head_patch, layer \(layer) head \(head)")
+                if abs(expected) > 1e-3 { moved += 1 }
+            }
+        }
+        XCTAssertGreaterThan(moved, 0, "some head must matter")
+    }
+}
