@@ -64,15 +64,18 @@ final class ServerLoop {
     func run() {
         for (name, source) in configuration.preload { preload(name: name, source: source) }
         while !stopped {
+            var wake = false
             do {
                 let ready = try socket.poll(alsoFileDescriptor: inbox.fileDescriptor, timeoutMilliseconds: 250)
+                wake = ready.fd
                 if ready.socket { try receiveAvailable() }
             } catch {
                 logger.error("socket failure; stopping", metadata: ["error": "\(error)"])
                 beginShutdown(reason: "socket failure")
                 stopped = true
             }
-            for event in inbox.drain() { event(self) }
+            // An event always comes with a byte in the pipe, so a quiet pipe means no events.
+            if wake { for event in inbox.drain() { event(self) } }
             housekeeping()
         }
         // Give the last replies (the shutdown's own among them) a moment to leave.
