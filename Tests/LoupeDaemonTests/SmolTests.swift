@@ -124,6 +124,19 @@ final class SmolTests: XCTestCase {
         XCTAssertEqual(try live.call("jobs.result", ["job": job])["top"], result["top"])
     }
 
+    func testTokenizeAndDetokenize() throws {
+        let live = try daemon()
+        let reply = try live.call("tokenize", ["model": "smol", "text": "After John and Mary"])
+        XCTAssertEqual(reply["tokens"], [4582, 2322, 284, 5099])
+        XCTAssertEqual(reply["pieces"], ["After", "ĠJohn", "Ġand", "ĠMary"])
+        XCTAssertEqual(try live.call("detokenize", ["model": "smol", "tokens": [4582, 2322, 284, 5099]])["text"], "After John and Mary")
+        let error = try live.expectError(.indexOutOfRange, "detokenize", ["model": "smol", "tokens": [1, 49_152]])
+        XCTAssertEqual(error.field, "tokens.1")
+        let describe = try live.call("models.describe", ["name": "smol", "sites": false])
+        XCTAssertEqual(describe["tokenizer"]?["vocab_size"], 49_152)
+        XCTAssertEqual(describe["dimensions"]?["kv_heads"], 3)
+    }
+
     func testIOICommandOnTheWarmDaemon() throws {
         let live = try daemon()
         let result = try LoupeProcess.run(["ioi", "--endpoint", live.endpoint, "--model", Self.path])
