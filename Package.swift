@@ -69,7 +69,7 @@ let package = Package(
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
         .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeModels", "GPT2", "Llama"]),
         .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeSweeps", "LoupeModels", "GPT2", "Llama"]),
-        .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "LoupeSweeps", "GPT2", "Llama"]),
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeWire", "LoupeTensor"]),
         .testTarget(
             name: "LoupeDaemonTests",

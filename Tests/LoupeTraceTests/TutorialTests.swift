@@ -1,5 +1,6 @@
 import Foundation
 import LoupeModels
+import LoupeSweeps
 import LoupeTensor
 import LoupeTrace
 import XCTest
@@ -121,11 +122,12 @@ final class TutorialTests: XCTestCase {
 
     /// The tutorial's cell: o_proj input rearranged into heads, one head replaced from the
     /// clean run, rearranged back and written as the input.
-    func headPatchingTrace(viaPlugin: Bool) -> Trace {
+    func headPatchingTrace(viaPlugin: Bool, model: String = "llama-tiny") -> Trace {
+        let oProj = { (layer: Int) in model.hasPrefix("gpt2") ? "transformer.h.\(layer).attn.c_proj" : "model.layers.\(layer).self_attn.o_proj" }
         var b = TraceBuilder()
         var cleanHeads = [[TraceValue]]()
         for layer in 0..<headLayers {
-            let z = b.get("model.layers.\(layer).self_attn.o_proj", io: "input", invoke: 0)
+            let z = b.get(oProj(layer), io: "input", invoke: 0)
             let reshaped = b.add("split_heads", ["x": z, "heads": .int(heads)])
             cleanHeads.append((0..<heads).map { b.index(reshaped, [all, all, .int($0), all]) })
         }
@@ -142,7 +144,7 @@ final class TutorialTests: XCTestCase {
                     b.add("intervene", ["name": "head_patch", "invoke": .int(invoke),
                                         "params": ["source": 0, "layer": .int(layer), "head": .int(head)]])
                 } else {
-                    let site = "model.layers.\(layer).self_attn.o_proj"
+                    let site = oProj(layer)
                     let z = b.get(site, io: "input", invoke: invoke)
                     let reshaped = b.add("split_heads", ["x": z, "heads": .int(heads)])
                     b.add("setindex", ["x": reshaped, "key": [all, all, .int(head), all], "value": cleanHeads[layer][head]])
@@ -186,5 +188,37 @@ final class TutorialTests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(moved, 0, "some head must matter")
+    }
+
+    // MARK: The same experiments as sweeps
+
+    /// The trace of the tutorial's batched cell and the head-patching trace give the
+    /// matrices the sweep engine computes with its own shortcuts.
+    func testTutorialTracesEqualTheSweeps() throws {
+        for name in ["gpt2-tiny", "llama-tiny"] {
+            let runner = try Fixtures.shared.runner(name)
+            let layers = runner.model.dimensions.layers
+            let sweep = PatchingSweep(model: runner.model)
+            let metric = SweepMetric.logitDifference(answer: correct, wrong: wrong)
+
+            let (trace, labels) = residualPatchingTrace(name, layers: layers)
+            let traced = try runner.run(trace)
+            let residual = try sweep.run(SweepRequest(clean: clean, corrupted: corrupted, kind: .residual, metric: metric))
+            XCTAssertEqual(scalar(traced["clean"]), residual.clean, accuracy: 1e-4, name)
+            XCTAssertEqual(scalar(traced["corrupted"]), residual.corrupted, accuracy: 1e-4, name)
+            for layer in 0..<layers {
+                for t in 0..<clean.count {
+                    XCTAssertEqual(scalar(traced[labels[layer][t]]), residual.values[layer][t], accuracy: 1e-4, "\(name) residual \(layer), \(t)")
+                }
+            }
+
+            let headsTraced = try runner.run(headPatchingTrace(viaPlugin: false, model: name))
+            let heads = try sweep.run(SweepRequest(clean: clean, corrupted: corrupted, kind: .heads, metric: metric))
+            for layer in 0..<headLayers {
+                for head in 0..<self.heads {
+                    XCTAssertEqual(scalar(headsTraced["h\(layer)_\(head)"]), heads.values[layer][head], accuracy: 1e-4, "\(name) head \(layer), \(head)")
+                }
+            }
+        }
     }
 }
