@@ -82,10 +82,10 @@ struct ResolvedIndex {
     let steps: [Step]
     /// The result's shape.
     let shape: [Int]
-    /// With an integer list: the list's axis in the view that keeps it whole, and where
-    /// the gathered axis goes in the result (numpy: in place when the advanced indices are
-    /// adjacent, else first).
-    let gather: (viewAxis: Int, resultAxis: Int, list: [Int])?
+    /// With integer lists: each list's axis in the view that keeps it whole, the number of
+    /// entries they pick (lists broadcast together, numpy's rule), and where that gathered
+    /// axis goes in the result (in place when the advanced indices are adjacent, else first).
+    let gather: (lists: [(viewAxis: Int, entries: [Int])], count: Int, resultAxis: Int)?
 
     /// True when the result is a view of the input (no integer list).
     var isView: Bool { gather == nil }
@@ -94,9 +94,6 @@ struct ResolvedIndex {
         let consuming = key.filter { if case .newAxis = $0 { return false }; if case .ellipsis = $0 { return false }; return true }.count
         let ellipses = key.filter { $0 == .ellipsis }.count
         guard ellipses <= 1 else { throw TraceError(.badRequest, node: node, field: field, "an index key may hold one ellipsis") }
-        guard key.filter({ if case .list = $0 { return true }; return false }).count <= 1 else {
-            throw TraceError(.badRequest, node: node, field: field, "an index key may hold at most one integer list")
-        }
         guard consuming <= input.count else {
             throw TraceError(.indexOutOfRange, node: node, field: field, "too many indices (\(consuming)) for a tensor of shape \(input)")
         }
@@ -111,14 +108,16 @@ struct ResolvedIndex {
         if ellipses == 0 { expanded += Array(repeating: .slice(nil, nil, nil), count: input.count - consuming) }
 
         var steps = [Step](), shape = [Int]()
-        var axis = 0
-        var listPosition: Int?, viewAxis = 0, advanced = [Int]()  // positions in `expanded` of advanced items
+        var axis = 0, viewDims = 0
+        var lists = [(viewAxis: Int, entries: [Int])](), firstListAt: Int?
+        var advanced = [Int]()  // positions in `expanded` of advanced items (lists, and integers when a list is present)
         let hasList = expanded.contains { if case .list = $0 { return true }; return false }
         for (position, item) in expanded.enumerated() {
             switch item {
             case .newAxis:
                 steps.append(.newAxis)
                 shape.append(1)
+                viewDims += 1
             case .int(let i):
                 let n = input[axis]
                 let resolved = i < 0 ? i + n : i
@@ -139,6 +138,7 @@ struct ResolvedIndex {
                 let count = e > s ? (e - s + by - 1) / by : 0
                 steps.append(.range(start: s, count: count, step: by))
                 shape.append(count)
+                viewDims += 1
                 axis += 1
             case .list(let entries):
                 let n = input[axis]
@@ -151,24 +151,28 @@ struct ResolvedIndex {
                     resolved.append(r)
                 }
                 steps.append(.list(resolved))
-                listPosition = shape.count
-                viewAxis = shape.count
-                shape.append(resolved.count)
+                if firstListAt == nil { firstListAt = shape.count }
+                lists.append((viewDims, resolved))
                 advanced.append(position)
+                viewDims += 1
                 axis += 1
             case .ellipsis:
                 break
             }
         }
         self.steps = steps
-        if let listPosition, case .list(let list)? = steps.first(where: { if case .list = $0 { return true }; return false }) {
+        if let firstListAt {
+            let lengths = Set(lists.map(\.entries.count)).subtracting([1])
+            guard lengths.count <= 1 else {
+                throw TraceError(.shapeMismatch, node: node, field: field, "integer lists of lengths \(lists.map(\.entries.count)) cannot be broadcast together")
+            }
+            let count = lengths.first ?? 1
             let adjacent = advanced.max()! - advanced.min()! + 1 == advanced.count
-            let resultAxis = adjacent ? listPosition : 0
+            let resultAxis = adjacent ? firstListAt : 0
             var result = shape
-            let size = result.remove(at: listPosition)
-            result.insert(size, at: resultAxis)
+            result.insert(count, at: resultAxis)
             self.shape = result
-            self.gather = (viewAxis, resultAxis, list)
+            self.gather = (lists, count, resultAxis)
         } else {
             self.shape = shape
             self.gather = nil
@@ -201,12 +205,21 @@ struct ResolvedIndex {
         return Tensor(storage: t.storage, shape: shape, strides: strides, offset: offset)
     }
 
-    /// x[key]: a view, or a gathered copy with an integer list.
+    /// Entry k of the lists picked out of the view (list axes selected, last axis first).
+    private func pick(_ v: Tensor, _ k: Int) -> Tensor {
+        var t = v
+        for (axis, entries) in gather!.lists.sorted(by: { $0.viewAxis > $1.viewAxis }) {
+            t = t.select(axis: axis, entries.count == 1 ? entries[0] : entries[k])
+        }
+        return t
+    }
+
+    /// x[key]: a view, or a gathered copy with integer lists.
     func read(_ t: Tensor) -> Tensor {
         let v = view(of: t)
         guard let gather else { return v }
-        let parts = gather.list.map { TensorMath.unsqueeze(v.select(axis: gather.viewAxis, $0), gather.resultAxis) }
-        if parts.isEmpty { return Tensor(zeros: shape) }
+        if gather.count == 0 { return Tensor(zeros: shape) }
+        let parts = (0..<gather.count).map { TensorMath.unsqueeze(pick(v, $0), gather.resultAxis) }
         return TensorMath.cat(parts, dim: gather.resultAxis)
     }
 
@@ -218,9 +231,8 @@ struct ResolvedIndex {
             assignSafely(v, source)
             return
         }
-        for (position, i) in gather.list.enumerated() {
-            assignSafely(v.select(axis: gather.viewAxis, i), source.select(axis: gather.resultAxis, position))
-        }
+        let sources = (0..<gather.count).map { source.select(axis: gather.resultAxis, $0).copy() }
+        for (k, s) in sources.enumerated() { assignSafely(pick(v, k), s) }
     }
 }
 

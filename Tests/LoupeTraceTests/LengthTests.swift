@@ -84,3 +84,31 @@ final class LengthTests: XCTestCase {
         }
     }
 }
+
+/// A multi-token answer scored teacher-forced in a trace: the sum of the answer tokens'
+/// log-probabilities, each at the position before it.
+final class MultiTokenAnswerTests: XCTestCase {
+    func testSumOfAnswerLogProbabilities() throws {
+        let runner = try Fixtures.shared.runner("llama-tiny")
+        let prompt = [5, 17, 300, 42, 8], answers = [[99, 23, 61], [140, 7, 61]]
+        var b = TraceBuilder()
+        for (i, answer) in answers.enumerated() {
+            let logits = b.get("lm_head", invoke: i)
+            let logp = b.add("log_softmax", ["x": b.index(logits, 0), "dim": -1])
+            let positions = (0..<answer.count).map { TraceValue.int(prompt.count - 1 + $0) }
+            let picked = b.index(logp, [.array(positions), .array(answer.map { .int($0) })])
+            b.save(b.add("sum", ["x": picked]), "score\(i)")
+        }
+        let result = try runner.run(b.trace(answers.map { prompt + $0 }))
+        for (i, answer) in answers.enumerated() {
+            let logits = try runner.model.forward(TokenBatch([prompt + answer])).select(axis: 0, 0)
+            var expected = 0.0
+            for (k, token) in answer.enumerated() {
+                let row = logits.select(axis: 0, prompt.count - 1 + k).toArray().map(Double.init)
+                let peak = row.max()!
+                expected += row[token] - peak - log(row.reduce(0) { $0 + exp($1 - peak) })
+            }
+            XCTAssertEqual(Double(scalar(result["score\(i)"])), expected, accuracy: 1e-4, "answer \(i)")
+        }
+    }
+}

@@ -35,6 +35,8 @@ final class OpsTests: XCTestCase {
             b.save(b.index(c, [[1, 0], all, 2]), "list2")
             b.save(b.index(c, [all, ["slice": [nil, nil, 2]], -1]), "step")
             b.save(b.index(c, 1), "one")
+            b.save(b.index(c, [[1, 0, 1], 2, [3, 0, 0]]), "lists")       // adjacent advanced items: in place (here first anyway)
+            b.save(b.index(c, [all, [2, 0], [1]]), "lists2")
             b.save(b.index(c, [0, ["slice": [1]], ["slice": [-2, nil]]]), "bounds")
         }
         assertValues(r["newaxis"], [2, 3, 1], [-1.75, -0.75, 0.25, 1.25, 2.25, 3.25], "x[..., None, 1]")
@@ -42,6 +44,8 @@ final class OpsTests: XCTestCase {
         assertValues(r["list2"], [2, 3], [1.5, 2.5, 3.5, -1.5, -0.5, 0.5], "x[[1, 0], :, 2]")
         assertValues(r["step"], [2, 2], [-1.25, 0.75, 1.75, 3.75], "x[:, ::2, -1]")
         assertValues(r["one"], [3, 4], Array(x.toArray()[12...]), "x[1]")
+        assertValues(r["lists"], [3], [x[1, 2, 3], x[0, 2, 0], x[1, 2, 0]], "x[[1, 0, 1], 2, [3, 0, 0]]")
+        assertValues(r["lists2"], [2, 2], [x[0, 2, 1], x[0, 0, 1], x[1, 2, 1], x[1, 0, 1]], "x[:, [2, 0], [1]]")
         assertValues(r["bounds"], [1, 2], [-1.5, -1.25], "x[0, :1, -2:]")
     }
 
@@ -129,6 +133,7 @@ final class OpsTests: XCTestCase {
             let heads = b.add("split_heads", ["x": y, "heads": 2])
             b.add("setindex", ["x": heads, "key": [all, all, 1], "value": 0])          // second half of every row
             b.add("setindex", ["x": y, "key": [1, [2, 0], ["slice": [nil, 1]]], "value": [[7], [8]]])
+            b.add("setindex", ["x": y, "key": [[0, 0], 1, [1, 3]], "value": [5, 6]])
             b.save(y, "y")
             b.save(untouched, "untouched")
             b.save(c, "x")
@@ -137,6 +142,8 @@ final class OpsTests: XCTestCase {
         for row in 0..<6 { expected[row * 4 + 2] = 0; expected[row * 4 + 3] = 0 }
         expected[12 + 2 * 4] = 7
         expected[12 + 0 * 4] = 8
+        expected[4 + 1] = 5
+        expected[4 + 3] = 6
         assertValues(r["y"], [2, 3, 4], expected, "y after the writes")
         assertValues(r["untouched"], [2, 3, 4], x.toArray(), "a clone taken before")
         assertValues(r["x"], [2, 3, 4], x.toArray(), "the constant")
