@@ -50,19 +50,19 @@ let package = Package(
         .target(name: "LoupeWire", dependencies: ["CZMQ", "CMsgPack", "LoupeTensor"]),
         .target(
             name: "LoupeDaemon",
-            dependencies: ["LoupeWire", "LoupeModels", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", .product(name: "Logging", package: "swift-log")]),
 
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "LoupeModels", "GPT2", "Llama", "LoupeWire", "LoupeDaemon",
+                "LoupeModels", "GPT2", "Llama", "Interventions", "LoupeTrace", "LoupeWire", "LoupeDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
         .executableTarget(
             name: "loupe-bench",
-            dependencies: ["LoupeModels", "GPT2", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["LoupeModels", "LoupeSweeps", "GPT2", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "LoupeTensorTests", dependencies: ["LoupeTensor"]),
         .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeFormats"]),
@@ -73,7 +73,7 @@ let package = Package(
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeWire", "LoupeTensor"]),
         .testTarget(
             name: "LoupeDaemonTests",
-            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "GPT2", "Llama", "CZMQ", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "Interventions", "GPT2", "Llama", "CZMQ", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

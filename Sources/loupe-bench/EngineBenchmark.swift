@@ -3,6 +3,7 @@ import Foundation
 import GPT2
 import Llama
 import LoupeModels
+import LoupeSweeps
 import LoupeTensor
 
 /// Benchmarks of the engine. Every figure is printed with the baseline it is divided by,
@@ -24,8 +25,11 @@ struct EngineBenchmark: ParsableCommand {
     @Option(help: "Timed repetitions per figure (the median is reported).")
     var repeats = 7
 
-    @Option(help: "Python interpreter for the HF transformers reference.")
+    @Option(help: "Python interpreter for the HF transformers and nnsight references.")
     var python = "python3"
+
+    @Flag(help: "Also time the tutorial's patching sweeps (the IOI pair) against the plain batched pass.")
+    var sweeps = false
 
     func run() throws {
         Parallel.configureBLAS()
@@ -63,6 +67,50 @@ struct EngineBenchmark: ParsableCommand {
             }
             print(line)
         }
+        if sweeps { try benchmarkSweeps(loaded) }
+    }
+
+    /// The tutorial's residual and head sweeps on the IOI pair: exact reuse against the plain
+    /// batched pass (the tutorial's batched cells) in the same run, and nnsight where installed.
+    func benchmarkSweeps(_ loaded: LoadedModel) throws {
+        let (clean, corrupted, answer, wrong) = try ioiTokens(loaded)
+        let sweep = PatchingSweep(model: loaded.model)
+        let nnsight = nnsightSeconds()
+        for kind in SweepKind.allCases {
+            let request = SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: .logitDifference(answer: answer, wrong: wrong))
+            var result: SweepResult?
+            let seconds = median(repeats) { result = try! sweep.run(request) }
+            let plain = try sweep.runPlain(request)
+            let worst = zip(result!.values.joined(), plain.values.joined()).map { abs($0 - $1) }.max() ?? 0
+            var line = String(format: "%@ sweep %dx%d: %.3f s; plain batched pass %.2f s (%.1fx); token-layers %d vs %d (%.1fx fewer); max |difference| %.1e",
+                              kind.rawValue, result!.values.count, result!.values[0].count, seconds, plain.seconds, plain.seconds / seconds,
+                              result!.tokenLayers, result!.plainTokenLayers, Double(result!.plainTokenLayers) / Double(result!.tokenLayers), worst)
+            if let reference = nnsight?[kind == .residual ? "residual_s" : "heads_s"] {
+                line += String(format: "; nnsight %.2f s (%.1fx)", reference, reference / seconds)
+            } else {
+                line += "; nnsight: not installed"
+            }
+            print(line)
+        }
+    }
+
+    /// The seed's IOI pair in the model's tokenizer, or GPT-2's ids for a model without one.
+    func ioiTokens(_ loaded: LoadedModel) throws -> ([Int], [Int], Int, Int) {
+        guard let tokenizer = loaded.tokenizer else {
+            let clean = [3260, 1757, 290, 5335, 1816, 284, 262, 3650, 11, 5335, 2921, 257, 9294, 286, 7545, 284]
+            var corrupted = clean
+            corrupted[9] = 1757
+            return (clean, corrupted, 1757, 5335)
+        }
+        return (tokenizer.encode("After John and Mary went to the store, Mary gave a bottle of milk to"),
+                tokenizer.encode("After John and Mary went to the store, John gave a bottle of milk to"),
+                tokenizer.encode(" John")[0], tokenizer.encode(" Mary")[0])
+    }
+
+    /// nnsight's times for the tutorial's batched cells on SmolLM2, or nil where it is not installed.
+    func nnsightSeconds() -> [String: Double]? {
+        guard model.hasSuffix("SmolLM2-135M-Instruct.Q4_1.gguf") else { return nil }
+        return runJSONScript("nnsight_reference.py", ["--time", "--gguf", model])?.compactMapValues { $0 as? Double }
     }
 
     /// The matrix products of one forward pass as the engine makes them: (inputs, outputs,
@@ -106,21 +154,25 @@ struct EngineBenchmark: ParsableCommand {
 
     /// HF transformers' median forward time on the same weights, or nil without torch.
     func torchSeconds(_ source: String, rows: Int) -> Double? {
+        runJSONScript("reference_forward.py", ["--time", source, "--batch", "\(rows)", "--seq", "16", "--repeats", "\(repeats)"])?["median_s"] as? Double
+    }
+
+    /// The last line of a reference script's output as JSON, or nil when it fails (exit code 3
+    /// means its Python packages are not installed).
+    func runJSONScript(_ name: String, _ arguments: [String]) -> [String: Any]? {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("scripts/reference_forward.py").path
+            .deletingLastPathComponent().appendingPathComponent("scripts/" + name).path
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [python, script, "--time", source, "--batch", "\(rows)", "--seq", "16", "--repeats", "\(repeats)"]
+        process.arguments = [python, script] + arguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
         guard (try? process.run()) != nil else { return nil }
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        guard process.terminationStatus == 0,
-              let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last,
-              let json = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
-        return json["median_s"] as? Double
+        guard process.terminationStatus == 0, let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
     }
 }
 
