@@ -9,5 +9,5 @@ swift build -c release --product loupe-bench >&2
 gpt2="${LOUPE_BENCH_GPT2:-${TMPDIR:-/tmp}/loupe-gpt2-small-random}"
 [ -f "$gpt2/model.safetensors" ] || python3 scripts/make_random_gpt2.py "$gpt2" >/dev/null
 models="${LOUPE_MODELS:-$HOME/.cache/loupe/models}"
-.build/release/loupe-bench --name "SmolLM2-135M (GGUF Q4_1, dequantized to float32)" --model "$models/SmolLM2-135M-Instruct.Q4_1.gguf" "$@"
+.build/release/loupe-bench --name "SmolLM2-135M (GGUF Q4_1, dequantized to float32)" --model "$models/SmolLM2-135M-Instruct.Q4_1.gguf" --sweeps "$@"
 .build/release/loupe-bench --name "GPT-2 small shape, seeded random float32 (scripts/make_random_gpt2.py)" --model "$gpt2" "$@"
