@@ -45,10 +45,18 @@ enum Op {
     case save(Int, name: String)
 }
 
+/// The site and invocation whose live value a node's value views.
+struct SiteAlias {
+    let order: Int
+    let invoke: Int
+}
+
 struct CompiledStep {
     let step: InterventionStep
     let order: Int
     let event: Event
+    /// The invocation it edits.
+    let target: Int
 }
 
 struct CompiledNode {
@@ -58,7 +66,8 @@ struct CompiledNode {
     let shape: [Int]?
     let event: Event
     /// The site whose live buffer this value views (writes through it change the pass).
-    let aliasSite: Int?
+    let alias: SiteAlias?
+    var aliasSite: Int? { alias?.order }
     /// Node indices this node reads.
     let inputs: [Int]
 }
@@ -75,6 +84,11 @@ public struct CompiledTrace {
     let sites: [SiteInfo]
     /// For each node, the last site order at which a task reads it (Int.max: saved).
     let lastUse: [Int]
+    /// For each invocation, the stage from which it needs rows of its own: -1 (the
+    /// embedding), a layer, the layer count (the final norm and unembedding), or Int.max
+    /// when nothing writes it. Until then it shares the rows of invocations with the same
+    /// tokens.
+    let diverges: [Int]
 
     enum Task {
         case node(Int)
@@ -287,10 +301,10 @@ struct Compiler {
         return r
     }
 
-    private func make(_ reader: NodeReader, _ op: Op, shape: [Int]?, inputs: [Operand], alias: Int? = nil,
+    private func make(_ reader: NodeReader, _ op: Op, shape: [Int]?, inputs: [Operand], alias: SiteAlias? = nil,
                       event extra: Event = .start) -> CompiledNode {
         let indices = inputs.compactMap { o -> Int? in if case .node(let n) = o { return n }; return nil }
-        return CompiledNode(id: reader.id, op: op, shape: shape, event: max(event(of: inputs), extra), aliasSite: alias, inputs: indices)
+        return CompiledNode(id: reader.id, op: op, shape: shape, event: max(event(of: inputs), extra), alias: alias, inputs: indices)
     }
 
     // MARK: Ops
@@ -300,7 +314,7 @@ struct Compiler {
         case "get":
             let ref = try site(r)
             return CompiledNode(id: r.id, op: .get(ref), shape: siteShape(ref), event: Event(site: ref.order, invoke: ref.invoke),
-                                aliasSite: ref.order, inputs: [])
+                                alias: SiteAlias(order: ref.order, invoke: ref.invoke), inputs: [])
 
         case "set":
             let ref = try site(r)
@@ -313,7 +327,7 @@ struct Compiler {
             if e.site > ref.order {
                 throw r.error(.outOfOrder, "value", "the value is only known after the model has passed \(ref.site), so it cannot replace it")
             }
-            return make(r, .set(ref, value: value), shape: target, inputs: [value], alias: ref.order,
+            return make(r, .set(ref, value: value), shape: target, inputs: [value], alias: SiteAlias(order: ref.order, invoke: ref.invoke),
                         event: Event(site: ref.order, invoke: ref.invoke))
 
         case "constant":
@@ -327,7 +341,7 @@ struct Compiler {
             let key = try IndexItem.parseKey(keyValue, node: r.id, field: r.path("key"))
             let resolved = try ResolvedIndex(key, shape: shape(x), node: r.id, field: r.path("key"))
             return make(r, .index(x, resolved, raw: key), shape: resolved.shape, inputs: [.node(x)],
-                        alias: resolved.isView ? nodes[x].aliasSite : nil)
+                        alias: resolved.isView ? nodes[x].alias : nil)
 
         case "setindex":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -338,7 +352,7 @@ struct Compiler {
             guard TensorMath.broadcasts(operandShape(value), to: resolved.shape) else {
                 throw r.error(.shapeMismatch, "value", "cannot assign a value of shape \(operandShape(value)) to an indexed region of shape \(resolved.shape)")
             }
-            let node = make(r, .setIndex(x, resolved, value: value), shape: shape(x), inputs: [.node(x), value], alias: nodes[x].aliasSite)
+            let node = make(r, .setIndex(x, resolved, value: value), shape: shape(x), inputs: [.node(x), value], alias: nodes[x].alias)
             if let alias = nodes[x].aliasSite, node.event.site > alias {
                 throw r.error(.outOfOrder, "value", "this write into \(sites[alias].site).\(sites[alias].io.rawValue) needs a value the model computes only after that site")
             }
@@ -413,7 +427,7 @@ struct Compiler {
                 resolved[w] = count / known
             }
             guard resolved.reduce(1, *) == count else { throw r.error(.shapeMismatch, "shape", "cannot reshape \(shape(x)) to \(target)") }
-            return make(r, .reshape(x, resolved), shape: resolved, inputs: [.node(x)], alias: nodes[x].aliasSite)
+            return make(r, .reshape(x, resolved), shape: resolved, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "transpose":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -422,7 +436,7 @@ struct Compiler {
             let a = try dim(try r.int("dim0"), rank: rank, r, "dim0"), b = try dim(try r.int("dim1"), rank: rank, r, "dim1")
             var order = Array(0..<rank)
             order.swapAt(a, b)
-            return make(r, .permute(x, order), shape: order.map { shape(x)[$0] }, inputs: [.node(x)], alias: nodes[x].aliasSite)
+            return make(r, .permute(x, order), shape: order.map { shape(x)[$0] }, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "permute":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -432,7 +446,7 @@ struct Compiler {
             guard order.sorted() == Array(0..<rank) else {
                 throw r.error(.badRequest, "dims", "dims \(order) is not a permutation of the \(rank) dimensions")
             }
-            return make(r, .permute(x, order), shape: order.map { shape(x)[$0] }, inputs: [.node(x)], alias: nodes[x].aliasSite)
+            return make(r, .permute(x, order), shape: order.map { shape(x)[$0] }, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "split_heads":
             // 'b s (nh dh) -> b s nh dh': the last dim split into heads.
@@ -443,7 +457,7 @@ struct Compiler {
                 throw r.error(.shapeMismatch, "heads", "cannot split the last dimension of \(s) into \(heads) heads")
             }
             let out = Array(s.dropLast()) + [heads, last / heads]
-            return make(r, .reshape(x, out), shape: out, inputs: [.node(x)], alias: nodes[x].aliasSite)
+            return make(r, .reshape(x, out), shape: out, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "merge_heads":
             // 'b s nh dh -> b s (nh dh)'.
@@ -451,7 +465,7 @@ struct Compiler {
             let s = shape(x)
             guard s.count >= 2 else { throw r.error(.shapeMismatch, "x", "merge_heads needs a tensor of rank 2 or more, got \(s)") }
             let out = Array(s.dropLast(2)) + [s[s.count - 2] * s[s.count - 1]]
-            return make(r, .reshape(x, out), shape: out, inputs: [.node(x)], alias: nodes[x].aliasSite)
+            return make(r, .reshape(x, out), shape: out, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "clone":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -461,7 +475,7 @@ struct Compiler {
             let x = try nodeIndex(r.fields["x"], r, "x")
             let value: Float = op == "zeros_like" ? 0 : op == "ones_like" ? 1 : Float(try r.double("value"))
             // Depends on x only for its shape: it can run before the pass.
-            return CompiledNode(id: r.id, op: .full(shape(x), value), shape: shape(x), event: .start, aliasSite: nil, inputs: [])
+            return CompiledNode(id: r.id, op: .full(shape(x), value), shape: shape(x), event: .start, alias: nil, inputs: [])
 
         case "full":
             let s = try r.ints("shape")
@@ -511,7 +525,7 @@ struct Compiler {
             let name = try r.string("name")
             guard !savedNames.contains(name) else { throw r.error(.badRequest, "name", "the name \"\(name)\" is saved twice") }
             savedNames.insert(name)
-            return make(r, .save(x, name: name), shape: shape(x), inputs: [.node(x)], alias: nodes[x].aliasSite)
+            return make(r, .save(x, name: name), shape: shape(x), inputs: [.node(x)], alias: nodes[x].alias)
 
         default:
             throw r.error(.unknownOp, "op", "unknown trace op \"\(op)\" (known: \(CompiledTrace.ops.joined(separator: ", ")))")
@@ -586,10 +600,10 @@ struct Compiler {
                 throw r.error(.indexOutOfRange, "params", "invocation \(i) is out of range: the trace has \(trace.invocations.count)")
             }
             let e = max(paramEvent, Event(site: o, invoke: ([target] + step.reads).max()!))
-            compiled.append(CompiledStep(step: step, order: o, event: e))
+            compiled.append(CompiledStep(step: step, order: o, event: e, target: target))
         }
         let last = compiled.map(\.event).max() ?? paramEvent
-        return CompiledNode(id: r.id, op: .intervene(compiled, tensors: tensors), shape: nil, event: last, aliasSite: nil,
+        return CompiledNode(id: r.id, op: .intervene(compiled, tensors: tensors), shape: nil, event: last, alias: nil,
                             inputs: inputs.compactMap { if case .node(let n) = $0 { return n }; return nil })
     }
 }

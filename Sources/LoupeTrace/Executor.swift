@@ -10,6 +10,8 @@ public final class TraceRunner: @unchecked Sendable {
     public let sites: [SiteInfo]
     public let interventions: InterventionRegistry
     let siteOrder: [Site: Int]
+    /// The stage each site fires in: -1 before the first layer, a layer, or the layer count after the last.
+    let siteStage: [Int]
 
     /// `sites`: the model's `discoverSites()`, if the caller keeps them (found here otherwise).
     public init(model: any LanguageModel, sites: [SiteInfo]? = nil, interventions: InterventionRegistry = InterventionRegistry()) throws {
@@ -21,6 +23,19 @@ public final class TraceRunner: @unchecked Sendable {
             order[Site(info.site, info.io)] = i
         }
         self.siteOrder = order
+        // A site belongs to the layer its module path numbers (transformer.h.3..., model.layers.3...,
+        // blocks.3...); sites without a number sit before the first layer or after the last.
+        var stages = [Int](), seenLayer = false
+        let layers = model.dimensions.layers
+        for info in self.sites {
+            if let number = info.site.split(separator: ".").lazy.compactMap({ Int($0) }).first {
+                stages.append(number)
+                seenLayer = true
+            } else {
+                stages.append(seenLayer ? layers : -1)
+            }
+        }
+        self.siteStage = stages
     }
 
     /// Checks a trace and plans its execution; throws the first error, naming its node.
@@ -41,13 +56,81 @@ public final class TraceRunner: @unchecked Sendable {
         try run(try compile(trace), cancelled: cancelled)
     }
 
-    public func run(_ compiled: CompiledTrace, cancelled: CancellationCheck? = nil) throws -> TraceResult {
-        let batch = TokenBatch(compiled.invocations)
-        let hooks = TraceHooks(compiled, batch: batch)
+    /// Runs a compiled trace. With `shareRows` (the default), invocations with the same
+    /// tokens share one row of the batch until the first layer where something writes one
+    /// of them; the numbers are those of the plain batch, where every invocation has its own
+    /// row (`shareRows: false`).
+    public func run(_ compiled: CompiledTrace, cancelled: CancellationCheck? = nil, shareRows: Bool = true) throws -> TraceResult {
+        let invocations = compiled.invocations
+        try model.validate(TokenBatch(invocations))
+        let diverges = shareRows ? compiled.diverges : Array(repeating: -1, count: invocations.count)
+        // The rows before the embedding: one per invocation written from the start, one per
+        // set of equal token lists for the rest.
+        var rowOf = [Int](repeating: -1, count: invocations.count)
+        var rowTokens = [[Int]]()
+        var shared = [[Int]: Int]()
+        for (i, tokens) in invocations.enumerated() {
+            if diverges[i] <= -1 {
+                rowOf[i] = rowTokens.count
+                rowTokens.append(tokens)
+            } else if let row = shared[tokens] {
+                rowOf[i] = row
+            } else {
+                shared[tokens] = rowTokens.count
+                rowOf[i] = rowTokens.count
+                rowTokens.append(tokens)
+            }
+        }
+        let hooks = TraceHooks(compiled, batch: TokenBatch(rowTokens), rows: rowOf)
         try hooks.runStart()
+        let layers = model.dimensions.layers
+        var pass = ForwardPass(batch: TokenBatch(rowTokens), hooks: hooks, cancelled: cancelled)
+        var x = try model.embed(pass)
+        var tokenLayers = 0
+        for stage in 0...layers {
+            // Invocations written from this stage on get rows of their own.
+            let splitting = invocations.indices.filter { diverges[$0] == stage }
+            if !splitting.isEmpty {
+                var sources = [Int](), newRowOf = rowOf, newTokens = [[Int]]()
+                for row in rowTokens.indices {
+                    let members = invocations.indices.filter { rowOf[$0] == row }
+                    let staying = members.filter { diverges[$0] != stage }
+                    let leaving = members.filter { diverges[$0] == stage }
+                    var owners = leaving.map { [$0] }
+                    if !staying.isEmpty { owners.insert(staying, at: 0) }
+                    for group in owners {
+                        for i in group { newRowOf[i] = newTokens.count }
+                        sources.append(row)
+                        newTokens.append(rowTokens[row])
+                    }
+                }
+                if sources != Array(rowTokens.indices) {
+                    x = Self.gatherRows(x.contiguous(), sources, length: pass.keyCount)
+                }
+                rowOf = newRowOf
+                rowTokens = newTokens
+                pass = ForwardPass(batch: TokenBatch(rowTokens), hooks: hooks, cancelled: cancelled)
+                hooks.update(batch: TokenBatch(rowTokens), rows: rowOf)
+            }
+            if stage < layers {
+                try pass.checkCancelled()
+                x = try model.layer(stage, x, pass)
+                tokenLayers += rowTokens.count * pass.keyCount
+            }
+        }
         let rows: LogitRows = compiled.logits == .all ? .all : compiled.logits == .last ? .last : .none
-        _ = try model.forward(batch, hooks: hooks, logits: rows, cancelled: cancelled)
-        return hooks.result()
+        _ = try model.unembed(try model.finalNorm(x, pass), rows, pass)
+        return hooks.result(tokenLayers: tokenLayers, plainTokenLayers: invocations.count * pass.keyCount * layers)
+    }
+
+    /// Rows `sources` of hidden states [rows · length, hidden], in that order.
+    static func gatherRows(_ x: Tensor, _ sources: [Int], length: Int) -> Tensor {
+        let width = length * x.columnCount
+        let out = Tensor(zeros: [sources.count * length, x.columnCount])
+        for (k, row) in sources.enumerated() {
+            (out.data + k * width).update(from: x.data + row * width, count: width)
+        }
+        return out
     }
 
     /// Logits only where they are read: none when no node touches the unembedding; only the
@@ -96,22 +179,36 @@ public final class TraceRunner: @unchecked Sendable {
             if case .save = node.op { lastUse[i] = Int.max }
         }
         let tasks = keyed.mapValues { list in list.sorted { $0.key < $1.key }.map(\.task) }
+        // The first stage at which each invocation's values are written.
+        var diverges = [Int](repeating: Int.max, count: trace.invocations.count)
+        func write(_ invoke: Int, _ order: Int) { diverges[invoke] = min(diverges[invoke], siteStage[order]) }
+        for node in nodes {
+            switch node.op {
+            case .set(let ref, _): write(ref.invoke, ref.order)
+            case .setIndex: if let alias = node.alias { write(alias.invoke, alias.order) }
+            case .intervene(let steps, _): for step in steps { write(step.target, step.order) }
+            default: break
+            }
+        }
         return CompiledTrace(invocations: trace.invocations, nodes: nodes, logits: mode, tasks: tasks, startTasks: start,
-                             sites: sites, lastUse: lastUse)
+                             sites: sites, lastUse: lastUse, diverges: diverges)
     }
 }
 
 /// The hooks of one trace run.
 final class TraceHooks: ForwardHooks {
     let plan: CompiledTrace
-    let batch: TokenBatch
+    private(set) var batch: TokenBatch
+    /// The batch row each invocation's values live in (invocations share rows while equal).
+    private(set) var rows: [Int]
     private var values: [Tensor?]
     private var wanted: Set<Site> = []
     private let orderOf: [Site: Int]
 
-    init(_ plan: CompiledTrace, batch: TokenBatch) {
+    init(_ plan: CompiledTrace, batch: TokenBatch, rows: [Int]) {
         self.plan = plan
         self.batch = batch
+        self.rows = rows
         self.values = Array(repeating: nil, count: plan.nodes.count)
         var orderOf = [Site: Int]()
         for order in plan.tasks.keys {
@@ -124,19 +221,24 @@ final class TraceHooks: ForwardHooks {
 
     func wants(_ site: Site) -> Bool { wanted.contains(site) }
 
+    func update(batch: TokenBatch, rows: [Int]) {
+        self.batch = batch
+        self.rows = rows
+    }
+
     func runStart() throws {
-        let frame = Frame(seen: nil, info: nil, batch: batch)
+        let frame = Frame(seen: nil, info: nil, batch: batch, rows: rows)
         for task in plan.startTasks { try run(task, frame) }
     }
 
     func visit(_ site: Site, _ value: inout Tensor) throws {
         guard let order = orderOf[site], let tasks = plan.tasks[order] else { return }
-        let frame = Frame(seen: value, info: plan.sites[order], batch: batch)
+        let frame = Frame(seen: value, info: plan.sites[order], batch: batch, rows: rows)
         for task in tasks { try run(task, frame) }
         keepPastSite(order, storage: value.storage)
     }
 
-    func result() -> TraceResult {
+    func result(tokenLayers: Int, plainTokenLayers: Int) -> TraceResult {
         var saved = [String: Tensor](), names = [String]()
         for (i, node) in plan.nodes.enumerated() {
             if case .save(_, let name) = node.op, let value = values[i] {
@@ -144,7 +246,8 @@ final class TraceHooks: ForwardHooks {
                 names.append(name)
             }
         }
-        return TraceResult(saved: saved, names: names, logits: plan.logits, slots: batch.slots)
+        return TraceResult(saved: saved, names: names, logits: plan.logits, slots: plan.invocations.count * batch.length,
+                           rows: batch.rows, tokenLayers: tokenLayers, plainTokenLayers: plainTokenLayers)
     }
 
     /// A site's value as each invocation sees it.
@@ -152,12 +255,14 @@ final class TraceHooks: ForwardHooks {
         let seen: Tensor?
         let info: SiteInfo?
         let batch: TokenBatch
+        let rows: [Int]
 
         /// Invocation `invoke`'s rows, without its left padding: positions count as in the
         /// invocation alone.
         func view(_ invoke: Int) -> Tensor {
-            var v = seen!.slice(axis: 0, invoke..<(invoke + 1))
-            let pad = batch.padding[invoke]
+            let row = rows[invoke]
+            var v = seen!.slice(axis: 0, row..<(row + 1))
+            let pad = batch.padding[row]
             if pad > 0, let info {
                 for (axis, symbol) in info.shape.enumerated() where symbol == SiteInfo.sequenceDim && v.shape[axis] == batch.length {
                     v = v.slice(axis: axis, pad..<batch.length)

@@ -60,8 +60,15 @@ public struct TraceResult: @unchecked Sendable {
     public let names: [String]
     /// Where logits were computed: every position, only the last, or nowhere.
     public let logits: LogitMode
-    /// Token slots the forward pass computed (rows x padded length).
+    /// Token slots of the batch: invocations x padded length.
     public let slots: Int
+    /// Batch rows in the last layer (invocations with equal tokens share a row until
+    /// something writes one of them).
+    public let rows: Int
+    /// Token-layers computed (rows x padded length, summed over layers), and what the plain
+    /// batch, one row per invocation, computes.
+    public let tokenLayers: Int
+    public let plainTokenLayers: Int
 
     public subscript(name: String) -> Tensor? { saved[name] }
 }

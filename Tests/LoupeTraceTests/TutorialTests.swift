@@ -221,4 +221,41 @@ final class TutorialTests: XCTestCase {
             }
         }
     }
+
+    // MARK: Shared rows
+
+    /// Invocations with the same tokens share their rows until their first write: the same
+    /// numbers as the plain batch (a row per invocation), with fewer token-layers computed.
+    func testSharingRowsOfEqualInvocationsGivesThePlainBatchNumbers() throws {
+        for name in ["gpt2-tiny", "llama-tiny"] {
+            let runner = try Fixtures.shared.runner(name)
+            let layers = runner.model.dimensions.layers
+            var traces = [residualPatchingTrace(name, layers: layers).0]
+            traces.append(headPatchingTrace(viaPlugin: false, model: name))
+            // A write at the embedding, one after the last layer, and an unwritten duplicate.
+            var b = TraceBuilder()
+            let embedding = name.hasPrefix("gpt2") ? "transformer.wte" : "model.embed_tokens"
+            let finalNorm = name.hasPrefix("gpt2") ? "transformer.ln_f" : "model.norm"
+            b.add("setindex", ["x": b.get(embedding, invoke: 1), "key": [0, 2], "value": 0.25])
+            b.add("setindex", ["x": b.get(finalNorm, invoke: 2), "key": [0, -1, ["slice": [nil, 8]]], "value": 0])
+            for i in 0..<4 { b.save(b.get("lm_head", invoke: i), "logits\(i)") }
+            traces.append(b.trace([clean, clean, clean, clean]))
+            for (k, trace) in traces.enumerated() {
+                let compiled = try runner.compile(trace)
+                let sharing = try runner.run(compiled)
+                let plain = try runner.run(compiled, shareRows: false)
+                XCTAssertEqual(sharing.names, plain.names)
+                XCTAssertLessThan(sharing.tokenLayers, plain.tokenLayers, "\(name) trace \(k)")
+                XCTAssertEqual(plain.tokenLayers, plain.plainTokenLayers)
+                for saved in plain.names {
+                    assertClose(sharing[saved], plain[saved]!, tolerance: 1e-4, "\(name) trace \(k): \(saved)")
+                }
+            }
+            let last = try runner.run(traces[2])
+            XCTAssertEqual(last.rows, 3, "the unwritten duplicates share a row to the end")
+            XCTAssertGreaterThan(maxDifference(last["logits1"]!, last["logits0"]!), 1e-4)
+            XCTAssertGreaterThan(maxDifference(last["logits2"]!, last["logits0"]!), 1e-4)
+            XCTAssertEqual(maxDifference(last["logits3"]!, last["logits0"]!), 0)
+        }
+    }
 }
