@@ -67,6 +67,12 @@ struct EngineBenchmark: ParsableCommand {
             }
             print(line)
         }
+        // Hooks that want no site: the cost of the hook points themselves.
+        let batch = TokenBatch([Array(0..<16)])
+        let bare = median(repeats) { _ = try! network.forward(batch, logits: .all) }
+        let hooked = median(repeats) { _ = try! network.forward(batch, hooks: NoSites(), logits: .all) }
+        print(String(format: "forward 1x16 with hooks that want no site: %.1f ms against %.1f ms without hooks (%.3fx)",
+                     hooked * 1000, bare * 1000, hooked / bare))
         if sweeps { try benchmarkSweeps(loaded) }
     }
 
@@ -174,6 +180,12 @@ struct EngineBenchmark: ParsableCommand {
         guard process.terminationStatus == 0, let line = String(data: data, encoding: .utf8)?.split(separator: "\n").last else { return nil }
         return try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
     }
+}
+
+/// A hook set that asks for nothing.
+final class NoSites: ForwardHooks {
+    func wants(_ site: Site) -> Bool { false }
+    func visit(_ site: Site, _ value: inout Tensor) throws {}
 }
 
 /// Median wall time of `repeats` runs after one warm-up.
