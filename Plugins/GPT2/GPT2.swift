@@ -10,10 +10,13 @@ public enum GPT2Architecture: ArchitectureAdapter {
     public static let modelTypes = ["gpt2"]
 
     public static func load(_ checkpoint: Checkpoint) throws -> any LanguageModel {
-        guard case .huggingFace(let config, let weights) = checkpoint else {
-            throw ModelError.badConfig(file: "", key: "general.architecture", "GPT-2 loads from an HF directory (config.json and safetensors), not GGUF")
+        switch checkpoint {
+        case .huggingFace(let config, let weights):
+            return try GPT2Model(config: config, weights: weights)
+        case .gguf(let file):
+            throw ModelError.badConfig(file: file.path, key: "general.architecture",
+                                       "GPT-2 loads from an HF directory (config.json and safetensors), not GGUF")
         }
-        return try GPT2Model(config: config, weights: weights)
     }
 }
 
@@ -86,7 +89,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         finalNormWeights = (try w("transformer.ln_f.weight", [hidden]), try w("transformer.ln_f.bias", [hidden]))
         // HF ties lm_head to wte unless the config says otherwise and the checkpoint has its own.
         if !config.tieWordEmbeddings, w.has("lm_head.weight") {
-            unembedding = Linear(weight: try w("lm_head.weight", [vocabulary, hidden]), layout: .outputMajor)
+            unembedding = Linear(weight: try w("lm_head.weight", [vocabulary, hidden]), layout: .outputMajor).inputMajor()
         } else {
             unembedding = Linear(weight: tokenEmbedding, layout: .outputMajor)
         }
