@@ -6,7 +6,9 @@ and manifest.json lists them in replay order with the fields whose values vary b
 runs. The replies are written from the protocol's definition (Protocol/PROTOCOL.md) and,
 for numbers the model computes, from the HF reference activations committed with the tiny
 fixture models (Tests/Fixtures/models/*/expected.safetensors), never from Loupe's own
-output. Replay with scripts/conformance.py or the Swift ConformanceTests against a daemon
+output. Sweeps and traces patch activations, which the reference files cannot show: their
+numbers come from a float64 numpy GPT-2 written here, checked first against those HF
+reference logits, running every patch as its own full forward pass. Replay with scripts/conformance.py or the Swift ConformanceTests against a daemon
 serving with --models-dir Tests/Fixtures/models.
 
 Needs msgpack and numpy. Run from anywhere: python3 scripts/make_protocol_vectors.py
@@ -28,8 +30,10 @@ VARIABLE = ["server_version", "job", "timing", "load_seconds", "idle_seconds", "
             "requests", "rss_bytes", "pid", "endpoint", "error.message", "path", "source",
             "models.*.idle_seconds", "models.*.path", "models.*.source"]
 
+PROTOCOL = 2
+
 OPS = ["hello", "models.list", "models.load", "models.unload", "models.describe", "tokenize", "detokenize", "forward",
-       "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
+       "sweep", "trace", "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
 
 GPT2_DIMENSIONS = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 4, "head_dim": 16, "vocab": 512, "context": 64}
 LLAMA_DIMENSIONS = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "vocab": 512, "context": 64}
@@ -50,6 +54,97 @@ def safetensors(path):
     return tensors
 
 
+# The trace language's ops (Sources/LoupeTrace/TRACE.md) and the built-in interventions.
+TRACE_OPS = ["get", "set", "constant", "index", "setindex", "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "abs",
+             "sqrt", "matmul", "sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax", "reshape", "view",
+             "transpose", "permute", "split_heads", "merge_heads", "clone", "zeros_like", "ones_like", "full_like", "full",
+             "cat", "stack", "topk", "intervene", "save"]
+INTERVENTIONS = ["ablate", "head_patch", "residual_patch", "steer"]
+
+
+class GPT2:
+    """GPT-2 in float64 numpy, as HF's GPT2LMHeadModel computes it, with the two patches a
+    sweep makes: the residual stream after a layer at one position, or one head's output
+    (the input of attn.c_proj, split by head) at every position."""
+
+    def __init__(self, directory):
+        self.w = {k: v.astype(np.float64) for k, v in safetensors(directory / "model.safetensors").items()}
+        config = json.loads((directory / "config.json").read_text())
+        self.layers, self.heads, self.eps = config["n_layer"], config["n_head"], config["layer_norm_epsilon"]
+
+    def norm(self, x, name):
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + self.eps) * self.w[name + ".weight"] + self.w[name + ".bias"]
+
+    def forward(self, ids, record=None, resid=None, head=None):
+        """Final logits [len, vocab]. record: dict filled with resid_post.L and z.L [len, heads, dh];
+        resid: (layer, position, vector) written over the residual after that layer;
+        head: (layer, head, z [len, dh]) written over that head's output."""
+        w, n = self.w, len(ids)
+        x = w["transformer.wte.weight"][ids] + w["transformer.wpe.weight"][:n]
+        for l in range(self.layers):
+            p = f"transformer.h.{l}."
+            h = self.norm(x, p + "ln_1")
+            q, k, v = np.split(h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"], 3, axis=-1)
+            dh = q.shape[-1] // self.heads
+            q, k, v = (t.reshape(n, self.heads, dh).transpose(1, 0, 2) for t in (q, k, v))
+            scores = q @ k.transpose(0, 2, 1) / np.sqrt(dh)
+            scores = np.where(np.tril(np.ones((n, n), dtype=bool)), scores, -np.inf)
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            z = ((scores / scores.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2)  # [len, heads, dh]
+            if head is not None and head[0] == l:
+                z = z.copy()
+                z[:, head[1], :] = head[2]
+            if record is not None:
+                record[f"z.{l}"] = z.copy()
+            x = x + z.reshape(n, -1) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+            h = self.norm(x, p + "ln_2") @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"]
+            h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+            x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+            if resid is not None and resid[0] == l:
+                x = x.copy()
+                x[resid[1]] = resid[2]
+            if record is not None:
+                record[f"resid_post.{l}"] = x.copy()
+        return self.norm(x, "transformer.ln_f") @ w["transformer.wte.weight"].T
+
+
+def log_softmax(logits):
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def sweep(model, clean, corrupted, kind, metric, normalized):
+    """The sweep as the tutorial runs it: every patch its own full forward pass."""
+    record = {}
+    clean_last = model.forward(clean, record=record)[-1]
+    corrupted_last = model.forward(corrupted)[-1]
+
+    def score(logits):
+        if "logit_diff" in metric:
+            return logits[metric["logit_diff"]["answer"]] - logits[metric["logit_diff"]["wrong"]]
+        if "logprob" in metric:
+            return log_softmax(logits)[metric["logprob"]["answer"]]
+        p = log_softmax(clean_last)
+        return float((np.exp(p) * (p - log_softmax(logits))).sum())
+
+    c, k = score(clean_last), score(corrupted_last)
+    columns = len(clean) if kind == "residual" else model.heads
+    values = []
+    for l in range(model.layers):
+        row = []
+        for col in range(columns):
+            if kind == "residual":
+                logits = model.forward(corrupted, resid=(l, col, record[f"resid_post.{l}"][col]))[-1]
+            else:
+                logits = model.forward(corrupted, head=(l, col, record[f"z.{l}"][:, col, :]))[-1]
+            value = score(logits)
+            row.append(float((value - k) / (c - k)) if normalized else float(value))
+        values.append(row)
+    return values, float(c), float(k)
+
+
 def top(logits, k):
     """The k largest logits, best first, as the protocol's {id, token, logit} (no tokenizer: token nil)."""
     order = sorted(range(len(logits)), key=lambda i: (-float(logits[i]), i))[:k]
@@ -63,15 +158,19 @@ def error(code, field):
 def vectors():
     cases = json.loads((MODELS / "gpt2-tiny" / "cases.json").read_text())["sequences"]
     expected = safetensors(MODELS / "gpt2-tiny" / "expected.safetensors")
+    model = GPT2(MODELS / "gpt2-tiny")
+    for i, case in enumerate(cases):
+        distance = np.abs(model.forward(case) - expected[f"logits.{i}"]).max()
+        assert distance < 1e-4, f"the numpy GPT-2 is {distance} from HF's logits on case {i}"
     ok = {"status": "ok"}
-    yield "hello", {"op": "hello", "protocol": 1, "client": "conformance"}, {
-        **ok, "protocol": 1, "server": "loupe", "server_version": "", "architectures": ["gpt2", "llama"],
-        "interventions": [], "trace_ops": [], "ops": OPS,
+    yield "hello", {"op": "hello", "protocol": PROTOCOL, "client": "conformance"}, {
+        **ok, "protocol": PROTOCOL, "server": "loupe", "server_version": "", "architectures": ["gpt2", "llama"],
+        "interventions": [{"name": name} for name in INTERVENTIONS], "trace_ops": TRACE_OPS, "ops": OPS,
+        "sweep": {"kinds": ["residual", "heads"], "metrics": ["logit_diff", "logprob", "kl"]},
         "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64}}, []
     yield "hello-version-mismatch", {"op": "hello", "protocol": 99}, error("version_mismatch", "protocol"), []
     yield "unknown-op", {"op": "models.frobnicate"}, error("unknown_op", "op"), []
     yield "missing-op", {"name": "tiny"}, error("bad_request", "op"), []
-    yield "trace-reserved", {"op": "trace", "model": "tiny"}, error("not_implemented", "op"), []
     yield "models-list-empty", {"op": "models.list"}, {**ok, "models": []}, []
     yield "models-load", {"op": "models.load", "name": "tiny", "source": "gpt2-tiny"}, {
         **ok, "name": "tiny", "architecture": "gpt2", "path": "", "dimensions": GPT2_DIMENSIONS, "load_seconds": 0.0,
@@ -106,11 +205,96 @@ def vectors():
     yield "forward-too-long", {"op": "forward", "model": "tiny", "tokens": [list(range(65))]}, error("too_large", "tokens"), []
     yield "forward-tensor-shape-mismatch", {"op": "forward", "model": "tiny", "tokens": {
         "dtype": "i32", "shape": [1, 3], "data": struct.pack("<2i", 1, 2)}}, error("shape_mismatch", "tokens"), []
+    yield from sweep_vectors(model, cases)
+    yield from trace_vectors(model, cases)
     yield "forward-unknown-model", {"op": "forward", "model": "nope", "tokens": [[1]]}, error("unknown_model", "model"), []
     yield "jobs-status-not-found", {"op": "jobs.status", "job": 123456}, error("not_found", "job"), []
     yield "models-unload", {"op": "models.unload", "name": "tiny"}, {**ok, "name": "tiny", "freed": True}, []
     yield "models-load-not-found", {"op": "models.load", "name": "ghost", "source": "no-such-model.gguf"}, \
         error("not_found", "source"), ["job"]
+
+
+def sweep_vectors(model, cases):
+    """Residual and head sweeps on gpt2-tiny, each metric, and the typed errors."""
+    clean = cases[0]
+    corrupted = list(clean)
+    corrupted[3] = 7
+    n, layers = len(clean), model.layers
+    common = {"rows": [str(l) for l in range(layers)], "row_axis": "Layer", "clean_tokens": clean,
+              "corrupted_tokens": corrupted, "first_difference": 3, "seconds": 0.0, "token_layers": 0,
+              "job": 0, "timing": {}}
+    variable = ["seconds", "token_layers"]
+    for name, kind, metric, normalized in [
+            ("sweep-residual-logit-diff", "residual", {"logit_diff": {"answer": 1, "wrong": 2}}, True),
+            ("sweep-heads-logit-diff", "heads", {"logit_diff": {"answer": 1, "wrong": 2}}, True),
+            ("sweep-residual-logprob", "residual", {"logprob": {"answer": 5}}, False),
+            ("sweep-heads-kl", "heads", {"kl": {}}, False)]:
+        values, c, k = sweep(model, clean, corrupted, kind, metric, normalized)
+        columns = n if kind == "residual" else model.heads
+        cols = [f"{t}_{i}" for i, t in enumerate(clean)] if kind == "residual" else [f"Head {h}" for h in range(model.heads)]
+        request = {"op": "sweep", "model": "tiny", "clean": clean, "corrupted": corrupted, "kind": kind, "metric": metric}
+        if not normalized:
+            request["normalized"] = False
+        yield name, request, {
+            "status": "ok", **common, "kind": kind, "metric": metric, "normalized": normalized, "values": values,
+            "cols": cols, "col_axis": "Position" if kind == "residual" else "Head", "clean": c, "corrupted": k,
+            "plain_token_layers": (2 + layers * columns) * n * layers}, variable
+    base = {"op": "sweep", "model": "tiny", "clean": clean, "corrupted": corrupted,
+            "metric": {"logit_diff": {"answer": 1, "wrong": 2}}}
+    yield "sweep-lengths-differ", {**base, "corrupted": corrupted[:-1]}, error("bad_request", "corrupted"), []
+    yield "sweep-identical-prompts", {**base, "corrupted": clean}, error("bad_request", "corrupted"), []
+    yield "sweep-answer-as-text-without-tokenizer", {**base, "metric": {"logit_diff": {"answer": " John", "wrong": 2}}}, \
+        error("bad_request", "metric.logit_diff.answer"), []
+    yield "sweep-answer-out-of-range", {**base, "metric": {"logprob": {"answer": 512}}}, \
+        error("index_out_of_range", "metric.logprob.answer"), []
+    yield "sweep-token-out-of-range", {**base, "clean": clean[:-1] + [600]}, error("index_out_of_range", "clean.6"), []
+    yield "sweep-unknown-kind", {**base, "kind": "neurons"}, error("bad_request", "kind"), []
+    yield "sweep-unknown-metric", {**base, "metric": {"accuracy": {}}}, error("bad_request", "metric"), []
+    yield "sweep-unknown-model", {**base, "model": "nope"}, error("unknown_model", "model"), []
+
+
+def trace_vectors(model, cases):
+    """The tutorial's residual patch (one layer, one position) as a trace, and trace errors."""
+    clean = cases[0]
+    corrupted = list(clean)
+    corrupted[3] = 7
+    record = {}
+    model.forward(clean, record=record)
+    patched = model.forward(corrupted, resid=(0, 3, record["resid_post.0"][3]))[-1]
+    everything = {"slice": [None, None, None]}
+    nodes = [
+        {"id": 0, "op": "get", "site": "transformer.h.0", "io": "output", "item": 0, "invoke": 0},
+        {"id": 1, "op": "index", "x": {"ref": 0}, "key": [everything, 3, everything]},
+        {"id": 2, "op": "get", "site": "transformer.h.0", "io": "output", "item": 0, "invoke": 1},
+        {"id": 3, "op": "setindex", "x": {"ref": 2}, "key": [":", 3, ":"], "value": {"ref": 1}},
+        {"id": 4, "op": "get", "site": "lm_head", "io": "output", "invoke": 1},
+        {"id": 5, "op": "index", "x": {"ref": 4}, "key": [0, -1, 1]},
+        {"id": 6, "op": "index", "x": {"ref": 4}, "key": [0, -1, 2]},
+        {"id": 7, "op": "sub", "x": {"ref": 5}, "y": {"ref": 6}},
+        {"id": 8, "op": "save", "x": {"ref": 7}, "name": "patched_logit_diff"},
+        {"id": 9, "op": "save", "x": {"ref": 1}, "name": "clean_resid"},
+    ]
+    scalar = np.array(patched[1] - patched[2], dtype="<f4")
+    resid = np.ascontiguousarray(record["resid_post.0"][3].reshape(1, -1), dtype="<f4")
+    yield "trace-residual-patch", {"op": "trace", "model": "tiny", "invokes": [clean, {"tokens": corrupted}], "nodes": nodes}, {
+        "status": "ok", "names": ["patched_logit_diff", "clean_resid"], "logits": "last", "slots": 2 * len(clean),
+        "saved": {"patched_logit_diff": {"dtype": "f32", "shape": [], "data": scalar.tobytes()},
+                  "clean_resid": {"dtype": "f32", "shape": [1, 64], "data": resid.tobytes()}},
+        "job": 0, "timing": {}}, []
+    one = {"op": "trace", "model": "tiny", "invokes": [[1, 2]]}
+    yield "trace-unknown-site", {**one, "nodes": [{"id": 5, "op": "get", "site": "transformer.h.9.output"}]}, \
+        node_error("unknown_site", "nodes.0.site", 5), []
+    yield "trace-unknown-op", {**one, "nodes": [{"id": 5, "op": "frobnicate", "x": 1}]}, \
+        node_error("unknown_op", "nodes.0.op", 5), []
+    yield "trace-unknown-intervention", {**one, "nodes": [{"id": 7, "op": "intervene", "name": "nope", "invoke": 0, "params": {}}]}, \
+        node_error("unknown_intervention", "nodes.0.name", 7), []
+    yield "trace-forward-reference", {**one, "nodes": [{"id": 0, "op": "save", "x": {"ref": 1}, "name": "x"},
+                                                       {"id": 1, "op": "constant", "value": 1}]}, \
+        node_error("bad_request", "nodes.0.x", 0), []
+
+
+def node_error(code, field, node):
+    return {"status": "error", "error": {"code": code, "message": "", "field": field, "node": node}}
 
 
 def twin(value):
@@ -140,7 +324,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*"):
         old.unlink()
-    manifest = {"protocol": 1, "models_dir": "Tests/Fixtures/models", "variable": VARIABLE,
+    manifest = {"protocol": PROTOCOL, "models_dir": "Tests/Fixtures/models", "variable": VARIABLE,
                 "float_tolerance": {"absolute": 1e-3, "relative": 1e-3}, "vectors": []}
     for number, (name, request, reply, variable) in enumerate(vectors(), start=1):
         stem = f"{number:02d}-{name}"

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Logging
 import LoupeModels
+import LoupeTrace
 import LoupeWire
 import Synchronization
 
@@ -13,16 +14,20 @@ import Synchronization
 public final class Daemon: Sendable {
     public let configuration: DaemonConfiguration
     private let registry: ArchitectureRegistry
+    private let interventions: InterventionRegistry
     private let logger: Logger
     private let inbox = Inbox()
     private let boundEndpoint = Mutex<String?>(nil)
     private let finished = DispatchSemaphore(value: 0)
     private let signalSources = Mutex<[SignalSource]>([])
 
+    /// `interventions`: what a trace's `intervene` nodes may name (none when not given).
     public init(configuration: DaemonConfiguration, registry: ArchitectureRegistry,
+                interventions: InterventionRegistry = InterventionRegistry(),
                 logger: Logger = Logger(label: "loupe.daemon")) {
         self.configuration = configuration
         self.registry = registry
+        self.interventions = interventions
         self.logger = logger
     }
 
@@ -33,14 +38,15 @@ public final class Daemon: Sendable {
         try Self.checkNoDaemon(at: configuration.endpoint)
         let ready = DispatchSemaphore(value: 0)
         let bindResult = Mutex<Result<String, ZMQError>?>(nil)
-        let (configuration, registry, logger, inbox) = (self.configuration, self.registry, self.logger, self.inbox)
+        let (configuration, registry, interventions, logger, inbox) = (self.configuration, self.registry, self.interventions, self.logger, self.inbox)
         let thread = Thread { [self] in
             // The loop (and with it the socket) is released when this returns, before the
             // socket file is removed.
             func serve() -> String? {
                 let loop: ServerLoop
                 do {
-                    loop = try ServerLoop(configuration: configuration, registry: registry, inbox: inbox, logger: logger)
+                    loop = try ServerLoop(configuration: configuration, registry: registry, interventions: interventions,
+                                          inbox: inbox, logger: logger)
                 } catch {
                     bindResult.withLock { $0 = .failure(error) }
                     ready.signal()

@@ -1,5 +1,7 @@
 import LoupeFormats
 import LoupeModels
+import LoupeSweeps
+import LoupeTrace
 import LoupeWire
 
 /// The engine's errors as protocol errors, with the code a client can act on.
@@ -30,8 +32,23 @@ extension ProtocolError {
             case .cancelled: return ProtocolError(.cancelled, "the job was cancelled")
             default: return ProtocolError(.internalError, error.description)
             }
+        case let error as SweepError:
+            switch error {
+            case .lengthsDiffer, .identicalPrompts: return ProtocolError(.badRequest, error.description, field: "corrupted")
+            case .tokenOutOfRange: return ProtocolError(.indexOutOfRange, error.description, field: "metric")
+            }
+        case let error as TraceError:
+            return ProtocolError(error)
         default:
             return ProtocolError(.internalError, "unexpected error: \(error)")
         }
+    }
+}
+
+extension ProtocolError {
+    /// A trace's error: the same code, its field, and the node at fault.
+    init(_ error: TraceError) {
+        let code = ErrorCode(rawValue: error.code.rawValue) ?? .internalError
+        self.init(code, error.message, field: error.field, node: error.node)
     }
 }

@@ -16,6 +16,8 @@ final class JobControl: Sendable {
     func setTotal(_ total: Int) { totalCount.store(total, ordering: .relaxed) }
     /// One more unit (a layer) computed; returns the new count.
     func advance() -> Int { doneCount.wrappingAdd(1, ordering: .relaxed).newValue }
+    /// Sets the count of units computed (for work that reports its own count).
+    func setDone(_ done: Int) { doneCount.store(done, ordering: .relaxed) }
 
     private let lastReport = Atomic<UInt64>(0)
 

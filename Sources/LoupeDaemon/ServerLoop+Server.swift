@@ -1,4 +1,5 @@
 import Foundation
+import LoupeTrace
 import LoupeWire
 
 /// `hello` and `server.stats`.
@@ -9,7 +10,9 @@ extension ServerLoop {
         }
         return [
             "protocol": MessageValue(WireProtocol.version), "server": "loupe", "server_version": .string(configuration.serverVersion),
-            "architectures": MessageValue(registry.names), "interventions": [], "trace_ops": [], "ops": MessageValue(ops),
+            "architectures": MessageValue(registry.names), "interventions": MessageValue(trace: interventions.schema),
+            "trace_ops": MessageValue(CompiledTrace.ops), "ops": MessageValue(ops),
+            "sweep": ["kinds": MessageValue(SweepSpec.kinds), "metrics": MessageValue(SweepSpec.metrics)],
             "limits": ["max_message_bytes": MessageValue(configuration.limits.maxBytes),
                        "max_batch_tokens": MessageValue(configuration.maxBatchTokens),
                        "max_queue": MessageValue(configuration.maxQueue)],

@@ -3,6 +3,8 @@ import Dispatch
 import Foundation
 import Logging
 import LoupeModels
+import LoupeSweeps
+import LoupeTrace
 import LoupeWire
 
 /// The daemon's core, run by the one thread that owns the ROUTER socket.
@@ -14,6 +16,7 @@ import LoupeWire
 final class ServerLoop {
     let configuration: DaemonConfiguration
     let registry: ArchitectureRegistry
+    let interventions: InterventionRegistry
     let inbox: Inbox
     let logger: Logger
     let socket: ZMQSocket
@@ -44,9 +47,11 @@ final class ServerLoop {
     var nextJob = 1
     var lastHousekeeping = Date()
 
-    init(configuration: DaemonConfiguration, registry: ArchitectureRegistry, inbox: Inbox, logger: Logger) throws(ZMQError) {
+    init(configuration: DaemonConfiguration, registry: ArchitectureRegistry, interventions: InterventionRegistry,
+         inbox: Inbox, logger: Logger) throws(ZMQError) {
         self.configuration = configuration
         self.registry = registry
+        self.interventions = interventions
         self.inbox = inbox
         self.logger = logger
         self.resolver = SourceResolver(modelsDirectory: configuration.modelsDirectory)
@@ -142,7 +147,7 @@ final class ServerLoop {
     /// Every op this server answers; `dispatch` routes them.
     var ops: [String] {
         ["hello", "models.list", "models.load", "models.unload", "models.describe", "tokenize", "detokenize", "forward",
-         "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
+         "sweep", "trace", "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
             + (configuration.debugOps ? ["debug.fail"] : [])
     }
 
@@ -156,6 +161,8 @@ final class ServerLoop {
         case "tokenize": reply(to: request.requester, ok: try tokenize(request))
         case "detokenize": reply(to: request.requester, ok: try detokenize(request))
         case "forward": try forward(request)
+        case "sweep": try sweep(request)
+        case "trace": try trace(request)
         case "jobs.status": reply(to: request.requester, ok: try jobStatus(request))
         case "jobs.cancel": reply(to: request.requester, ok: try cancelJob(request))
         case "jobs.result": try jobResult(request)
@@ -164,8 +171,6 @@ final class ServerLoop {
             reply(to: request.requester, ok: ["stopping": true])
             beginShutdown(reason: "server.shutdown request")
         case "debug.fail" where configuration.debugOps: try debugFail(request)
-        case "trace", "sweep":
-            throw ProtocolError(.notImplemented, "'\(request.op)' is reserved in protocol \(WireProtocol.version) but this server does not run it yet", field: "op")
         default:
             throw ProtocolError(.unknownOp, "unknown op '\(request.op)'; this server answers \(ops.joined(separator: ", "))", field: "op")
         }

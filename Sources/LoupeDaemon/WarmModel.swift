@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import LoupeModels
+import LoupeTrace
 
 /// One model in memory, under one or more names, with its job queue. Lives on the socket
 /// thread; its jobs run one at a time on its own serial queue.
@@ -21,6 +22,8 @@ final class WarmModel {
     var lastUsed = Date()
     /// Seconds idle before unloading (0: never).
     var keepAlive: Double
+    /// Validates and runs traces; made at the first trace.
+    var traceRunner: TraceRunner?
 
     init(id: Int, key: String, loaded: LoadedModel, sites: [SiteInfo], keepAlive: Double) {
         self.id = id

@@ -1,7 +1,7 @@
 /// The wire contract's fixed vocabulary; Protocol/PROTOCOL.md describes each value.
 public enum WireProtocol {
     /// Bumped on any change an old peer would misread.
-    public static let version = 1
+    public static let version = 2
     public static let defaultEndpoint = "tcp://127.0.0.1:5557"
 }
 
@@ -28,6 +28,10 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     case cancelled
     case notFound = "not_found"
     case loadFailed = "load_failed"
+    /// A trace's `intervene` node names no registered intervention.
+    case unknownIntervention = "unknown_intervention"
+    /// A trace writes a site's value with something computed only after that site.
+    case outOfOrder = "out_of_order"
     case internalError = "internal"
 }
 
@@ -37,17 +41,23 @@ public struct ProtocolError: Error, Sendable, Equatable, CustomStringConvertible
     public let code: ErrorCode
     public let message: String
     public let field: String?
+    /// For a trace: the id of the node at fault.
+    public let node: Int?
 
-    public init(_ code: ErrorCode, _ message: String, field: String? = nil) {
+    public init(_ code: ErrorCode, _ message: String, field: String? = nil, node: Int? = nil) {
         self.code = code
         self.message = message
         self.field = field
+        self.node = node
     }
 
     public var description: String { message }
 
     public var messageValue: MessageValue {
-        ["code": .string(code.rawValue), "message": .string(message), "field": field.map { .string($0) } ?? .null]
+        var fields: [String: MessageValue] = ["code": .string(code.rawValue), "message": .string(message),
+                                              "field": field.map { .string($0) } ?? .null]
+        if let node { fields["node"] = MessageValue(node) }
+        return .map(fields)
     }
 
     /// Reads an error reply's `error` map; unknown codes (from a newer server) become `internal`.
@@ -56,6 +66,7 @@ public struct ProtocolError: Error, Sendable, Equatable, CustomStringConvertible
         self.code = value["code"]?.stringValue.flatMap(ErrorCode.init(rawValue:)) ?? .internalError
         self.message = message
         self.field = value["field"]?.stringValue
+        self.node = value["node"]?.intValue
     }
 
     /// How a decoding failure is reported: limits are `too_large`, tensors whose data does not

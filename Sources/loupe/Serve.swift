@@ -69,7 +69,7 @@ struct Serve: ParsableCommand {
             return (String(entry[..<equals]), String(entry[entry.index(after: equals)...]))
         }
 
-        let daemon = Daemon(configuration: settings, registry: makeRegistry())
+        let daemon = Daemon(configuration: settings, registry: makeRegistry(), interventions: makeInterventions())
         do {
             try daemon.start()
         } catch let error as DaemonError {

@@ -26,10 +26,12 @@ final class ErrorCodeTests: XCTestCase {
 
     func testEveryCodeIsCovered() {
         // The tests below, by code; a new code without a test fails here.
-        let covered: Set<ErrorCode> = [.badRequest, .unknownOp, .notImplemented, .versionMismatch, .unknownModel, .unknownSite,
+        let covered: Set<ErrorCode> = [.badRequest, .unknownOp, .versionMismatch, .unknownModel, .unknownSite,
                                        .shapeMismatch, .indexOutOfRange, .tooLarge, .busy, .cancelled, .notFound, .loadFailed,
-                                       .internalError]
-        XCTAssertEqual(covered, Set(ErrorCode.allCases))
+                                       .internalError, .unknownIntervention, .outOfOrder]
+        // Kept for reserved ops; every op of this protocol version is implemented.
+        let reserved: Set<ErrorCode> = [.notImplemented]
+        XCTAssertEqual(covered.union(reserved), Set(ErrorCode.allCases))
     }
 
     func testBadRequest() throws {
@@ -51,18 +53,35 @@ final class ErrorCodeTests: XCTestCase {
         XCTAssertEqual(garbage["error"]?["code"], "bad_request")
     }
 
-    func testUnknownOpAndReservedOps() throws {
+    func testUnknownOp() throws {
         let unknown = try live.expectError(.unknownOp, "frobnicate")
         XCTAssertTrue(unknown.message.contains("hello"), unknown.message)
-        try live.expectError(.notImplemented, "trace", ["model": "tiny"])
-        try live.expectError(.notImplemented, "sweep")
+        XCTAssertTrue(unknown.message.contains("sweep") && unknown.message.contains("trace"), unknown.message)
+    }
+
+    /// Trace errors name the node (its id) and the field.
+    func testUnknownInterventionAndOutOfOrder() throws {
+        let unknown = try live.expectError(.unknownIntervention, "trace", [
+            "model": "tiny", "invokes": [[1, 2]],
+            "nodes": [["id": 4, "op": "intervene", "name": "nope", "invoke": 0, "params": [:]]]])
+        XCTAssertEqual(unknown.node, 4)
+        XCTAssertEqual(unknown.field, "nodes.0.name")
+        // Writing layer 0's output with a value only layer 1 computes.
+        let late = try live.expectError(.outOfOrder, "trace", [
+            "model": "tiny", "invokes": [[1, 2]],
+            "nodes": [["id": 0, "op": "get", "site": "transformer.h.1", "io": "output", "item": 0],
+                      ["id": 1, "op": "index", "x": ["ref": 0], "key": [":", 0, ":"]],
+                      ["id": 2, "op": "get", "site": "transformer.h.0", "io": "output", "item": 0],
+                      ["id": 3, "op": "setindex", "x": ["ref": 2], "key": [":", 0, ":"], "value": ["ref": 1]]]])
+        XCTAssertEqual(late.node, 3)
+        XCTAssertEqual(late.field?.hasPrefix("nodes.3"), true, late.field ?? "nil")
     }
 
     func testVersionMismatchNamesBothVersions() throws {
-        let error = try live.expectError(.versionMismatch, "hello", ["protocol": 2])
+        let error = try live.expectError(.versionMismatch, "hello", ["protocol": 1])
         XCTAssertTrue(error.message.contains("2") && error.message.contains("1"), error.message)
         try live.expectError(.versionMismatch, "models.list", ["protocol": 7])
-        XCTAssertEqual(try live.call("hello", ["protocol": 1])["protocol"], 1)
+        XCTAssertEqual(try live.call("hello", ["protocol": 2])["protocol"], 2)
     }
 
     func testUnknownModel() throws {

@@ -13,7 +13,7 @@ final class HostileClientTests: XCTestCase {
         try socket.connect(live.endpoint)
 
         var random = SeededRandom(seed: 7)
-        let valid = MessageEncoder.encode(["id": 1, "op": "hello", "protocol": 1, "client": "fuzz", "extra": [1, 2.5, ["k": .binary([1, 2])]]])
+        let valid = MessageEncoder.encode(["id": 1, "op": "hello", "protocol": 2, "client": "fuzz", "extra": [1, 2.5, ["k": .binary([1, 2])]]])
         var sent = 0
         for round in 0..<3000 {
             var frames: [[UInt8]]

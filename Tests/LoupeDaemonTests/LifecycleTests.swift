@@ -199,7 +199,7 @@ final class EndpointTests: XCTestCase {
         let live = try LiveDaemon { $0.endpoint = "tcp://127.0.0.1:*" }
         defer { live.stop() }
         XCTAssertTrue(live.endpoint.hasPrefix("tcp://127.0.0.1:") && !live.endpoint.hasSuffix(":*"), live.endpoint)
-        XCTAssertEqual(try live.call("hello")["protocol"], 1)
+        XCTAssertEqual(try live.call("hello")["protocol"], MessageValue(WireProtocol.version))
         var configuration = DaemonConfiguration()
         configuration.endpoint = live.endpoint
         XCTAssertThrowsError(try Daemon(configuration: configuration, registry: Fixtures.registry(), logger: Fixtures.logger).start())

@@ -1,9 +1,11 @@
 import Foundation
 import GPT2
+import Interventions
 import Llama
 import Logging
 import LoupeDaemon
 import LoupeModels
+import LoupeTrace
 import LoupeWire
 import XCTest
 
@@ -18,7 +20,8 @@ final class LiveDaemon: Sendable {
         configuration.modelsDirectory = Fixtures.modelsDirectory
         configuration.debugOps = true
         adjust(&configuration)
-        daemon = Daemon(configuration: configuration, registry: Fixtures.registry(), logger: Fixtures.logger)
+        daemon = Daemon(configuration: configuration, registry: Fixtures.registry(), interventions: Fixtures.interventions(),
+                        logger: Fixtures.logger)
         endpoint = try daemon.start()
     }
 
@@ -74,6 +77,12 @@ enum Fixtures {
         let registry = ArchitectureRegistry()
         registry.register(GPT2Architecture.self)
         registry.register(LlamaArchitecture.self)
+        return registry
+    }
+
+    static func interventions() -> InterventionRegistry {
+        let registry = InterventionRegistry()
+        registerBuiltInInterventions(registry)
         return registry
     }
 

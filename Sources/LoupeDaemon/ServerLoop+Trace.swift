@@ -1,0 +1,124 @@
+import LoupeModels
+import LoupeTensor
+import LoupeTrace
+import LoupeWire
+
+/// `trace`: decoded and validated here (errors name the node), run as a job on the model's
+/// worker by LoupeTrace's executor.
+extension ServerLoop {
+    func trace(_ request: Request) throws(ProtocolError) {
+        let instance = try warmModel(request)
+        let name = try request.string("model")
+        var fields = [String: TraceValue]()
+        for key in ["invokes", "nodes"] {
+            guard let value = request.fields[key] else {
+                throw ProtocolError(.badRequest, "trace needs '\(key)' (an array)", field: key)
+            }
+            fields[key] = try TraceValue(wire: value, attachments: request.attachments, field: key)
+        }
+        let tokenizer = instance.loaded.tokenizer
+        let trace: Trace
+        do {
+            trace = try Trace(.map(fields), tokenize: tokenizer.map { tokenizer in { tokenizer.encode($0) } })
+        } catch {
+            throw ProtocolError(error)
+        }
+        let length = trace.invocations.map(\.count).max() ?? 0
+        if trace.invocations.count * length > configuration.maxBatchTokens {
+            throw ProtocolError(.tooLarge, "\(trace.invocations.count) invocations x \(length) tokens is more than the \(configuration.maxBatchTokens) token slots one forward pass may compute; split the trace", field: "invokes")
+        }
+        let runner: TraceRunner
+        if let existing = instance.traceRunner {
+            runner = existing
+        } else {
+            do {
+                runner = try TraceRunner(model: instance.model, sites: instance.sites, interventions: interventions)
+            } catch {
+                throw ProtocolError.running(error)
+            }
+            instance.traceRunner = runner
+        }
+        let compiled: CompiledTrace
+        do { compiled = try runner.compile(trace) } catch { throw ProtocolError(error) }
+        try checkRoom(on: instance, name: name)
+        let job = try makeJob(op: "trace", model: name, for: request)
+        job.control.setTotal(instance.model.dimensions.layers)
+        let (inbox, jobID, interval) = (self.inbox, job.id, configuration.progressInterval)
+        let plan = UncheckedCompiledTrace(compiled: compiled)
+        enqueue(job, on: instance) { control in
+            if control.isCancelled { throw ProtocolError(.cancelled, "the job was cancelled") }
+            let result = try runner.run(plan.compiled, cancelled: {
+                _ = control.advance()
+                if control.shouldReport(every: interval) { inbox.post { loop in loop.reportProgress(jobID) } }
+                return control.isCancelled
+            })
+            var saved = [String: MessageValue]()
+            for (key, tensor) in result.saved { saved[key] = WireTensor(tensor).messageValue }
+            return ["saved": .map(saved), "names": MessageValue(result.names), "logits": .string(result.logits.rawValue),
+                    "slots": MessageValue(result.slots)]
+        }
+    }
+}
+
+/// A compiled trace handed to the worker; nothing else touches it once queued.
+private struct UncheckedCompiledTrace: @unchecked Sendable {
+    let compiled: CompiledTrace
+}
+
+extension TraceValue {
+    /// A decoded request value as LoupeTrace's plain value: tensors (`{dtype, shape, data}`)
+    /// become float32 tensors, integer dtypes included; `field` names where a fault is.
+    init(wire value: MessageValue, attachments: [[UInt8]], field: String) throws(ProtocolError) {
+        switch value {
+        case .null: self = .null
+        case .bool(let flag): self = .bool(flag)
+        case .int(let number): self = .int(Int(number))
+        case .uint(let number):
+            guard let exact = Int(exactly: number) else { throw ProtocolError(.badRequest, "integer \(number) is too large", field: field) }
+            self = .int(exact)
+        case .double(let number): self = .double(number)
+        case .string(let text): self = .string(text)
+        case .array(let items):
+            var values = [TraceValue]()
+            values.reserveCapacity(items.count)
+            for (index, item) in items.enumerated() {
+                values.append(try TraceValue(wire: item, attachments: attachments, field: "\(field).\(index)"))
+            }
+            self = .array(values)
+        case .map(let entries):
+            if entries["dtype"] != nil, entries["shape"] != nil, entries["data"] != nil {
+                do {
+                    let tensor = try WireTensor(value, attachments: attachments)
+                    let floats = tensor.dtype == .f32 ? try tensor.floats() : try tensor.integers().map(Float.init)
+                    self = .tensor(Tensor(shape: tensor.shape, values: floats))
+                } catch {
+                    throw ProtocolError(error, field: field)
+                }
+                return
+            }
+            var values = [String: TraceValue]()
+            for (key, item) in entries { values[key] = try TraceValue(wire: item, attachments: attachments, field: "\(field).\(key)") }
+            self = .map(values)
+        case .binary:
+            throw ProtocolError(.badRequest, "binary data is allowed only as a tensor's data", field: field)
+        case .ext:
+            throw ProtocolError(.badRequest, "MessagePack extension types are not part of the protocol", field: field)
+        }
+    }
+}
+
+extension MessageValue {
+    /// LoupeTrace's plain value on the wire (tensors as f32 `{dtype, shape, data}`).
+    init(trace value: TraceValue) {
+        switch value {
+        case .null: self = .null
+        case .bool(let flag): self = .bool(flag)
+        case .int(let number): self = MessageValue(number)
+        case .double(let number): self = .double(number)
+        case .string(let text): self = .string(text)
+        case .array(let items): self = .array(items.map { MessageValue(trace: $0) })
+        case .map(let entries): self = .map(entries.mapValues { MessageValue(trace: $0) })
+        case .tensor(let tensor): self = WireTensor(tensor).messageValue
+        }
+    }
+}

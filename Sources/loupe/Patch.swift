@@ -1,0 +1,186 @@
+import ArgumentParser
+import Foundation
+import LoupeWire
+
+/// What `loupe patch` and `loupe heads` take.
+struct PatchOptions: ParsableArguments {
+    @Argument(help: "A loaded model's name (loupe load NAME SOURCE).") var name: String
+    @Option(help: "The clean prompt (with --ids: token ids).") var clean: String
+    @Option(help: "The corrupted prompt: the same number of tokens as the clean one.") var corrupt: String
+    @Option(help: "The right answer, one token with its leading space: \" John\" (with --ids: a token id).") var answer: String
+    @Option(help: "The wrong answer: \" Mary\".") var wrong: String
+    @Flag(help: "--clean, --corrupt, --answer and --wrong are token ids (for models without a tokenizer).") var ids = false
+    @Flag(help: "The raw logit difference instead of the normalized (patched - corrupted) / (clean - corrupted).") var raw = false
+    @Option(help: "Write the heatmap as a self-contained SVG file.") var svg: String?
+    @Option(help: "Write the heatmap as a self-contained HTML page (no script, nothing fetched).") var html: String?
+    @Option(help: "Colours in the terminal: auto, always or never.") var color = "auto"
+    @Option(help: "The heatmap's title.") var title: String?
+}
+
+struct Patch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Patch the clean run into the corrupted one at every layer and position (or head) and show the heatmap.",
+        discussion: "Runs the tutorial's activation-patching sweep on the daemon. With --json prints one object: clean_logit_diff, corrupted_logit_diff, rows, cols, values (rows = layers), seconds.")
+    @OptionGroup var client: ClientOptions
+    @OptionGroup var patch: PatchOptions
+    @Option(help: "What to patch: resid (the residual stream per layer and position) or heads (each attention head).") var site = "resid"
+
+    func validate() throws {
+        guard ["resid", "residual", "heads"].contains(site) else { throw ValidationError("--site is resid or heads, not '\(site)'") }
+    }
+
+    func run() throws { try PatchRun(client: client, options: patch, kind: site == "heads" ? "heads" : "residual").run() }
+}
+
+struct Heads: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Patch each attention head of the clean run into the corrupted one and show the heatmap (loupe patch --site heads).")
+    @OptionGroup var client: ClientOptions
+    @OptionGroup var patch: PatchOptions
+
+    func run() throws { try PatchRun(client: client, options: patch, kind: "heads").run() }
+}
+
+/// One sweep on the daemon, shown as `loupe patch` shows it.
+struct PatchRun {
+    let client: ClientOptions
+    let options: PatchOptions
+    let kind: String
+
+    func run() throws {
+        var standardError = FileHandle.standardError
+        let fields = try request()
+        let progress = ProgressBar(enabled: isatty(STDERR_FILENO) != 0, label: kind == "heads" ? "patching heads" : "patching the residual stream")
+        let reply: MessageValue
+        do {
+            let connection = try WireClient(endpoint: client.endpoint, timeout: client.timeout)
+            reply = try connection.call("sweep", fields) { interim in
+                if interim["status"] == "progress", let done = interim["done"]?.intValue, let total = interim["total"]?.intValue {
+                    progress.show(done, total)
+                }
+            }.body
+            progress.finish()
+        } catch {
+            progress.finish()
+            print("loupe: \(error)", to: &standardError)
+            throw ExitCode.failure
+        }
+
+        let values = (reply["values"]?.arrayValue ?? []).map { ($0.arrayValue ?? []).map { $0.doubleValue ?? .nan } }
+        let rows = (reply["rows"]?.arrayValue ?? []).compactMap(\.stringValue)
+        let cols = (reply["cols"]?.arrayValue ?? []).compactMap(\.stringValue)
+        let clean = reply["clean"]?.doubleValue ?? .nan, corrupted = reply["corrupted"]?.doubleValue ?? .nan
+        let seconds = reply["seconds"]?.doubleValue ?? 0
+        if client.json {
+            let object: MessageValue = ["clean_logit_diff": .double(clean), "corrupted_logit_diff": .double(corrupted),
+                                        "rows": MessageValue(rows), "cols": MessageValue(cols),
+                                        "values": .array(values.map { .array($0.map { .double($0) }) }), "seconds": .double(seconds)]
+            print(object.jsonText(pretty: false))
+        }
+
+        let what = kind == "heads" ? "Attention Heads" : "Residual Stream"
+        let heatmap = Heatmap(
+            title: options.title ?? "Patching \(options.name) \(what) on the IOI task",
+            rowLabels: rows, columnLabels: cols, values: values,
+            rowAxis: reply["row_axis"]?.stringValue ?? "Layer",
+            columnAxis: reply["col_axis"]?.stringValue ?? (kind == "heads" ? "Head" : "Position"),
+            colorAxis: options.raw ? "Logit Diff" : "Norm. Logit Diff")
+        let summary = [String(format: "Clean logit difference: %.3f", clean),
+                       String(format: "Corrupted logit difference: %.3f", corrupted)]
+        let work = String(format: "%d layers x %d %@ in %.2f s (%@ token-layers computed; the batched trace computes %@)",
+                          rows.count, cols.count, kind == "heads" ? "heads" : "positions", seconds,
+                          grouped(reply["token_layers"]?.intValue ?? 0), grouped(reply["plain_token_layers"]?.intValue ?? 0))
+        if !client.json {
+            summary.forEach { print($0) }
+            print("")
+            print(heatmap.terminal(colors: TerminalColors.detect(forced: options.color), width: terminalWidth()))
+            print("")
+            print(work)
+        }
+        do {
+            if let svg = options.svg {
+                try write(heatmap.svg(), to: svg)
+                if !client.json { print("wrote \(svg)") }
+            }
+            if let html = options.html {
+                try write(heatmap.html(summary: summary + [work]), to: html)
+                if !client.json { print("wrote \(html)") }
+            }
+        } catch {
+            print("loupe: \(error.localizedDescription)", to: &standardError)
+            throw ExitCode.failure
+        }
+    }
+
+    /// The sweep request's fields.
+    private func request() throws -> [String: MessageValue] {
+        func tokens(_ text: String, _ option: String) throws -> MessageValue {
+            guard options.ids else { return .string(text) }
+            let numbers = text.split(whereSeparator: { $0 == "," || $0 == " " }).compactMap { Int($0) }
+            guard !numbers.isEmpty else { throw ValidationError("--ids needs token ids in \(option), such as '3260, 1757'") }
+            return MessageValue(numbers)
+        }
+        func answer(_ text: String, _ option: String) throws -> MessageValue {
+            guard options.ids else { return .string(text) }
+            guard let id = Int(text.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("--ids needs a token id for \(option)") }
+            return MessageValue(id)
+        }
+        return ["model": .string(options.name), "clean": try tokens(options.clean, "--clean"),
+                "corrupted": try tokens(options.corrupt, "--corrupt"), "kind": .string(kind),
+                "metric": ["logit_diff": ["answer": try answer(options.answer, "--answer"), "wrong": try answer(options.wrong, "--wrong")]],
+                "normalized": .bool(!options.raw), "protocol": MessageValue(WireProtocol.version)]
+    }
+
+    private func write(_ text: String, to path: String) throws {
+        let url = URL(fileURLWithPath: path)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try text.write(to: url, atomically: true, encoding: .utf8)
+    }
+}
+
+/// 12345 as "12,345".
+func grouped(_ number: Int) -> String {
+    let digits = Array(String(number))
+    var out = ""
+    for (index, digit) in digits.enumerated() {
+        if index > 0 && (digits.count - index) % 3 == 0 { out += "," }
+        out.append(digit)
+    }
+    return out
+}
+
+/// The terminal's width in columns: the window's size, else $COLUMNS, else 100.
+func terminalWidth() -> Int {
+    var size = winsize()
+    if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
+    return ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init) ?? 100
+}
+
+/// A one-line progress bar on stderr, redrawn in place; silent when stderr is not a terminal.
+final class ProgressBar {
+    let enabled: Bool
+    let label: String
+    private var drawn = false
+    private let start = Date()
+
+    init(enabled: Bool, label: String) {
+        self.enabled = enabled
+        self.label = label
+    }
+
+    func show(_ done: Int, _ total: Int) {
+        guard enabled, total > 0 else { return }
+        let width = 30
+        let filled = min(width, done * width / total)
+        let line = String(format: "\r%@ |%@%@| %d/%d layers %.1fs", label, String(repeating: "█", count: filled),
+                          String(repeating: " ", count: width - filled), done, total, Date().timeIntervalSince(start))
+        FileHandle.standardError.write(line)
+        drawn = true
+    }
+
+    func finish() {
+        guard drawn else { return }
+        FileHandle.standardError.write("\r\u{1B}[K")
+        drawn = false
+    }
+}

@@ -1,0 +1,210 @@
+import Foundation
+import LoupeModels
+import LoupeSweeps
+import LoupeWire
+import XCTest
+
+/// The `sweep` op on the tiny fixture models: the daemon's matrices equal the plain
+/// reference path (every patch its own invocation of one batched pass), progress streams,
+/// cancellation, typed errors.
+final class SweepOpTests: XCTestCase {
+    nonisolated(unsafe) static var live: LiveDaemon?
+
+    override class func setUp() {
+        live = try? LiveDaemon()
+        try? live?.call("models.load", ["name": "gpt2", "source": .string(Fixtures.gpt2Tiny)])
+        try? live?.call("models.load", ["name": "llama", "source": .string(Fixtures.llamaTiny)])
+    }
+
+    override class func tearDown() { live?.stop() }
+
+    private func daemon() throws -> LiveDaemon { try XCTUnwrap(Self.live, "the daemon did not start") }
+
+    private let clean = [226, 166, 280, 485, 436, 17, 429, 60, 258]
+    private var corrupted: [Int] { var c = clean; c[2] = 7; c[5] = 99; return c }
+
+    private func request(_ model: String, _ kind: SweepKind, _ metric: MessageValue, normalized: Bool) -> [String: MessageValue] {
+        ["model": .string(model), "clean": MessageValue(clean), "corrupted": MessageValue(corrupted),
+         "kind": .string(kind.rawValue), "metric": metric, "normalized": .bool(normalized)]
+    }
+
+    private static func matrix(_ reply: MessageValue) -> [[Float]] {
+        (reply["values"]?.arrayValue ?? []).map { ($0.arrayValue ?? []).map { Float($0.doubleValue ?? .nan) } }
+    }
+
+    func testEqualsThePlainPathOnBothArchitectures() throws {
+        let live = try daemon()
+        let registry = Fixtures.registry()
+        for (name, path) in [("gpt2", Fixtures.gpt2Tiny), ("llama", Fixtures.llamaTiny)] {
+            let model = try LoadedModel.load(path, registry: registry).model
+            let cases: [(MessageValue, SweepMetric)] = [
+                (["logit_diff": ["answer": 1, "wrong": 2]], .logitDifference(answer: 1, wrong: 2)),
+                (["logprob": ["answer": 5]], .logProbability(answer: 5)),
+                (["kl": [:]], .klFromClean),
+            ]
+            for kind in SweepKind.allCases {
+                for (wire, metric) in cases {
+                    for normalized in [true, false] {
+                        let reply = try live.call("sweep", request(name, kind, wire, normalized: normalized))
+                        let plain = try PatchingSweep(model: model).runPlain(
+                            SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: metric, normalized: normalized))
+                        let got = Self.matrix(reply)
+                        let context = "\(name) \(kind) \(metric) normalized \(normalized)"
+                        XCTAssertEqual(got.count, model.dimensions.layers, context)
+                        for (row, expected) in zip(got, plain.values) {
+                            XCTAssertEqual(row.count, expected.count, context)
+                            for (a, b) in zip(row, expected) { XCTAssertEqual(a, b, accuracy: 1e-4, context) }
+                        }
+                        XCTAssertEqual(Float(reply["clean"]?.doubleValue ?? .nan), plain.clean, accuracy: 1e-4, context)
+                        XCTAssertEqual(Float(reply["corrupted"]?.doubleValue ?? .nan), plain.corrupted, accuracy: 1e-4, context)
+                        XCTAssertEqual(reply["first_difference"], 2)
+                        XCTAssertEqual(reply["rows"], MessageValue((0..<model.dimensions.layers).map(String.init)))
+                        let cols = kind == .residual ? clean.enumerated().map { "\($1)_\($0)" }
+                            : (0..<model.dimensions.heads).map { "Head \($0)" }
+                        XCTAssertEqual(reply["cols"], MessageValue(cols), context)
+                    }
+                }
+            }
+        }
+    }
+
+    func testProgressStreamsAndDetachedResults() throws {
+        let live = try daemon()
+        var interim = [MessageValue]()
+        let reply = try live.client().call("sweep", request("gpt2", .residual, ["logit_diff": ["answer": 1, "wrong": 2]], normalized: true)) {
+            interim.append($0)
+        }
+        let statuses = interim.compactMap { $0["status"]?.stringValue }
+        XCTAssertEqual(statuses.first, "accepted")
+        XCTAssertTrue(statuses.contains("running"), "\(statuses)")
+        let progress = interim.filter { $0["status"] == "progress" }
+        XCTAssertFalse(progress.isEmpty, "no progress reply: \(statuses)")
+        XCTAssertEqual(progress.last?["total"], 2)
+        XCTAssertNotNil(reply.body["timing"])
+
+        // Detached, then fetched: the same matrix.
+        var fields = request("gpt2", .residual, ["logit_diff": ["answer": 1, "wrong": 2]], normalized: true)
+        fields["mode"] = "detach"
+        let job = try XCTUnwrap(live.client().call("sweep", fields).body["job"])
+        let fetched = try live.call("jobs.result", ["job": job, "mode": "wait"])
+        XCTAssertEqual(fetched["values"], reply.body["values"])
+    }
+
+    func testACancelledQueuedSweepNeverRuns() throws {
+        // A sweep queued behind a slow job (a long forward pass) is cancelled before it starts.
+        let live = try daemon()
+        let client = try live.client()
+        let rows = MessageValue((0..<60).map { row in MessageValue((0..<64).map { (row * 7 + $0) % 512 }) })
+        try client.send(WireMessage(["id": 1, "op": "forward", "model": "llama", "tokens": rows, "mode": "detach"]))
+        var fields = request("llama", .heads, ["kl": [:]], normalized: false)
+        fields["mode"] = "detach"
+        let job = try XCTUnwrap(live.client().call("sweep", fields).body["job"])
+        let cancel = try live.call("jobs.cancel", ["job": job])
+        XCTAssertTrue(["cancelled", "cancelling", "done"].contains(cancel["state"]?.stringValue ?? ""), "\(cancel)")
+        if cancel["state"] != "done" {
+            do {
+                try live.call("jobs.result", ["job": job])
+                XCTFail("a cancelled sweep returned a result")
+            } catch ClientError.daemon(let error) {
+                XCTAssertEqual(error.code, .cancelled)
+            }
+        }
+    }
+
+    func testErrorsAreTyped() throws {
+        let live = try daemon()
+        let metric: MessageValue = ["logit_diff": ["answer": 1, "wrong": 2]]
+        var fields = request("gpt2", .residual, metric, normalized: true)
+        fields["corrupted"] = MessageValue(Array(corrupted.dropLast()))
+        XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "corrupted")
+        fields["corrupted"] = MessageValue(clean)
+        let same = try live.expectError(.badRequest, "sweep", fields)
+        XCTAssertTrue(same.message.contains("same tokens"), same.message)
+        fields = request("gpt2", .residual, ["logit_diff": ["answer": " John", "wrong": 2]], normalized: true)
+        XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "metric.logit_diff.answer")
+        fields = request("gpt2", .residual, ["logit_diff": ["answer": 1, "wrong": 9999]], normalized: true)
+        XCTAssertEqual(try live.expectError(.indexOutOfRange, "sweep", fields).field, "metric.logit_diff.wrong")
+        fields = request("gpt2", .residual, ["logprob": [:]], normalized: true)
+        XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "metric.logprob.answer")
+        fields = request("gpt2", .residual, metric, normalized: true)
+        fields["kind"] = "mlp"
+        XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "kind")
+        fields = request("gpt2", .residual, metric, normalized: true)
+        fields.removeValue(forKey: "metric")
+        XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "metric")
+        fields = request("nope", .residual, metric, normalized: true)
+        try live.expectError(.unknownModel, "sweep", fields)
+        fields = request("gpt2", .residual, metric, normalized: true)
+        fields["clean"] = "a prompt"
+        XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "clean")
+        // Longer than the context (64).
+        fields["clean"] = MessageValue(Array(repeating: 1, count: 65))
+        fields["corrupted"] = MessageValue(Array(repeating: 1, count: 64) + [2])
+        try live.expectError(.tooLarge, "sweep", fields)
+    }
+
+    func testHelloListsSweepsTraceOpsAndInterventions() throws {
+        let hello = try daemon().call("hello")
+        XCTAssertEqual(hello["sweep"]?["kinds"], ["residual", "heads"])
+        XCTAssertEqual(hello["sweep"]?["metrics"], ["logit_diff", "logprob", "kl"])
+        let ops = hello["ops"]?.arrayValue ?? []
+        XCTAssertTrue(ops.contains("sweep") && ops.contains("trace"))
+        XCTAssertEqual(hello["interventions"]?.arrayValue?.compactMap { $0["name"]?.stringValue },
+                       ["ablate", "head_patch", "residual_patch", "steer"])
+        XCTAssertEqual(hello["interventions"]?.arrayValue?.first?["parameters"]?.arrayValue?.isEmpty, false)
+        XCTAssertTrue(hello["trace_ops"]?.arrayValue?.contains("intervene") ?? false)
+    }
+
+    /// The tutorial's batched residual cell as a `trace` gives the sweep's matrix.
+    func testTraceOfTheBatchedCellEqualsTheSweep() throws {
+        let live = try daemon()
+        let layers = 2, length = clean.count
+        var nodes: [MessageValue] = []
+        var id = 0
+        func node(_ fields: [String: MessageValue]) -> Int {
+            var fields = fields
+            fields["id"] = MessageValue(id)
+            nodes.append(.map(fields))
+            id += 1
+            return id - 1
+        }
+        func diff(_ invoke: Int) -> Int {
+            let logits = node(["op": "get", "site": "lm_head", "io": "output", "invoke": MessageValue(invoke)])
+            let right = node(["op": "index", "x": ["ref": MessageValue(logits)], "key": [0, -1, 1]])
+            let wrong = node(["op": "index", "x": ["ref": MessageValue(logits)], "key": [0, -1, 2]])
+            return node(["op": "sub", "x": ["ref": MessageValue(right)], "y": ["ref": MessageValue(wrong)]])
+        }
+        let cleanStates = (0..<layers).map { node(["op": "get", "site": .string("transformer.h.\($0)"), "io": "output", "item": 0, "invoke": 0]) }
+        let cleanDiff = diff(0), corruptedDiff = diff(1)
+        var invokes: [MessageValue] = [MessageValue(clean), MessageValue(corrupted)]
+        var names = [String]()
+        for layer in 0..<layers {
+            for position in 0..<length {
+                let invoke = invokes.count
+                invokes.append(MessageValue(corrupted))
+                let source = node(["op": "index", "x": ["ref": MessageValue(cleanStates[layer])], "key": [":", MessageValue(position), ":"]])
+                let target = node(["op": "get", "site": .string("transformer.h.\(layer)"), "io": "output", "item": 0, "invoke": MessageValue(invoke)])
+                _ = node(["op": "setindex", "x": ["ref": MessageValue(target)], "key": [":", MessageValue(position), ":"], "value": ["ref": MessageValue(source)]])
+                let patched = diff(invoke)
+                let up = node(["op": "sub", "x": ["ref": MessageValue(patched)], "y": ["ref": MessageValue(corruptedDiff)]])
+                let down = node(["op": "sub", "x": ["ref": MessageValue(cleanDiff)], "y": ["ref": MessageValue(corruptedDiff)]])
+                let ratio = node(["op": "div", "x": ["ref": MessageValue(up)], "y": ["ref": MessageValue(down)]])
+                names.append("r\(layer)_\(position)")
+                _ = node(["op": "save", "x": ["ref": MessageValue(ratio)], "name": .string(names.last!)])
+            }
+        }
+        var interim = 0
+        let traced = try live.client().call("trace", ["model": "gpt2", "invokes": .array(invokes), "nodes": .array(nodes)]) { _ in interim += 1 }.body
+        XCTAssertGreaterThan(interim, 0, "accepted/running/progress replies")
+        let swept = try live.call("sweep", request("gpt2", .residual, ["logit_diff": ["answer": 1, "wrong": 2]], normalized: true))
+        let matrix = Self.matrix(swept)
+        for layer in 0..<layers {
+            for position in 0..<length {
+                let value = try WireTensor(XCTUnwrap(traced["saved"]?["r\(layer)_\(position)"])).floats()
+                XCTAssertEqual(value.count, 1)
+                XCTAssertEqual(value[0], matrix[layer][position], accuracy: 1e-4, "layer \(layer) position \(position)")
+            }
+        }
+        XCTAssertEqual(traced["names"], MessageValue(names))
+    }
+}
