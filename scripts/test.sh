@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: the Swift unit and integration tests (they need the models that
-# scripts/fetch-models.sh fetches), then the wire protocol against a live daemon.
+# scripts/fetch-models.sh fetches), then the wire protocol and the patch commands against
+# a live daemon.
 # Ends with one line counting what passed and failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,10 @@ if [ -z "$summary" ]; then echo "swift test printed no summary" >&2; exit 1; fi
 # The wire protocol against a real `loupe serve` process.
 if scripts/conformance_live.sh; then conformance_passed=1; conformance_failed=0; else conformance_passed=0; conformance_failed=1; fi
 
-passed=$((executed - failed + conformance_passed))
-failed=$((failed + conformance_failed))
+# loupe patch / loupe heads (JSON, SVG, HTML) against a real `loupe serve` process.
+if scripts/patch_live.sh; then patch_passed=1; patch_failed=0; else patch_passed=0; patch_failed=1; fi
+
+passed=$((executed - failed + conformance_passed + patch_passed))
+failed=$((failed + conformance_failed + patch_failed))
 echo "tests: $passed passed, $failed failed"
 [ "$swift_status" -eq 0 ] && [ "$failed" -eq 0 ]

@@ -48,6 +48,29 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.errors.contains("no model named 'nope'"), missing.errors)
 
+        // A sweep from the command line: token ids for a model without a tokenizer.
+        let ids = ["--ids", "--clean", "226,166,280,485,436,17,429", "--corrupt", "226,166,280,7,436,17,429", "--answer", "1", "--wrong", "2"]
+        let patch = try run(["patch", "tiny", "--json"] + ids + endpoint)
+        XCTAssertEqual(patch.status, 0, patch.errors)
+        let sweep = try JSONSerialization.jsonObject(with: Data(patch.output.utf8)) as? [String: Any]
+        XCTAssertEqual(Set(sweep?.keys.map { $0 } ?? []), ["clean_logit_diff", "corrupted_logit_diff", "rows", "cols", "values", "seconds"])
+        XCTAssertEqual(sweep?["rows"] as? [String], ["0", "1"])
+        XCTAssertEqual(sweep?["cols"] as? [String], ["226_0", "166_1", "280_2", "485_3", "436_4", "17_5", "429_6"])
+        XCTAssertEqual((sweep?["values"] as? [[Double]])?.map(\.count), [7, 7])
+        let directory = NSTemporaryDirectory() + "loupe-cli-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let drawn = try run(["heads", "tiny", "--svg", directory + "/h.svg", "--html", directory + "/h.html", "--title", "Heads & <tiny>"] + ids + endpoint)
+        XCTAssertEqual(drawn.status, 0, drawn.errors)
+        XCTAssertTrue(drawn.output.contains("Head") && drawn.output.contains("wrote \(directory)/h.svg"), drawn.output)
+        let svg = try SVGText(path: directory + "/h.svg")
+        XCTAssertEqual(svg.cells, 2 * 4)
+        for label in ["Heads & <tiny>", "Head 0", "Head 3", "0", "1", "Layer", "Head", "Norm. Logit Diff"] {
+            XCTAssertTrue(svg.texts.contains(label), "\(label) missing from \(svg.texts)")
+        }
+        let badAnswer = try run(["patch", "tiny", "--ids", "--clean", "1,2", "--corrupt", "1,3", "--answer", "1", "--wrong", "900"] + endpoint)
+        XCTAssertNotEqual(badAnswer.status, 0)
+        XCTAssertTrue(badAnswer.errors.contains("outside the vocabulary"), badAnswer.errors)
+
         // LOUPE_ENDPOINT is the default endpoint.
         let unload = try run(["unload", "tiny"], environment: ["LOUPE_ENDPOINT": live.endpoint])
         XCTAssertEqual(unload.status, 0, unload.errors)

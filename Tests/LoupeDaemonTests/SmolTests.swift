@@ -1,4 +1,6 @@
 import Foundation
+import LoupeModels
+import LoupeSweeps
 import LoupeWire
 import XCTest
 
@@ -108,6 +110,106 @@ final class SmolTests: XCTestCase {
         XCTAssertLessThan(doneAtStop, 30)
         XCTAssertEqual(try live.call("jobs.status", ["job": job])["state"], "cancelled")
         print("cancel: asked at layer \(doneAtCancel), stopped at \(doneAtStop) (\(final?["progress"] ?? nil)), \(Int(stoppedAfter * 1000)) ms later; statuses \(statuses)")
+    }
+
+    /// The tutorial's IOI sweeps on SmolLM2 through the daemon: prompts and answers as text,
+    /// the clean and corrupted logit differences, and cells equal to the plain path.
+    func testIOISweepsMatchThePlainPath() throws {
+        let live = try daemon()
+        let loaded = try LoadedModel.load(Self.path, registry: Fixtures.registry())
+        let (model, tokenizer) = (loaded.model, try XCTUnwrap(loaded.tokenizer))
+        let (clean, corrupted) = (tokenizer.encode(Fixtures.cleanPrompt), tokenizer.encode(Fixtures.corruptedPrompt))
+        for kind in SweepKind.allCases {
+            let reply = try live.call("sweep", ["model": "smol", "clean": .string(Fixtures.cleanPrompt),
+                                                "corrupted": ["prompt": .string(Fixtures.corruptedPrompt)], "kind": .string(kind.rawValue),
+                                                "metric": ["logit_diff": ["answer": " John", "wrong": " Mary"]]])
+            XCTAssertEqual(reply["clean"]?.doubleValue ?? 0, 5.137, accuracy: 2e-3)
+            XCTAssertEqual(reply["corrupted"]?.doubleValue ?? 0, -3.829, accuracy: 2e-3)
+            XCTAssertEqual(reply["metric"], ["logit_diff": ["answer": 2322, "wrong": 5099]])
+            XCTAssertEqual(reply["clean_tokens"], MessageValue(clean))
+            let values = (reply["values"]?.arrayValue ?? []).map { ($0.arrayValue ?? []).map { Float($0.doubleValue ?? .nan) } }
+            XCTAssertEqual(values.count, 30)
+            if kind == .residual {
+                XCTAssertEqual(reply["cols"]?.arrayValue?.count, 16)
+                XCTAssertEqual(reply["cols"]?.arrayValue?[1], " John_1")
+                XCTAssertEqual(reply["first_difference"], 9)
+            } else {
+                XCTAssertEqual(reply["cols"]?.arrayValue?.last, "Head 8")
+            }
+            // A few layers of the plain batched path (every patch its own invocation) to compare.
+            let layers = [0, 14, 29]
+            let plain = try PatchingSweep(model: model).runPlain(
+                SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: .logitDifference(answer: 2322, wrong: 5099)),
+                layers: layers)
+            for (index, layer) in layers.enumerated() {
+                for (a, b) in zip(values[layer], plain.values[index]) { XCTAssertEqual(a, b, accuracy: 1e-3, "\(kind) layer \(layer)") }
+            }
+        }
+        // An answer that is not one token.
+        let error = try live.expectError(.badRequest, "sweep", [
+            "model": "smol", "clean": .string(Fixtures.cleanPrompt), "corrupted": .string(Fixtures.corruptedPrompt),
+            "metric": ["logit_diff": ["answer": " John and", "wrong": " Mary"]]])
+        XCTAssertEqual(error.field, "metric.logit_diff.answer")
+        XCTAssertTrue(error.message.contains("2 tokens"), error.message)
+    }
+
+    /// A running sweep stops within one layer of `jobs.cancel`.
+    func testCancelStopsARunningSweep() throws {
+        let live = try daemon()
+        let clean = (0..<24).map { 300 + $0 * 11 }
+        var corrupted = clean
+        corrupted[1] = 4242
+        let client = try live.client()
+        try client.send(WireMessage(["id": 1, "op": "sweep", "model": "smol", "clean": MessageValue(clean), "corrupted": MessageValue(corrupted),
+                                     "kind": "heads", "metric": ["kl": [:]], "mode": "stream"]))
+        var job: MessageValue = .null
+        while let reply = try client.receive(timeout: 60) {
+            job = reply.body["job"] ?? job
+            if reply.body["status"] == "progress", (reply.body["done"]?.intValue ?? 0) >= 2 { break }
+            XCTAssertNotEqual(reply.body["status"], "ok", "the sweep should be long enough to cancel")
+            XCTAssertNotEqual(reply.body["status"], "error")
+        }
+        let cancel = try live.call("jobs.cancel", ["job": job])
+        XCTAssertEqual(cancel["state"], "cancelling")
+        let doneAtCancel = try XCTUnwrap(cancel["progress"]?["done"]?.intValue)
+        var final: MessageValue?
+        while final == nil, let reply = try client.receive(timeout: 60) {
+            if reply.body["status"] == "error" || reply.body["status"] == "ok" { final = reply.body }
+        }
+        XCTAssertEqual(final?["error"]?["code"], "cancelled")
+        let doneAtStop = try XCTUnwrap(final?["progress"]?["done"]?.intValue)
+        XCTAssertLessThanOrEqual(doneAtStop - doneAtCancel, 1, "stopped within one layer of the request")
+        XCTAssertLessThan(doneAtStop, 30)
+    }
+
+    /// `loupe patch --json` and `loupe heads --svg/--html` against the warm daemon.
+    func testPatchCommand() throws {
+        let live = try daemon()
+        let arguments = ["--clean", Fixtures.cleanPrompt, "--corrupt", Fixtures.corruptedPrompt, "--answer", " John", "--wrong", " Mary",
+                         "--endpoint", live.endpoint]
+        let json = try LoupeProcess.run(["patch", "smol", "--json"] + arguments)
+        XCTAssertEqual(json.status, 0, json.errors)
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.output.utf8)) as? [String: Any])
+        XCTAssertEqual(object["clean_logit_diff"] as? Double ?? 0, 5.137, accuracy: 2e-3)
+        XCTAssertEqual(object["corrupted_logit_diff"] as? Double ?? 0, -3.829, accuracy: 2e-3)
+        XCTAssertEqual((object["rows"] as? [String])?.count, 30)
+        XCTAssertEqual((object["cols"] as? [String])?[1], " John_1")
+        XCTAssertEqual((object["values"] as? [[Double]])?.count, 30)
+        XCTAssertEqual((object["values"] as? [[Double]])?.last?.last ?? 0, 1, accuracy: 1e-3)
+        XCTAssertNotNil(object["seconds"] as? Double)
+
+        let directory = NSTemporaryDirectory() + "loupe-heads-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let heads = try LoupeProcess.run(["heads", "smol", "--svg", directory + "/heads.svg", "--html", directory + "/heads.html"] + arguments)
+        XCTAssertEqual(heads.status, 0, heads.errors)
+        XCTAssertTrue(heads.output.contains("Clean logit difference: 5.137"), heads.output)
+        XCTAssertTrue(heads.output.contains("Corrupted logit difference: -3.829"), heads.output)
+        XCTAssertTrue(heads.output.contains("Head"), heads.output)
+        let svg = try SVGText(path: directory + "/heads.svg")
+        XCTAssertTrue(svg.texts.contains("Head 8") && svg.texts.contains("29") && svg.texts.contains("Layer"), "\(svg.texts)")
+        XCTAssertEqual(svg.cells, 30 * 9)
+        let html = try String(contentsOfFile: directory + "/heads.html", encoding: .utf8)
+        XCTAssertTrue(html.hasPrefix("<!DOCTYPE html>") && html.contains("<svg") && !html.contains("<script"), html)
     }
 
     func testResultFromANewConnection() throws {

@@ -94,8 +94,8 @@ final class SweepOpTests: XCTestCase {
         // A sweep queued behind a slow job (a long forward pass) is cancelled before it starts.
         let live = try daemon()
         let client = try live.client()
-        let rows = MessageValue((0..<60).map { row in MessageValue((0..<64).map { (row * 7 + $0) % 512 }) })
-        try client.send(WireMessage(["id": 1, "op": "forward", "model": "llama", "tokens": rows, "mode": "detach"]))
+        let rows: [MessageValue] = (0..<60).map { (row: Int) -> MessageValue in MessageValue((0..<64).map { (row * 7 + $0) % 512 }) }
+        try client.send(WireMessage(["id": 1, "op": "forward", "model": "llama", "tokens": .array(rows), "mode": "detach"]))
         var fields = request("llama", .heads, ["kl": [:]], normalized: false)
         fields["mode"] = "detach"
         let job = try XCTUnwrap(live.client().call("sweep", fields).body["job"])

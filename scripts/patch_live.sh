@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `loupe patch` and `loupe heads` against a real `loupe serve` process (the debug build) on
+# the tiny GPT-2 fixture: --json's matrix equals the golden sweep vector's (computed by a
+# numpy GPT-2, Protocol/vectors), and --svg / --html write a well-formed SVG carrying the
+# labels and an HTML page without scripts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+loupe=${LOUPE:-.build/debug/loupe}
+socket=$(mktemp -u /tmp/loupe-patch-XXXXXX.sock)
+endpoint="ipc://$socket"
+out=$(mktemp -d)
+"$loupe" serve --endpoint "$endpoint" --models-dir Tests/Fixtures/models --log-level warning &
+daemon=$!
+trap 'kill "$daemon" 2>/dev/null || true; rm -rf "$out"' EXIT
+for _ in $(seq 100); do "$loupe" ps --endpoint "$endpoint" --timeout 0.2 >/dev/null 2>&1 && break; sleep 0.1; done
+"$loupe" load tiny gpt2-tiny --endpoint "$endpoint" >/dev/null
+ids=(--ids --clean "226,166,280,485,436,17,429" --corrupt "226,166,280,7,436,17,429" --answer 1 --wrong 2 --endpoint "$endpoint")
+"$loupe" patch tiny "${ids[@]}" --json > "$out/patch.json"
+"$loupe" heads tiny "${ids[@]}" --svg "$out/heads.svg" --html "$out/heads.html" > "$out/heads.txt"
+python3 - "$out" <<'PY'
+import glob, json, math, sys
+import xml.etree.ElementTree as ET
+
+out = sys.argv[1]
+got = json.load(open(f"{out}/patch.json"))
+assert sorted(got) == ["clean_logit_diff", "cols", "corrupted_logit_diff", "rows", "seconds", "values"], sorted(got)
+golden = json.load(open(glob.glob("Protocol/vectors/*-sweep-residual-logit-diff.reply.json")[0]))
+assert got["rows"] == golden["rows"] and got["cols"] == golden["cols"], (got["rows"], got["cols"])
+assert math.isclose(got["clean_logit_diff"], golden["clean"], abs_tol=1e-4)
+assert math.isclose(got["corrupted_logit_diff"], golden["corrupted"], abs_tol=1e-4)
+for row, want in zip(got["values"], golden["values"]):
+    assert all(math.isclose(a, b, abs_tol=1e-3) for a, b in zip(row, want)), (row, want)
+
+svg = ET.parse(f"{out}/heads.svg").getroot()
+assert svg.tag == "{http://www.w3.org/2000/svg}svg", svg.tag
+texts = {"".join(t.itertext()) for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+for label in ["Head 0", "Head 3", "0", "1", "Layer", "Head", "Norm. Logit Diff"]:
+    assert label in texts, (label, texts)
+html = open(f"{out}/heads.html").read()
+assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "<script" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+assert "Clean logit difference" in open(f"{out}/heads.txt").read()
+PY
+"$loupe" stop --endpoint "$endpoint" >/dev/null
+wait "$daemon"
+echo "patch: loupe patch --json gives the golden sweep against loupe serve; loupe heads writes a well-formed SVG and a script-free HTML page"
