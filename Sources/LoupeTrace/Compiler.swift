@@ -301,9 +301,25 @@ struct Compiler {
         return r
     }
 
+    /// The most elements one value may hold (1 GiB of float32).
+    static let maxElements = 1 << 28
+
+    /// Refuses shapes whose element count overflows or passes `maxElements`.
+    static func checkSize(_ shape: [Int], _ reader: NodeReader, _ key: String) throws(TraceError) {
+        var count = 1
+        for d in shape where d > 0 {
+            let (product, overflow) = count.multipliedReportingOverflow(by: d)
+            guard !overflow, product <= maxElements else {
+                throw reader.error(.tooLarge, key, "a tensor of shape \(shape) is larger than the \(maxElements) elements one value may hold")
+            }
+            count = product
+        }
+    }
+
     private func make(_ reader: NodeReader, _ op: Op, shape: [Int]?, inputs: [Operand], alias: SiteAlias? = nil,
-                      event extra: Event = .start) -> CompiledNode {
+                      event extra: Event = .start) throws(TraceError) -> CompiledNode {
         let indices = inputs.compactMap { o -> Int? in if case .node(let n) = o { return n }; return nil }
+        if let shape { try Compiler.checkSize(shape, reader, "op") }
         return CompiledNode(id: reader.id, op: op, shape: shape, event: max(event(of: inputs), extra), alias: alias, inputs: indices)
     }
 
@@ -327,20 +343,20 @@ struct Compiler {
             if e.site > ref.order {
                 throw r.error(.outOfOrder, "value", "the value is only known after the model has passed \(ref.site), so it cannot replace it")
             }
-            return make(r, .set(ref, value: value), shape: target, inputs: [value], alias: SiteAlias(order: ref.order, invoke: ref.invoke),
+            return try make(r, .set(ref, value: value), shape: target, inputs: [value], alias: SiteAlias(order: ref.order, invoke: ref.invoke),
                         event: Event(site: ref.order, invoke: ref.invoke))
 
         case "constant":
             guard let value = r.fields["value"] else { throw r.error(.badRequest, "value", "missing field value") }
             let t = try Compiler.literal(value, r, "value")
-            return make(r, .constant(t), shape: t.shape, inputs: [])
+            return try make(r, .constant(t), shape: t.shape, inputs: [])
 
         case "index":
             let x = try nodeIndex(r.fields["x"], r, "x")
             guard let keyValue = r.fields["key"] else { throw r.error(.badRequest, "key", "missing field key") }
             let key = try IndexItem.parseKey(keyValue, node: r.id, field: r.path("key"))
             let resolved = try ResolvedIndex(key, shape: shape(x), node: r.id, field: r.path("key"))
-            return make(r, .index(x, resolved, raw: key), shape: resolved.shape, inputs: [.node(x)],
+            return try make(r, .index(x, resolved, raw: key), shape: resolved.shape, inputs: [.node(x)],
                         alias: resolved.isView ? nodes[x].alias : nil)
 
         case "setindex":
@@ -352,7 +368,7 @@ struct Compiler {
             guard TensorMath.broadcasts(operandShape(value), to: resolved.shape) else {
                 throw r.error(.shapeMismatch, "value", "cannot assign a value of shape \(operandShape(value)) to an indexed region of shape \(resolved.shape)")
             }
-            let node = make(r, .setIndex(x, resolved, value: value), shape: shape(x), inputs: [.node(x), value], alias: nodes[x].alias)
+            let node = try make(r, .setIndex(x, resolved, value: value), shape: shape(x), inputs: [.node(x), value], alias: nodes[x].alias)
             if let alias = nodes[x].aliasSite, node.event.site > alias {
                 throw r.error(.outOfOrder, "value", "this write into \(sites[alias].site).\(sites[alias].io.rawValue) needs a value the model computes only after that site")
             }
@@ -363,18 +379,18 @@ struct Compiler {
             guard let out = TensorMath.broadcastShape(operandShape(x), operandShape(y)) else {
                 throw r.error(.shapeMismatch, nil, "shapes \(operandShape(x)) and \(operandShape(y)) do not broadcast")
             }
-            return make(r, .binary(op, x, y), shape: out, inputs: [x, y])
+            return try make(r, .binary(op, x, y), shape: out, inputs: [x, y])
 
         case "neg", "exp", "log", "abs", "sqrt":
             let x = try nodeIndex(r.fields["x"], r, "x")
-            return make(r, .unary(op, x), shape: shape(x), inputs: [.node(x)])
+            return try make(r, .unary(op, x), shape: shape(x), inputs: [.node(x)])
 
         case "matmul":
             let x = try operand(r.fields["x"], r, "x"), y = try operand(r.fields["y"], r, "y")
             guard let out = TensorMath.matmulShape(operandShape(x), operandShape(y)) else {
                 throw r.error(.shapeMismatch, nil, "cannot matmul shapes \(operandShape(x)) and \(operandShape(y))")
             }
-            return make(r, .matmul(x, y), shape: out, inputs: [x, y])
+            return try make(r, .matmul(x, y), shape: out, inputs: [x, y])
 
         case "sum", "mean", "max", "min", "argmax", "argmin":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -402,17 +418,18 @@ struct Compiler {
             }
             var out = (0..<rank).filter { !axes.contains($0) }.map { shape(x)[$0] }
             if keepdim { out = shape(x).enumerated().map { axes.contains($0.offset) ? 1 : $0.element } }
-            return make(r, .reduce(kind, x, dims: dims, keepdim: keepdim), shape: out, inputs: [.node(x)])
+            return try make(r, .reduce(kind, x, dims: dims, keepdim: keepdim), shape: out, inputs: [.node(x)])
 
         case "softmax", "log_softmax":
             let x = try nodeIndex(r.fields["x"], r, "x")
             guard shape(x).count > 0 else { throw r.error(.shapeMismatch, "x", "\(op) needs a tensor of rank 1 or more") }
             let d = try dim(try r.int("dim"), rank: shape(x).count, r, "dim")
-            return make(r, .softmax(x, dim: d, log: op == "log_softmax"), shape: shape(x), inputs: [.node(x)])
+            return try make(r, .softmax(x, dim: d, log: op == "log_softmax"), shape: shape(x), inputs: [.node(x)])
 
         case "reshape", "view":
             let x = try nodeIndex(r.fields["x"], r, "x")
             let target = try r.ints("shape")
+            try Compiler.checkSize(target.map { Swift.max($0, 1) }, r, "shape")
             let count = shape(x).reduce(1, *)
             var resolved = target
             let wild = target.filter { $0 == -1 }.count
@@ -427,7 +444,7 @@ struct Compiler {
                 resolved[w] = count / known
             }
             guard resolved.reduce(1, *) == count else { throw r.error(.shapeMismatch, "shape", "cannot reshape \(shape(x)) to \(target)") }
-            return make(r, .reshape(x, resolved), shape: resolved, inputs: [.node(x)], alias: nodes[x].alias)
+            return try make(r, .reshape(x, resolved), shape: resolved, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "transpose":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -436,7 +453,7 @@ struct Compiler {
             let a = try dim(try r.int("dim0"), rank: rank, r, "dim0"), b = try dim(try r.int("dim1"), rank: rank, r, "dim1")
             var order = Array(0..<rank)
             order.swapAt(a, b)
-            return make(r, .permute(x, order), shape: order.map { shape(x)[$0] }, inputs: [.node(x)], alias: nodes[x].alias)
+            return try make(r, .permute(x, order), shape: order.map { shape(x)[$0] }, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "permute":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -446,7 +463,7 @@ struct Compiler {
             guard order.sorted() == Array(0..<rank) else {
                 throw r.error(.badRequest, "dims", "dims \(order) is not a permutation of the \(rank) dimensions")
             }
-            return make(r, .permute(x, order), shape: order.map { shape(x)[$0] }, inputs: [.node(x)], alias: nodes[x].alias)
+            return try make(r, .permute(x, order), shape: order.map { shape(x)[$0] }, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "split_heads":
             // 'b s (nh dh) -> b s nh dh': the last dim split into heads.
@@ -457,7 +474,7 @@ struct Compiler {
                 throw r.error(.shapeMismatch, "heads", "cannot split the last dimension of \(s) into \(heads) heads")
             }
             let out = Array(s.dropLast()) + [heads, last / heads]
-            return make(r, .reshape(x, out), shape: out, inputs: [.node(x)], alias: nodes[x].alias)
+            return try make(r, .reshape(x, out), shape: out, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "merge_heads":
             // 'b s nh dh -> b s (nh dh)'.
@@ -465,11 +482,11 @@ struct Compiler {
             let s = shape(x)
             guard s.count >= 2 else { throw r.error(.shapeMismatch, "x", "merge_heads needs a tensor of rank 2 or more, got \(s)") }
             let out = Array(s.dropLast(2)) + [s[s.count - 2] * s[s.count - 1]]
-            return make(r, .reshape(x, out), shape: out, inputs: [.node(x)], alias: nodes[x].alias)
+            return try make(r, .reshape(x, out), shape: out, inputs: [.node(x)], alias: nodes[x].alias)
 
         case "clone":
             let x = try nodeIndex(r.fields["x"], r, "x")
-            return make(r, .clone(x), shape: shape(x), inputs: [.node(x)])
+            return try make(r, .clone(x), shape: shape(x), inputs: [.node(x)])
 
         case "zeros_like", "ones_like", "full_like":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -480,7 +497,8 @@ struct Compiler {
         case "full":
             let s = try r.ints("shape")
             guard s.allSatisfy({ $0 >= 0 }) else { throw r.error(.badRequest, "shape", "sizes must be non-negative") }
-            return make(r, .full(s, Float(try r.double("value"))), shape: s, inputs: [])
+            try Compiler.checkSize(s, r, "shape")
+            return try make(r, .full(s, Float(try r.double("value"))), shape: s, inputs: [])
 
         case "cat", "stack":
             guard let list = r.fields["xs"]?.arrayValue, !list.isEmpty else {
@@ -503,7 +521,7 @@ struct Compiler {
                 out = first
                 out[d] = shapes.map { $0[d] }.reduce(0, +)
             }
-            return make(r, .cat(parts, dim: d, stack: op == "stack"), shape: out, inputs: parts)
+            return try make(r, .cat(parts, dim: d, stack: op == "stack"), shape: out, inputs: parts)
 
         case "topk":
             let x = try nodeIndex(r.fields["x"], r, "x")
@@ -514,7 +532,7 @@ struct Compiler {
             guard k >= 0 && k <= s[d] else { throw r.error(.indexOutOfRange, "k", "k = \(k) but dimension \(d) has \(s[d]) entries") }
             var out = s
             out[d] = k
-            return make(r, .topk(x, k: k, dim: d, largest: try r.bool("largest", default: true), indices: try r.bool("indices", default: false)),
+            return try make(r, .topk(x, k: k, dim: d, largest: try r.bool("largest", default: true), indices: try r.bool("indices", default: false)),
                         shape: out, inputs: [.node(x)])
 
         case "intervene":
@@ -525,7 +543,7 @@ struct Compiler {
             let name = try r.string("name")
             guard !savedNames.contains(name) else { throw r.error(.badRequest, "name", "the name \"\(name)\" is saved twice") }
             savedNames.insert(name)
-            return make(r, .save(x, name: name), shape: shape(x), inputs: [.node(x)], alias: nodes[x].alias)
+            return try make(r, .save(x, name: name), shape: shape(x), inputs: [.node(x)], alias: nodes[x].alias)
 
         default:
             throw r.error(.unknownOp, "op", "unknown trace op \"\(op)\" (known: \(CompiledTrace.ops.joined(separator: ", ")))")

@@ -135,7 +135,7 @@ struct ResolvedIndex {
                     return Swift.min(Swift.max(v, 0), n)
                 }
                 let s = clamp(start, 0), e = clamp(stop, n)
-                let count = e > s ? (e - s + by - 1) / by : 0
+                let count = e > s ? 1 + (e - s - 1) / by : 0
                 steps.append(.range(start: s, count: count, step: by))
                 shape.append(count)
                 viewDims += 1
@@ -192,7 +192,7 @@ struct ResolvedIndex {
             case .range(let start, let count, let by):
                 offset += start * strides[axis]
                 shape[axis] = count
-                strides[axis] *= by
+                if count > 1 { strides[axis] *= by }
                 axis += 1
             case .newAxis:
                 shape.insert(1, at: axis)

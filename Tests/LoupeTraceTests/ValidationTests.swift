@@ -131,6 +131,20 @@ final class ValidationTests: XCTestCase {
                           .shapeMismatch, node: 0, field: "nodes.0.params.vector")
     }
 
+    func testSizesAreBounded() throws {
+        try assertRejects([node(0, "full", ["shape": [.int(1 << 40), .int(1 << 40)], "value": 0])], .tooLarge, node: 0, field: "nodes.0.shape")
+        try assertRejects([node(0, "full", ["shape": [.int(1 << 20)], "value": 1]), node(1, "reshape", ["x": .ref(0), "shape": [-1, .int(1 << 62), 4]])],
+                          .tooLarge, node: 1)
+        try assertRejects([node(0, "full", ["shape": [.int(1 << 15), 1], "value": 1]), node(1, "transpose", ["x": .ref(0), "dim0": 0, "dim1": 1]),
+                           node(2, "matmul", ["x": .ref(0), "y": .ref(1)])], .tooLarge, node: 2)
+        // A huge step is one element, not an overflow.
+        let result = try runner().run(Trace(invocations: [tokens], nodes: [
+            node(0, "full", ["shape": [5], "value": 2]),
+            node(1, "index", ["x": .ref(0), "key": [["slice": [1, nil, .int(Int.max)]]]]), node(2, "save", ["x": .ref(1), "name": "one"]),
+        ]))
+        XCTAssertEqual(result["one"]?.toArray(), [2])
+    }
+
     func testReferencesOnlyToEarlierNodes() throws {
         try assertRejects([node(0, "neg", ["x": .ref(1)]), node(1, "constant", ["value": 1])], .badRequest, node: 0, mentions: "not defined before")
         try assertRejects([node(0, "add", ["x": .ref(0), "y": 1])], .badRequest, node: 0, mentions: "cycle")
