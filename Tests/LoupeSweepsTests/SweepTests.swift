@@ -102,3 +102,42 @@ final class SweepTests: XCTestCase {
         _ = try check(loaded.model, SweepRequest(clean: clean, corrupted: corrupted, kind: .heads, metric: metric), layers: [0, 29])
     }
 }
+
+/// The tutorial's two experiments on SmolLM2 against nnsight on HF transformers, on the same
+/// dequantized weights (Tests/Fixtures/sweeps, made by scripts/nnsight_reference.py).
+final class NNsightParityTests: XCTestCase {
+    struct Reference: Decodable {
+        struct Matrix: Decodable { let clean_logit_diff: Float; let corrupted_logit_diff: Float; let values: [[Float]] }
+        let clean_tokens: [Int]
+        let corrupted_tokens: [Int]
+        let answer_ids: [Int]
+        let residual: Matrix
+        let heads: Matrix
+    }
+
+    func testEveryCellMatchesNNsight() throws {
+        let path = models + "/SmolLM2-135M-Instruct.Q4_1.gguf"
+        guard FileManager.default.fileExists(atPath: path) else { return XCTFail("\(path) is missing: run scripts/fetch-models.sh") }
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: URL(fileURLWithPath: fixtures + "/sweeps/smollm2-ioi-nnsight.json")))
+        let loaded = try LoadedModel.load(path, registry: registry)
+        let tokenizer = try XCTUnwrap(loaded.tokenizer)
+        let clean = tokenizer.encode("After John and Mary went to the store, Mary gave a bottle of milk to")
+        let corrupted = tokenizer.encode("After John and Mary went to the store, John gave a bottle of milk to")
+        XCTAssertEqual(clean, reference.clean_tokens)
+        XCTAssertEqual(corrupted, reference.corrupted_tokens)
+        for (kind, expected) in [(SweepKind.residual, reference.residual), (.heads, reference.heads)] {
+            let result = try PatchingSweep(model: loaded.model).run(SweepRequest(
+                clean: clean, corrupted: corrupted, kind: kind,
+                metric: .logitDifference(answer: reference.answer_ids[0], wrong: reference.answer_ids[1])))
+            XCTAssertEqual(result.clean, expected.clean_logit_diff, accuracy: 2e-3)
+            XCTAssertEqual(result.corrupted, expected.corrupted_logit_diff, accuracy: 2e-3)
+            XCTAssertEqual(result.values.count, expected.values.count)
+            var worst: Float = 0
+            for (row, expectedRow) in zip(result.values, expected.values) {
+                XCTAssertEqual(row.count, expectedRow.count)
+                for (value, reference) in zip(row, expectedRow) { worst = max(worst, abs(value - reference)) }
+            }
+            XCTAssertLessThanOrEqual(worst, 1e-3, "\(kind): largest difference from nnsight")
+        }
+    }
+}
