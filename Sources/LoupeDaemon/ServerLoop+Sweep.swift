@@ -15,10 +15,12 @@ extension ServerLoop {
         let (inbox, jobID, interval, loaded) = (self.inbox, job.id, configuration.progressInterval, instance.loaded)
         enqueue(job, on: instance) { control in
             if control.isCancelled { throw ProtocolError(.cancelled, "the job was cancelled") }
-            let result = try PatchingSweep(model: loaded.model).run(spec.request, progress: { done, _ in
+            let check: CancellationCheck = { control.isCancelled }
+            let model = CancellableModel(loaded.model, cancelled: check)
+            let result = try PatchingSweep(model: model).run(spec.request, progress: { done, _ in
                 control.setDone(done)
                 if control.shouldReport(every: interval) { inbox.post { loop in loop.reportProgress(jobID) } }
-            }, cancelled: { control.isCancelled })
+            }, cancelled: check)
             return try Self.sweepReply(result, spec: spec, layers: layers)
         }
     }

@@ -112,14 +112,16 @@ final class SmolTests: XCTestCase {
         print("cancel: asked at layer \(doneAtCancel), stopped at \(doneAtStop) (\(final?["progress"] ?? nil)), \(Int(stoppedAfter * 1000)) ms later; statuses \(statuses)")
     }
 
-    /// The tutorial's IOI sweeps on SmolLM2 through the daemon: prompts and answers as text,
+    /// The tutorial's IOI sweep on SmolLM2 through the daemon: prompts and answers as text,
     /// the clean and corrupted logit differences, and cells equal to the plain path.
     func testIOISweepsMatchThePlainPath() throws {
         let live = try daemon()
         let loaded = try LoadedModel.load(Self.path, registry: Fixtures.registry())
         let (model, tokenizer) = (loaded.model, try XCTUnwrap(loaded.tokenizer))
         let (clean, corrupted) = (tokenizer.encode(Fixtures.cleanPrompt), tokenizer.encode(Fixtures.corruptedPrompt))
-        for kind in SweepKind.allCases {
+        // The residual sweep here (the head sweep, slower in a debug build, is checked against
+        // the plain path on the tiny models and by the sweep engine's own tests on SmolLM2).
+        for kind in [SweepKind.residual] {
             let reply = try live.call("sweep", ["model": "smol", "clean": .string(Fixtures.cleanPrompt),
                                                 "corrupted": ["prompt": .string(Fixtures.corruptedPrompt)], "kind": .string(kind.rawValue),
                                                 "metric": ["logit_diff": ["answer": " John", "wrong": " Mary"]]])
@@ -182,33 +184,33 @@ final class SmolTests: XCTestCase {
         XCTAssertLessThan(doneAtStop, 30)
     }
 
-    /// `loupe patch --json` and `loupe heads --svg/--html` against the warm daemon.
+    /// `loupe patch --json --svg --html` against the warm daemon.
     func testPatchCommand() throws {
         let live = try daemon()
-        let arguments = ["--clean", Fixtures.cleanPrompt, "--corrupt", Fixtures.corruptedPrompt, "--answer", " John", "--wrong", " Mary",
-                         "--endpoint", live.endpoint]
-        let json = try LoupeProcess.run(["patch", "smol", "--json"] + arguments)
+        let directory = NSTemporaryDirectory() + "loupe-patch-\(UUID().uuidString.prefix(6))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let json = try LoupeProcess.run([
+            "patch", "smol", "--json", "--clean", Fixtures.cleanPrompt, "--corrupt", Fixtures.corruptedPrompt,
+            "--answer", " John", "--wrong", " Mary", "--endpoint", live.endpoint,
+            "--svg", directory + "/residual.svg", "--html", directory + "/residual.html"])
         XCTAssertEqual(json.status, 0, json.errors)
         let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.output.utf8)) as? [String: Any])
         XCTAssertEqual(object["clean_logit_diff"] as? Double ?? 0, 5.137, accuracy: 2e-3)
         XCTAssertEqual(object["corrupted_logit_diff"] as? Double ?? 0, -3.829, accuracy: 2e-3)
         XCTAssertEqual((object["rows"] as? [String])?.count, 30)
-        XCTAssertEqual((object["cols"] as? [String])?[1], " John_1")
+        let cols = object["cols"] as? [String] ?? []
+        XCTAssertEqual(cols.count, 16)
+        XCTAssertEqual(cols.dropFirst().first, " John_1")
         XCTAssertEqual((object["values"] as? [[Double]])?.count, 30)
         XCTAssertEqual((object["values"] as? [[Double]])?.last?.last ?? 0, 1, accuracy: 1e-3)
         XCTAssertNotNil(object["seconds"] as? Double)
 
-        let directory = NSTemporaryDirectory() + "loupe-heads-\(UUID().uuidString.prefix(6))"
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let heads = try LoupeProcess.run(["heads", "smol", "--svg", directory + "/heads.svg", "--html", directory + "/heads.html"] + arguments)
-        XCTAssertEqual(heads.status, 0, heads.errors)
-        XCTAssertTrue(heads.output.contains("Clean logit difference: 5.137"), heads.output)
-        XCTAssertTrue(heads.output.contains("Corrupted logit difference: -3.829"), heads.output)
-        XCTAssertTrue(heads.output.contains("Head"), heads.output)
-        let svg = try SVGText(path: directory + "/heads.svg")
-        XCTAssertTrue(svg.texts.contains("Head 8") && svg.texts.contains("29") && svg.texts.contains("Layer"), "\(svg.texts)")
-        XCTAssertEqual(svg.cells, 30 * 9)
-        let html = try String(contentsOfFile: directory + "/heads.html", encoding: .utf8)
+        let svg = try SVGText(path: directory + "/residual.svg")
+        XCTAssertEqual(svg.cells, 30 * 16)
+        for label in cols + ["0", "29", "Layer", "Position", "Norm. Logit Diff"] {
+            XCTAssertTrue(svg.texts.contains(label), "\(label.debugDescription) missing from the SVG")
+        }
+        let html = try String(contentsOfFile: directory + "/residual.html", encoding: .utf8)
         XCTAssertTrue(html.hasPrefix("<!DOCTYPE html>") && html.contains("<svg") && !html.contains("<script"), html)
     }
 
