@@ -89,6 +89,11 @@ public struct CompiledTrace {
     /// when nothing writes it. Until then it shares the rows of invocations with the same
     /// tokens.
     let diverges: [Int]
+    /// `setindex` nodes that copy positions from an invocation with the same tokens up to
+    /// and past those positions, neither written before: the values are already equal
+    /// (attention is causal), so with shared rows the write is left out and the invocation
+    /// keeps sharing.
+    let noOpWrites: Set<Int>
 
     enum Task {
         case node(Int)

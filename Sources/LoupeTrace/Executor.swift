@@ -81,7 +81,7 @@ public final class TraceRunner: @unchecked Sendable {
                 rowTokens.append(tokens)
             }
         }
-        let hooks = TraceHooks(compiled, batch: TokenBatch(rowTokens), rows: rowOf)
+        let hooks = TraceHooks(compiled, batch: TokenBatch(rowTokens), rows: rowOf, shareRows: shareRows)
         try hooks.runStart()
         let layers = model.dimensions.layers
         var pass = ForwardPass(batch: TokenBatch(rowTokens), hooks: hooks, cancelled: cancelled)
@@ -179,10 +179,15 @@ public final class TraceRunner: @unchecked Sendable {
             if case .save = node.op { lastUse[i] = Int.max }
         }
         let tasks = keyed.mapValues { list in list.sorted { $0.key < $1.key }.map(\.task) }
-        // The first stage at which each invocation's values are written.
-        var diverges = [Int](repeating: Int.max, count: trace.invocations.count)
-        func write(_ invoke: Int, _ order: Int) { diverges[invoke] = min(diverges[invoke], siteStage[order]) }
-        for node in nodes {
+        // Writes that copy positions between invocations whose tokens agree up to there.
+        var candidates = [Int: (source: Int, target: Int, order: Int)]()
+        for (i, node) in nodes.enumerated() {
+            if let found = noOpCandidate(node, nodes, trace: trace, mode: mode) { candidates[i] = found }
+        }
+        // The first site each invocation's values are written at, other writes aside.
+        var firstWrite = [Int](repeating: Int.max, count: trace.invocations.count)
+        func write(_ invoke: Int, _ order: Int) { firstWrite[invoke] = min(firstWrite[invoke], order) }
+        for (i, node) in nodes.enumerated() where candidates[i] == nil {
             switch node.op {
             case .set(let ref, _): write(ref.invoke, ref.order)
             case .setIndex: if let alias = node.alias { write(alias.invoke, alias.order) }
@@ -190,8 +195,57 @@ public final class TraceRunner: @unchecked Sendable {
             default: break
             }
         }
+        // A candidate is a no-op when neither invocation was written before or at its site.
+        // Rejecting one makes it a write, which may reject others: repeat until nothing changes.
+        var noOps = Set(candidates.keys)
+        var changed = true
+        while changed {
+            changed = false
+            for (i, c) in candidates.sorted(by: { $0.key < $1.key }) where noOps.contains(i) {
+                if !(firstWrite[c.source] > c.order && firstWrite[c.target] > c.order) {
+                    noOps.remove(i)
+                    write(c.target, c.order)
+                    changed = true
+                }
+            }
+        }
+        let diverges = firstWrite.map { $0 == Int.max ? Int.max : siteStage[$0] }
         return CompiledTrace(invocations: trace.invocations, nodes: nodes, logits: mode, tasks: tasks, startTasks: start,
-                             sites: sites, lastUse: lastUse, diverges: diverges)
+                             sites: sites, lastUse: lastUse, diverges: diverges, noOpWrites: noOps)
+    }
+
+    /// `get(S, k)[key] = get(S, j)[key]`, with the key picking only positions before the
+    /// first token where invocations j and k differ.
+    private func noOpCandidate(_ node: CompiledNode, _ nodes: [CompiledNode], trace: Trace, mode: LogitMode)
+        -> (source: Int, target: Int, order: Int)? {
+        guard case .setIndex(let x, let key, .node(let v)) = node.op, case .get(let target) = nodes[x].op,
+              case .index(let g, let sourceKey, _) = nodes[v].op, case .get(let source) = nodes[g].op,
+              source.order == target.order, source.invoke != target.invoke, key.isView, sourceKey.steps == key.steps,
+              nodes[x].shape == nodes[g].shape, !Compiler.headSites.contains(target.site) else { return nil }
+        let (a, b) = (trace.invocations[source.invoke], trace.invocations[target.invoke])
+        var prefix = 0
+        while prefix < min(a.count, b.count) && a[prefix] == b[prefix] { prefix += 1 }
+        // The highest position the key touches on each sequence axis.
+        var axis = 0
+        for step in key.steps {
+            if case .newAxis = step { continue }
+            if target.info.shape[axis] == SiteInfo.sequenceDim {
+                let highest: Int
+                switch step {
+                case .select(let i): highest = i
+                case .range(let start, let count, let by): highest = count == 0 ? -1 : start + (count - 1) * by
+                case .list(let entries): highest = entries.max() ?? -1
+                case .newAxis: highest = -1
+                }
+                if highest >= prefix { return nil }
+            }
+            axis += 1
+        }
+        // Axes the key leaves whole.
+        for rest in axis..<target.info.shape.count where target.info.shape[rest] == SiteInfo.sequenceDim {
+            if trace.invocations[target.invoke].count > prefix { return nil }
+        }
+        return (source.invoke, target.invoke, target.order)
     }
 }
 
@@ -205,8 +259,12 @@ final class TraceHooks: ForwardHooks {
     private var wanted: Set<Site> = []
     private let orderOf: [Site: Int]
 
-    init(_ plan: CompiledTrace, batch: TokenBatch, rows: [Int]) {
+    /// False for the plain batch (a row per invocation), which runs every write.
+    let shareRows: Bool
+
+    init(_ plan: CompiledTrace, batch: TokenBatch, rows: [Int], shareRows: Bool) {
         self.plan = plan
+        self.shareRows = shareRows
         self.batch = batch
         self.rows = rows
         self.values = Array(repeating: nil, count: plan.nodes.count)
@@ -287,7 +345,7 @@ final class TraceHooks: ForwardHooks {
             try steps[s].step.apply(SiteValues(view: frame.view, tensors: resolved))
         case .node(let n):
             let node = plan.nodes[n]
-            let value = try evaluate(node, frame)
+            let value = try evaluate(node, n, frame)
             guard value.shape == node.shape else {
                 throw TraceError(.shapeMismatch, node: node.id, "internal: node \(node.id) computed shape \(value.shape), validation expected \(node.shape ?? [])")
             }
@@ -295,7 +353,7 @@ final class TraceHooks: ForwardHooks {
         }
     }
 
-    private func evaluate(_ node: CompiledNode, _ frame: Frame) throws -> Tensor {
+    private func evaluate(_ node: CompiledNode, _ index: Int, _ frame: Frame) throws -> Tensor {
         switch node.op {
         case .get(let ref):
             return frame.view(ref.invoke)
@@ -308,7 +366,7 @@ final class TraceHooks: ForwardHooks {
         case .index(let x, let key, _):
             return key.read(values[x]!)
         case .setIndex(let x, let key, let o):
-            key.write(operand(o), into: values[x]!)
+            if !(shareRows && plan.noOpWrites.contains(index)) { key.write(operand(o), into: values[x]!) }
             return values[x]!
         case .binary(let name, let a, let b):
             let f: (Float, Float) -> Float

@@ -251,6 +251,10 @@ final class TutorialTests: XCTestCase {
                     assertClose(sharing[saved], plain[saved]!, tolerance: 1e-4, "\(name) trace \(k): \(saved)")
                 }
             }
+            // Patches before position 3, where the prompts first differ, copy equal values:
+            // those runs keep sharing the corrupted run's rows to the end.
+            let cell = try runner.run(traces[0])
+            XCTAssertEqual(cell.rows, 2 + layers * (clean.count - 3), name)
             let last = try runner.run(traces[2])
             XCTAssertEqual(last.rows, 3, "the unwritten duplicates share a row to the end")
             XCTAssertGreaterThan(maxDifference(last["logits1"]!, last["logits0"]!), 1e-4)
