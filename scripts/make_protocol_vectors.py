@@ -278,9 +278,10 @@ def trace_vectors(model, cases):
     resid = np.ascontiguousarray(record["resid_post.0"][3].reshape(1, -1), dtype="<f4")
     yield "trace-residual-patch", {"op": "trace", "model": "tiny", "invokes": [clean, {"tokens": corrupted}], "nodes": nodes}, {
         "status": "ok", "names": ["patched_logit_diff", "clean_resid"], "logits": "last", "slots": 2 * len(clean),
+        "rows": 0, "token_layers": 0, "plain_token_layers": 2 * len(clean) * model.layers,
         "saved": {"patched_logit_diff": {"dtype": "f32", "shape": [], "data": scalar.tobytes()},
                   "clean_resid": {"dtype": "f32", "shape": [1, 64], "data": resid.tobytes()}},
-        "job": 0, "timing": {}}, []
+        "job": 0, "timing": {}}, ["rows", "token_layers"]
     one = {"op": "trace", "model": "tiny", "invokes": [[1, 2]]}
     yield "trace-unknown-site", {**one, "nodes": [{"id": 5, "op": "get", "site": "transformer.h.9.output"}]}, \
         node_error("unknown_site", "nodes.0.site", 5), []

@@ -55,7 +55,8 @@ extension ServerLoop {
             var saved = [String: MessageValue]()
             for (key, tensor) in result.saved { saved[key] = WireTensor(tensor).messageValue }
             return ["saved": .map(saved), "names": MessageValue(result.names), "logits": .string(result.logits.rawValue),
-                    "slots": MessageValue(result.slots)]
+                    "slots": MessageValue(result.slots), "rows": MessageValue(result.rows),
+                    "token_layers": MessageValue(result.tokenLayers), "plain_token_layers": MessageValue(result.plainTokenLayers)]
         }
     }
 }
