@@ -240,6 +240,16 @@ final class TutorialTests: XCTestCase {
             b.add("setindex", ["x": b.get(finalNorm, invoke: 2), "key": [0, -1, ["slice": [nil, 8]]], "value": 0])
             for i in 0..<4 { b.save(b.get("lm_head", invoke: i), "logits\(i)") }
             traces.append(b.trace([clean, clean, clean, clean]))
+            // Copying position 0 looks like a no-op, but the source was steered first.
+            var c = TraceBuilder()
+            let vector = Tensor(shape: [runner.model.dimensions.hidden], values: (0..<runner.model.dimensions.hidden).map { Float($0 % 3) - 1 })
+            c.add("intervene", ["name": "steer", "invoke": 0, "params": ["layers": 0, "vector": .tensor(vector)]])
+            let block = blockSite(name, 1)
+            c.add("setindex", ["x": c.get(block.path, item: block.item, invoke: 1), "key": [all, 0],
+                               "value": c.index(c.get(block.path, item: block.item, invoke: 0), [all, 0])])
+            c.save(c.get("lm_head", invoke: 1), "copied")
+            c.save(c.get("lm_head", invoke: 2), "untouched")
+            traces.append(c.trace([clean, clean, clean]))
             for (k, trace) in traces.enumerated() {
                 let compiled = try runner.compile(trace)
                 let sharing = try runner.run(compiled)
@@ -260,6 +270,8 @@ final class TutorialTests: XCTestCase {
             XCTAssertGreaterThan(maxDifference(last["logits1"]!, last["logits0"]!), 1e-4)
             XCTAssertGreaterThan(maxDifference(last["logits2"]!, last["logits0"]!), 1e-4)
             XCTAssertEqual(maxDifference(last["logits3"]!, last["logits0"]!), 0)
+            let copied = try runner.run(traces[3])
+            XCTAssertGreaterThan(maxDifference(copied["copied"]!, copied["untouched"]!), 1e-4, "\(name): the copy is a real write")
         }
     }
 }
