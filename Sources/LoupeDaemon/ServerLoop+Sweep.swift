@@ -39,7 +39,7 @@ extension ServerLoop {
             "rows": MessageValue((0..<layers).map(String.init)),
             "cols": MessageValue(spec.columns),
             "row_axis": "Layer",
-            "col_axis": .string(request.kind == .residual ? "Position" : "Head"),
+            "col_axis": .string([SweepKind.residual: "Position", .heads: "Head", .headPositions: "Head @ position"][request.kind]!),
             "clean": MessageValue(result.clean),
             "corrupted": MessageValue(result.corrupted),
             "clean_tokens": MessageValue(request.clean),

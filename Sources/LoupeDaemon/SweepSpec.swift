@@ -35,7 +35,9 @@ struct SweepSpec: Sendable {
         }
         // The patched runs' rows, stacked: each run computes from its first position to the end.
         let changed = clean.count - firstDifference
-        let rows = kind == .residual ? dimensions.layers * changed * (changed + 1) / 2 : dimensions.layers * dimensions.heads * changed
+        let suffixes = changed * (changed + 1) / 2  // a run from each differing position to the end
+        let rows = dimensions.layers * [SweepKind.residual: suffixes, .heads: dimensions.heads * changed,
+                                        .headPositions: dimensions.heads * suffixes][kind]!
         if rows > configuration.maxBatchTokens {
             throw ProtocolError(.tooLarge, "this sweep would stack \(rows) token rows, more than the \(configuration.maxBatchTokens) one pass may compute; use shorter prompts or prompts that differ later", field: "clean")
         }
@@ -51,6 +53,8 @@ struct SweepSpec: Sendable {
             }
         case .heads:
             columns = (0..<dimensions.heads).map { "Head \($0)" }
+        case .headPositions:
+            columns = (0..<dimensions.heads).flatMap { head in (0..<clean.count).map { "Head \(head) @ \($0)" } }
         }
     }
 

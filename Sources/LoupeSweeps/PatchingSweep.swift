@@ -9,6 +9,9 @@ public enum SweepKind: String, Sendable, CaseIterable {
     /// One attention head's output (the output projection's input, split by head) at every
     /// position: a layers x heads matrix.
     case heads
+    /// One head's output at one position: layers x (heads · positions), column
+    /// `head * positions + position`.
+    case headPositions = "head_positions"
 }
 
 /// What a sweep measures at the last position of each patched run.
@@ -40,7 +43,8 @@ public struct SweepRequest: Sendable {
 }
 
 public struct SweepResult: Sendable {
-    /// One row per layer; a column per position (residual) or per head (heads).
+    /// One row per layer; a column per position (residual), per head (heads), or per head and
+    /// position (head_positions: column head · positions + position).
     public let values: [[Float]]
     /// The metric on the clean and on the corrupted run.
     public let clean: Float
@@ -117,10 +121,11 @@ public struct PatchingSweep {
         }
 
         // Every patched run, in the order its first recomputed layer comes.
+        let heads = model.dimensions.heads
         var runs: [PatchedRun] = []
-        switch request.kind {
-        case .residual:
-            for layer in 0..<layers {
+        for layer in 0..<layers {
+            switch request.kind {
+            case .residual:
                 let cleanResidual = recorded(cleanRecord, "blocks.\(layer).resid_post")
                 let corruptedResidual = recorded(corruptedRecord, "blocks.\(layer).resid_post")
                 for position in firstDifference..<length {
@@ -128,20 +133,57 @@ public struct PatchingSweep {
                     rows.select(axis: 0, 0).assign(from: cleanResidual.select(axis: 0, position))
                     runs.append(PatchedRun(row: layer, column: position, firstLayer: layer + 1, start: position, hidden: rows, head: nil))
                 }
-            }
-        case .heads:
-            for layer in 0..<layers {
-                let entering = recorded(corruptedRecord, "blocks.\(layer).resid_pre").slice(axis: 0, firstDifference..<length).copy()
-                let cleanZ = recorded(cleanRecord, "blocks.\(layer).attn.z")
-                    .reshaped([length, model.dimensions.heads, model.dimensions.headDim]).slice(axis: 0, firstDifference..<length)
-                for head in 0..<model.dimensions.heads {
-                    runs.append(PatchedRun(row: layer, column: head, firstLayer: layer, start: firstDifference, hidden: entering,
-                                           head: (index: head, cleanZ: cleanZ.select(axis: 1, head).contiguous())))
+            case .heads, .headPositions:
+                let entering = recorded(corruptedRecord, "blocks.\(layer).resid_pre")
+                let cleanZ = recorded(cleanRecord, "blocks.\(layer).attn.z").reshaped([length, heads, model.dimensions.headDim])
+                for head in 0..<heads {
+                    // A whole-head patch covers every position that differs; a positional one, one position.
+                    let positions = request.kind == .heads ? [firstDifference] : Array(firstDifference..<length)
+                    for position in positions {
+                        let patched = request.kind == .heads ? position..<length : position..<(position + 1)
+                        runs.append(PatchedRun(
+                            row: layer, column: request.kind == .heads ? head : head * length + position, firstLayer: layer,
+                            start: position, hidden: entering.slice(axis: 0, position..<length).copy(),
+                            head: (index: head, cleanZ: cleanZ.slice(axis: 0, patched).select(axis: 1, head).contiguous())))
+                    }
                 }
             }
         }
 
-        // Layer by layer: the runs that start here join those already under way.
+        // Runs that start at the same position share passes (a head patch needs its rows
+        // aligned); residual runs, patched before they enter, share passes whatever their start.
+        let groups = request.kind == .headPositions
+            ? Dictionary(grouping: runs, by: \.start).sorted { $0.key < $1.key }.map(\.value) : [runs]
+        var patched: [(PatchedRun, Float)] = []
+        var tokenLayers = 0
+        for (index, group) in groups.enumerated() {
+            let (values, computed) = try runTogether(group, cache: cache, scorer: scorer, cancelled: cancelled) { layer in
+                progress?(index * layers + layer, groups.count * layers)
+            }
+            patched += values
+            tokenLayers += computed
+        }
+
+        // The matrix: unpatched cells hold the corrupted run's value.
+        let columns = [SweepKind.residual: length, .heads: heads, .headPositions: heads * length][request.kind]!
+        var values = Array(repeating: Array(repeating: corruptedValue, count: columns), count: layers)
+        for (run, value) in patched { values[run.row][run.column] = value }
+        if request.normalized {
+            let scale = cleanValue - corruptedValue
+            values = values.map { $0.map { ($0 - corruptedValue) / scale } }
+        }
+        let invocations = 2 + layers * columns
+        return SweepResult(values: values, clean: cleanValue, corrupted: corruptedValue, firstDifference: firstDifference,
+                           tokenLayers: tokenLayers, plainTokenLayers: invocations * length * layers,
+                           seconds: Date().timeIntervalSince(start))
+    }
+
+    /// Runs `runs` layer by layer, each joining at its first layer those already under way,
+    /// all of them stacked into one pass per layer; returns each run's metric and the
+    /// token-layers computed.
+    private func runTogether(_ runs: [PatchedRun], cache: KeyValueCache, scorer: Scorer, cancelled: CancellationCheck?,
+                             progress: (Int) -> Void) throws -> ([(PatchedRun, Float)], Int) {
+        let layers = model.dimensions.layers
         var active: [PatchedRun] = []
         var hidden = Tensor(zeros: [0, model.dimensions.hidden])
         var tokenLayers = 0
@@ -159,23 +201,11 @@ public struct PatchingSweep {
                                    hooks: patches.isEmpty ? nil : patches, cancelled: cancelled)
             hidden = try model.layer(layer, hidden, pass)
             tokenLayers += pass.computedRows
-            progress?(layer + 1, layers)
+            progress(layer + 1)
         }
         let pass = ForwardPass(continuing: cache, starts: active.map(\.start), cancelled: cancelled)
-        let patched = try scorer.score(pass.rowsToUnembed(try model.finalNorm(hidden, pass), .last))
-
-        // The matrix: unpatched cells hold the corrupted run's value.
-        let columns = request.kind == .residual ? length : model.dimensions.heads
-        var values = Array(repeating: Array(repeating: corruptedValue, count: columns), count: layers)
-        for (run, value) in zip(active, patched) { values[run.row][run.column] = value }
-        if request.normalized {
-            let scale = cleanValue - corruptedValue
-            values = values.map { $0.map { ($0 - corruptedValue) / scale } }
-        }
-        let invocations = 2 + layers * columns
-        return SweepResult(values: values, clean: cleanValue, corrupted: corruptedValue, firstDifference: firstDifference,
-                           tokenLayers: tokenLayers, plainTokenLayers: invocations * length * layers,
-                           seconds: Date().timeIntervalSince(start))
+        let scores = try scorer.score(pass.rowsToUnembed(try model.finalNorm(hidden, pass), .last))
+        return (Array(zip(active, scores)), tokenLayers)
     }
 
     private func checkAnswers(_ metric: SweepMetric) throws {
@@ -197,7 +227,8 @@ struct PatchedRun {
     let firstLayer: Int
     let start: Int
     let hidden: Tensor
-    /// For a head patch: which head, and the clean run's output of that head at the computed positions.
+    /// For a head patch: which head, and the clean run's output of that head at the first
+    /// positions it computes (all of them, or one).
     let head: (index: Int, cleanZ: Tensor)?
 }
 
@@ -220,7 +251,7 @@ final class HeadPatches: ForwardHooks {
     func visit(_ s: Site, _ value: inout Tensor) throws {
         // value: [rows, positions, heads, headDim]
         for patch in patches {
-            value.select(axis: 0, patch.row).select(axis: 1, patch.head).assign(from: patch.cleanZ)
+            value.select(axis: 0, patch.row).select(axis: 1, patch.head).slice(axis: 0, 0..<patch.cleanZ.shape[0]).assign(from: patch.cleanZ)
         }
     }
 }

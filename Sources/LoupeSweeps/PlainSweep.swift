@@ -11,9 +11,9 @@ extension PatchingSweep {
         let start = Date()
         let layers = layers ?? Array(0..<model.dimensions.layers)
         let length = request.clean.count
-        let columns = request.kind == .residual ? length : model.dimensions.heads
+        let columns = [SweepKind.residual: length, .heads: model.dimensions.heads, .headPositions: model.dimensions.heads * length][request.kind]!
         let sites = layers.map { Site(request.kind == .residual ? "blocks.\($0).resid_post" : "blocks.\($0).attn.z", .output) }
-        let patches = CellPatches(sites: sites, columns: columns, kind: request.kind, firstPatchedRow: 2)
+        let patches = CellPatches(sites: sites, columns: columns, positions: length, kind: request.kind, firstPatchedRow: 2)
         let invocations = [request.clean, request.corrupted] + Array(repeating: request.corrupted, count: sites.count * columns)
         let logits = try model.forward(TokenBatch(invocations), hooks: patches, logits: .all, cancelled: cancelled)
         let last = logits.slice(axis: 1, (length - 1)..<length).reshaped([invocations.count, -1])
@@ -33,16 +33,19 @@ extension PatchingSweep {
 }
 
 /// Row 0 is the clean run: at each patched site, row `firstPatchedRow + n` gets the clean
-/// run's value of its own cell (a position of the residual stream, or a head at every position).
+/// run's value of its own cell (a position of the residual stream, a head at every position,
+/// or a head at one position).
 final class CellPatches: ForwardHooks {
     let sites: [Site]
     let columns: Int
+    let positions: Int
     let kind: SweepKind
     let firstPatchedRow: Int
 
-    init(sites: [Site], columns: Int, kind: SweepKind, firstPatchedRow: Int) {
+    init(sites: [Site], columns: Int, positions: Int, kind: SweepKind, firstPatchedRow: Int) {
         self.sites = sites
         self.columns = columns
+        self.positions = positions
         self.kind = kind
         self.firstPatchedRow = firstPatchedRow
     }
@@ -57,6 +60,9 @@ final class CellPatches: ForwardHooks {
             switch kind {
             case .residual: row.select(axis: 0, column).assign(from: clean.select(axis: 0, column))
             case .heads: row.select(axis: 1, column).assign(from: clean.select(axis: 1, column))
+            case .headPositions:
+                let (head, position) = (column / positions, column % positions)
+                row.select(axis: 0, position).select(axis: 0, head).assign(from: clean.select(axis: 0, position).select(axis: 0, head))
             }
         }
     }

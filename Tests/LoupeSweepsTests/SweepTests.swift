@@ -58,6 +58,16 @@ final class SweepTests: XCTestCase {
         }
     }
 
+    /// One head at one position: the sweep stacks runs that start at the same position.
+    func testHeadPositionSweepsMatchThePlainPath() throws {
+        for name in ["gpt2-tiny", "llama-tiny"] {
+            let model = try LoadedModel.load(fixtures + "/models/" + name, registry: registry).model
+            let result = try check(model, SweepRequest(clean: clean, corrupted: corrupted, kind: .headPositions,
+                                                       metric: .logitDifference(answer: 3, wrong: 11), normalized: false))
+            XCTAssertEqual(result.values[0].count, model.dimensions.heads * clean.count)
+        }
+    }
+
     func testPositionsBeforeTheFirstDifferenceAreExactlyUnpatched() throws {
         let model = try LoadedModel.load(fixtures + "/models/llama-tiny", registry: registry).model
         let result = try PatchingSweep(model: model).run(SweepRequest(clean: clean, corrupted: corrupted, kind: .residual,
