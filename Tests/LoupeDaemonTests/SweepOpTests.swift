@@ -145,7 +145,7 @@ final class SweepOpTests: XCTestCase {
 
     func testHelloListsSweepsTraceOpsAndInterventions() throws {
         let hello = try daemon().call("hello")
-        XCTAssertEqual(hello["sweep"]?["kinds"], ["residual", "heads"])
+        XCTAssertEqual(hello["sweep"]?["kinds"], ["residual", "heads", "head_positions"])
         XCTAssertEqual(hello["sweep"]?["metrics"], ["logit_diff", "logprob", "kl"])
         let ops = hello["ops"]?.arrayValue ?? []
         XCTAssertTrue(ops.contains("sweep") && ops.contains("trace"))
