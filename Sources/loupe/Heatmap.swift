@@ -161,14 +161,14 @@ extension Heatmap {
         let plotWidth = cellWidth * Double(columns), plotHeight = cellHeight * Double(rows)
         let bottom = 30 + 6.5 * longestColumn
         let barX = left + plotWidth + 28, barWidth = 16.0
-        let width = barX + barWidth + 70, height = top + plotHeight + bottom + 10
+        let width = barX + barWidth + 100, height = top + plotHeight + bottom + 10
         var out = [String]()
         out.append(##"<svg xmlns="http://www.w3.org/2000/svg" width="\##(f(width))" height="\##(f(height))" viewBox="0 0 \##(f(width)) \##(f(height))" font-family="Helvetica, Arial, sans-serif" font-size="11">"##)
         out.append("<title>\(escape(title))</title>")
         out.append(##"<rect width="100%" height="100%" fill="#ffffff"/>"##)
         out.append(##"<text x="\##(f(left))" y="28" font-size="16" fill="#2a3f5f">\##(escape(title))</text>"##)
         // Cells, row 0 at the top.
-        out.append(##"<g class="cells">"##)
+        out.append(##"<g class="cells" shape-rendering="crispEdges">"##)
         for (r, row) in values.enumerated() {
             for (c, value) in row.enumerated() {
                 let x = left + Double(c) * cellWidth, y = top + Double(r) * cellHeight
