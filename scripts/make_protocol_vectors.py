@@ -119,7 +119,8 @@ def sweep(model, clean, corrupted, kind, metric, normalized):
     """The sweep as the tutorial runs it: every patch its own full forward pass."""
     record = {}
     clean_last = model.forward(clean, record=record)[-1]
-    corrupted_last = model.forward(corrupted)[-1]
+    corrupted_record = {}
+    corrupted_last = model.forward(corrupted, record=corrupted_record)[-1]
 
     def score(logits):
         if "logit_diff" in metric:
@@ -130,15 +131,21 @@ def sweep(model, clean, corrupted, kind, metric, normalized):
         return float((np.exp(p) * (p - log_softmax(logits))).sum())
 
     c, k = score(clean_last), score(corrupted_last)
-    columns = len(clean) if kind == "residual" else model.heads
+    n = len(clean)
+    columns = {"residual": n, "heads": model.heads, "head_positions": model.heads * n}[kind]
     values = []
     for l in range(model.layers):
         row = []
         for col in range(columns):
             if kind == "residual":
                 logits = model.forward(corrupted, resid=(l, col, record[f"resid_post.{l}"][col]))[-1]
-            else:
+            elif kind == "heads":
                 logits = model.forward(corrupted, head=(l, col, record[f"z.{l}"][:, col, :]))[-1]
+            else:  # head h at position t alone, column h * n + t
+                h, t = divmod(col, n)
+                z = corrupted_record[f"z.{l}"][:, h, :].copy()
+                z[t] = record[f"z.{l}"][t, h, :]
+                logits = model.forward(corrupted, head=(l, h, z))[-1]
             value = score(logits)
             row.append(float((value - k) / (c - k)) if normalized else float(value))
         values.append(row)
@@ -228,16 +235,20 @@ def sweep_vectors(model, cases):
             ("sweep-residual-logit-diff", "residual", {"logit_diff": {"answer": 1, "wrong": 2}}, True),
             ("sweep-heads-logit-diff", "heads", {"logit_diff": {"answer": 1, "wrong": 2}}, True),
             ("sweep-residual-logprob", "residual", {"logprob": {"answer": 5}}, False),
-            ("sweep-heads-kl", "heads", {"kl": {}}, False)]:
+            ("sweep-heads-kl", "heads", {"kl": {}}, False),
+            ("sweep-head-positions-logit-diff", "head_positions", {"logit_diff": {"answer": 1, "wrong": 2}}, True)]:
         values, c, k = sweep(model, clean, corrupted, kind, metric, normalized)
-        columns = n if kind == "residual" else model.heads
-        cols = [f"{t}_{i}" for i, t in enumerate(clean)] if kind == "residual" else [f"Head {h}" for h in range(model.heads)]
+        columns = {"residual": n, "heads": model.heads, "head_positions": model.heads * n}[kind]
+        cols = {"residual": [f"{t}_{i}" for i, t in enumerate(clean)],
+                "heads": [f"Head {h}" for h in range(model.heads)],
+                "head_positions": [f"Head {h} @ {t}" for h in range(model.heads) for t in range(n)]}[kind]
         request = {"op": "sweep", "model": "tiny", "clean": clean, "corrupted": corrupted, "kind": kind, "metric": metric}
         if not normalized:
             request["normalized"] = False
         yield name, request, {
             "status": "ok", **common, "kind": kind, "metric": metric, "normalized": normalized, "values": values,
-            "cols": cols, "col_axis": "Position" if kind == "residual" else "Head", "clean": c, "corrupted": k,
+            "cols": cols, "col_axis": {"residual": "Position", "heads": "Head", "head_positions": "Head @ position"}[kind],
+            "clean": c, "corrupted": k,
             "plain_token_layers": (2 + layers * columns) * n * layers}, variable
     base = {"op": "sweep", "model": "tiny", "clean": clean, "corrupted": corrupted,
             "metric": {"logit_diff": {"answer": 1, "wrong": 2}}}

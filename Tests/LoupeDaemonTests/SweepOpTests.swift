@@ -59,8 +59,12 @@ final class SweepOpTests: XCTestCase {
                         XCTAssertEqual(Float(reply["corrupted"]?.doubleValue ?? .nan), plain.corrupted, accuracy: 1e-4, context)
                         XCTAssertEqual(reply["first_difference"], 2)
                         XCTAssertEqual(reply["rows"], MessageValue((0..<model.dimensions.layers).map(String.init)))
-                        let cols = kind == .residual ? clean.enumerated().map { "\($1)_\($0)" }
-                            : (0..<model.dimensions.heads).map { "Head \($0)" }
+                        let heads = model.dimensions.heads
+                        let cols = switch kind {
+                        case .residual: clean.enumerated().map { "\($1)_\($0)" }
+                        case .heads: (0..<heads).map { "Head \($0)" }
+                        case .headPositions: (0..<heads).flatMap { h in clean.indices.map { "Head \(h) @ \($0)" } }
+                        }
                         XCTAssertEqual(reply["cols"], MessageValue(cols), context)
                     }
                 }
