@@ -33,6 +33,13 @@ public struct Trace {
                     throw TraceError(.badRequest, field: field + ".prompt", "could not tokenize the prompt: \(error)")
                 }
             }
+            // Token ids sent as a tensor ([n] or [1, n]; an i32/i64 tensor arrives as whole floats).
+            if let tensor = tokensValue?.tensorValue {
+                guard tensor.rank == 1 || (tensor.rank == 2 && tensor.shape[0] == 1) else {
+                    throw TraceError(.badRequest, field: field + ".tokens", "a tokens tensor has shape [n] or [1, n], got \(tensor.shape)")
+                }
+                tokensValue = .array(tensor.toArray().map { $0.rounded() == $0 && abs($0) < 1e9 ? .int(Int($0)) : .double(Double($0)) })
+            }
             guard let list = tokensValue?.arrayValue else {
                 throw TraceError(.badRequest, field: field, "an invocation is {tokens: [ids]} or {prompt: text}")
             }

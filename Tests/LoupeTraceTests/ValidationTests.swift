@@ -218,6 +218,11 @@ final class ValidationTests: XCTestCase {
         ]
         let trace = try Trace(value, tokenize: { text in text.unicodeScalars.map { Int($0.value) } })
         XCTAssertEqual(trace.invocations, [[97, 98, 99], [5, 17, 300]])
+        let tensorTokens = try Trace(["invokes": [["tokens": .tensor(Tensor(shape: [1, 3], values: [5, 17, 300]))]], "nodes": []])
+        XCTAssertEqual(tensorTokens.invocations, [[5, 17, 300]])
+        XCTAssertThrowsError(try Trace(["invokes": [["tokens": [5, 1.5]]], "nodes": []])) { error in
+            XCTAssertEqual((error as? TraceError)?.field, "invokes.0.tokens.1")
+        }
         let result = try runner().run(trace)
         XCTAssertEqual(result.names, ["h"])
         XCTAssertEqual(result["h"]?.shape, [4])
