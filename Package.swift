@@ -62,7 +62,7 @@ let package = Package(
 
         .executableTarget(
             name: "loupe-bench",
-            dependencies: ["LoupeModels", "LoupeSweeps", "GPT2", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["LoupeModels", "LoupeSweeps", "LoupeTrace", "GPT2", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "LoupeTensorTests", dependencies: ["LoupeTensor"]),
         .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeFormats"]),

@@ -5,6 +5,7 @@ import Llama
 import LoupeModels
 import LoupeSweeps
 import LoupeTensor
+import LoupeTrace
 
 /// Benchmarks of the engine. Every figure is printed with the baseline it is divided by,
 /// measured in the same run: the forward pass against sgemm alone on the same matrix
@@ -98,6 +99,59 @@ struct EngineBenchmark: ParsableCommand {
             }
             print(line)
         }
+        try benchmarkBatchedCellTrace(loaded.model, clean: clean, corrupted: corrupted, answer: answer, wrong: wrong,
+                                      nnsight: nnsight?["residual_s"])
+    }
+
+    /// The tutorial's batched residual cell (clean, corrupted, one invocation per layer and
+    /// position) sent as a general trace, against the sweep engine's matrix and nnsight's time.
+    func benchmarkBatchedCellTrace(_ model: any LanguageModel, clean: [Int], corrupted: [Int], answer: Int, wrong: Int,
+                                   nnsight: Double?) throws {
+        var nodes: [TraceValue] = []
+        func add(_ op: String, _ fields: [String: TraceValue]) -> TraceValue {
+            nodes.append(.map(fields.merging(["id": .int(nodes.count), "op": .string(op)]) { $1 }))
+            return .ref(nodes.count - 1)
+        }
+        let all: TraceValue = ["slice": [nil, nil, nil]]
+        func logitDifference(_ invoke: Int) -> TraceValue {
+            let logits = add("get", ["site": "lm_head", "io": "output", "invoke": .int(invoke)])
+            return add("sub", ["x": add("index", ["x": logits, "key": [0, -1, .int(answer)]]),
+                               "y": add("index", ["x": logits, "key": [0, -1, .int(wrong)]])])
+        }
+        let layers = model.dimensions.layers
+        let block = { (layer: Int) in model.architecture == "gpt2" ? "transformer.h.\(layer)" : "model.layers.\(layer)" }
+        let item: [String: TraceValue] = model.architecture == "gpt2" ? ["item": 0] : [:]
+        let cleanHidden = (0..<layers).map { add("get", ["site": .string(block($0)), "io": "output", "invoke": 0].merging(item) { $1 }) }
+        let cleanValue = logitDifference(0), corruptedValue = logitDifference(1)
+        var invocations = [clean, corrupted]
+        for layer in 0..<layers {
+            for position in 0..<clean.count {
+                let invoke = invocations.count
+                invocations.append(corrupted)
+                let hidden = add("get", ["site": .string(block(layer)), "io": "output", "invoke": .int(invoke)].merging(item) { $1 })
+                _ = add("setindex", ["x": hidden, "key": [all, .int(position), all],
+                                     "value": add("index", ["x": cleanHidden[layer], "key": [all, .int(position), all]])])
+                let normalized = add("div", ["x": add("sub", ["x": logitDifference(invoke), "y": corruptedValue]),
+                                             "y": add("sub", ["x": cleanValue, "y": corruptedValue])])
+                _ = add("save", ["x": normalized, "name": .string("\(layer),\(position)")])
+            }
+        }
+        let runner = try TraceRunner(model: model)
+        let compiled = try runner.compile(Trace(invocations: invocations, nodes: nodes))
+        var result: TraceResult?
+        let seconds = median(max(1, repeats / 3)) { result = try! runner.run(compiled) }
+        let sweep = try PatchingSweep(model: model).run(SweepRequest(clean: clean, corrupted: corrupted, kind: .residual,
+                                                                     metric: .logitDifference(answer: answer, wrong: wrong)))
+        var worst: Float = 0
+        for layer in 0..<layers {
+            for position in 0..<clean.count {
+                worst = max(worst, abs((result!.saved["\(layer),\(position)"]?.toArray().first ?? .nan) - sweep.values[layer][position]))
+            }
+        }
+        var line = String(format: "the batched residual cell as a trace (%d invocations): %.2f s, %d token-layers; max |trace - sweep| %.1e",
+                          invocations.count, seconds, result!.tokenLayers, worst)
+        if let nnsight { line += String(format: "; nnsight %.2f s (%.1fx)", nnsight, nnsight / seconds) }
+        print(line)
     }
 
     /// The seed's IOI pair in the model's tokenizer, or GPT-2's ids for a model without one.
