@@ -92,10 +92,13 @@ struct EngineBenchmark: ParsableCommand {
             var line = String(format: "%@ sweep %dx%d: %.3f s; plain batched pass %.2f s (%.1fx); token-layers %d vs %d (%.1fx fewer); max |difference| %.1e",
                               kind.rawValue, result!.values.count, result!.values[0].count, seconds, plain.seconds, plain.seconds / seconds,
                               result!.tokenLayers, result!.plainTokenLayers, Double(result!.plainTokenLayers) / Double(result!.tokenLayers), worst)
-            if let reference = nnsight?[kind == .residual ? "residual_s" : "heads_s"] {
-                line += String(format: "; nnsight %.2f s (%.1fx)", reference, reference / seconds)
-            } else {
-                line += "; nnsight: not installed"
+            // nnsight times the tutorial's two cells; head_positions has no tutorial cell.
+            if kind != .headPositions {
+                if let reference = nnsight?[kind == .residual ? "residual_s" : "heads_s"] {
+                    line += String(format: "; nnsight %.2f s (%.1fx)", reference, reference / seconds)
+                } else {
+                    line += "; nnsight: not installed"
+                }
             }
             print(line)
         }
