@@ -11,10 +11,13 @@ swift build --build-tests || exit 1
 log=$(mktemp)
 swift test --skip-build 2>&1 | tee "$log"
 swift_status=${PIPESTATUS[0]}
-# XCTest's closing line for all suites: "Executed N tests, with M failures ..."
-summary=$(grep -E "^\s*Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1)
+# XCTest's closing line for all suites: "Executed N tests, with M failures ..." or, when
+# some were skipped, "Executed N tests, with S tests skipped and M failures ..."
+summary=$(grep -E "^\s*Executed [0-9]+ tests?, with ([0-9]+ tests? skipped and )?[0-9]+ failures?" "$log" | tail -1)
 executed=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
-failed=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
+failed=$(echo "$summary" | sed -E 's/.* ([0-9]+) failures?.*/\1/')
+skipped=$(echo "$summary" | sed -nE 's/.*with ([0-9]+) tests? skipped.*/\1/p')
+executed=$((executed - ${skipped:-0}))
 rm -f "$log"
 if [ -z "$summary" ]; then echo "swift test printed no summary" >&2; exit 1; fi
 
