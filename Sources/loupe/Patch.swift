@@ -23,13 +23,16 @@ struct Patch: ParsableCommand {
         discussion: "Runs the tutorial's activation-patching sweep on the daemon. With --json prints one object: clean_logit_diff, corrupted_logit_diff, rows, cols, values (rows = layers), seconds.")
     @OptionGroup var client: ClientOptions
     @OptionGroup var patch: PatchOptions
-    @Option(help: "What to patch: resid (the residual stream per layer and position) or heads (each attention head).") var site = "resid"
+    @Option(help: "What to patch: resid (the residual stream per layer and position), heads (each attention head at every position) or head-positions (each head at each position).") var site = "resid"
+
+    static let kinds = ["resid": "residual", "residual": "residual", "heads": "heads",
+                        "head-positions": "head_positions", "head_positions": "head_positions"]
 
     func validate() throws {
-        guard ["resid", "residual", "heads"].contains(site) else { throw ValidationError("--site is resid or heads, not '\(site)'") }
+        guard Self.kinds[site] != nil else { throw ValidationError("--site is resid, heads or head-positions, not '\(site)'") }
     }
 
-    func run() throws { try PatchRun(client: client, options: patch, kind: site == "heads" ? "heads" : "residual").run() }
+    func run() throws { try PatchRun(client: client, options: patch, kind: Self.kinds[site]!).run() }
 }
 
 struct Heads: ParsableCommand {
@@ -50,7 +53,7 @@ struct PatchRun {
     func run() throws {
         var standardError = FileHandle.standardError
         let fields = try request()
-        let progress = ProgressBar(enabled: isatty(STDERR_FILENO) != 0, label: kind == "heads" ? "patching heads" : "patching the residual stream")
+        let progress = ProgressBar(enabled: isatty(STDERR_FILENO) != 0, label: kind == "residual" ? "patching the residual stream" : "patching heads")
         let reply: MessageValue
         do {
             let connection = try WireClient(endpoint: client.endpoint, timeout: client.timeout)
@@ -78,17 +81,17 @@ struct PatchRun {
             print(object.jsonText(pretty: false))
         }
 
-        let what = kind == "heads" ? "Attention Heads" : "Residual Stream"
+        let what = ["residual": "Residual Stream", "heads": "Attention Heads", "head_positions": "Attention Heads by Position"][kind] ?? kind
         let heatmap = Heatmap(
             title: options.title ?? "Patching \(options.name) \(what) on the IOI task",
             rowLabels: rows, columnLabels: cols, values: values,
             rowAxis: reply["row_axis"]?.stringValue ?? "Layer",
-            columnAxis: reply["col_axis"]?.stringValue ?? (kind == "heads" ? "Head" : "Position"),
+            columnAxis: reply["col_axis"]?.stringValue ?? (kind == "residual" ? "Position" : "Head"),
             colorAxis: options.raw ? "Logit Diff" : "Norm. Logit Diff")
         let summary = [String(format: "Clean logit difference: %.3f", clean),
                        String(format: "Corrupted logit difference: %.3f", corrupted)]
         let work = String(format: "%d layers x %d %@ in %.2f s (%@ token-layers computed; the batched trace computes %@)",
-                          rows.count, cols.count, kind == "heads" ? "heads" : "positions", seconds,
+                          rows.count, cols.count, ["residual": "positions", "heads": "heads"][kind] ?? "head-positions", seconds,
                           grouped(reply["token_layers"]?.intValue ?? 0), grouped(reply["plain_token_layers"]?.intValue ?? 0))
         if !client.json {
             summary.forEach { print($0) }
