@@ -64,16 +64,18 @@ let package = Package(
             name: "loupe-bench",
             dependencies: ["LoupeModels", "LoupeSweeps", "LoupeTrace", "GPT2", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
-        .testTarget(name: "LoupeTensorTests", dependencies: ["LoupeTensor"]),
-        .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeFormats"]),
+        // Fixture paths, the plugin registry and comparisons every test target shares.
+        .target(name: "LoupeTestSupport", dependencies: ["LoupeModels", "GPT2", "Llama"], path: "Tests/LoupeTestSupport"),
+        .testTarget(name: "LoupeTensorTests", dependencies: ["LoupeTensor", "LoupeTestSupport"]),
+        .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeTestSupport", "LoupeFormats"]),
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
-        .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeModels", "GPT2", "Llama"]),
-        .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeSweeps", "LoupeModels", "GPT2", "Llama"]),
-        .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "LoupeSweeps", "GPT2", "Llama"]),
-        .testTarget(name: "LoupeWireTests", dependencies: ["LoupeWire", "LoupeTensor"]),
+        .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeTestSupport", "LoupeModels", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeTestSupport", "LoupeSweeps", "LoupeModels", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTestSupport", "LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "LoupeSweeps", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeWireTests", dependencies: ["LoupeTestSupport", "LoupeWire", "LoupeTensor"]),
         .testTarget(
             name: "LoupeDaemonTests",
-            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "Interventions", "GPT2", "Llama", "CZMQ", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["LoupeTestSupport", "LoupeTestSupport", "LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "Interventions", "GPT2", "Llama", "CZMQ", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,6 +1,7 @@
 import CZMQ
 import Foundation
 import LoupeWire
+import LoupeTestSupport
 import XCTest
 
 /// Garbage on the wire: every message gets exactly one reply, and the daemon keeps serving.
@@ -12,7 +13,7 @@ final class HostileClientTests: XCTestCase {
         try socket.setOption(ZMQ_RCVTIMEO, Int32(10_000))
         try socket.connect(live.endpoint)
 
-        var random = SeededRandom(seed: 7)
+        var random = SeededGenerator(seed: 7)
         let valid = MessageEncoder.encode(["id": 1, "op": "hello", "protocol": 2, "client": "fuzz", "extra": [1, 2.5, ["k": .binary([1, 2])]]])
         var sent = 0
         for round in 0..<3000 {
@@ -43,18 +44,5 @@ final class HostileClientTests: XCTestCase {
         XCTAssertEqual(replies, sent, "one reply per message")
         XCTAssertTrue(codes.isSubset(of: Set(ErrorCode.allCases.map(\.rawValue))), "\(codes)")
         XCTAssertEqual(try live.call("hello")["server"], "loupe")
-    }
-}
-
-/// A small seeded generator, so a failure can be replayed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

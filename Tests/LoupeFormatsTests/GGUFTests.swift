@@ -1,6 +1,7 @@
 import Foundation
 import LoupeFormats
 import LoupeTensor
+import LoupeTestSupport
 import XCTest
 
 final class GGUFTests: XCTestCase {
@@ -245,7 +246,7 @@ final class GGUFTests: XCTestCase {
     func testRandomCorruptionNeverCrashes() throws {
         let original = try [UInt8](Data(contentsOf: URL(fileURLWithPath: v3)))
         let directory = try makeTemporaryDirectory(self)
-        var generator = SplitMix64(seed: 7)
+        var generator = SeededGenerator(seed: 7)
         for round in 0..<300 {
             var bytes = original
             // Corrupt a few bytes, mostly in the header and tables where the structure lives.

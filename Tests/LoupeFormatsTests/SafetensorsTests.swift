@@ -1,6 +1,7 @@
 import Foundation
 import LoupeFormats
 import LoupeTensor
+import LoupeTestSupport
 import XCTest
 
 final class SafetensorsTests: XCTestCase {
@@ -166,7 +167,7 @@ final class SafetensorsTests: XCTestCase {
     func testCorruptFilesNeverCrash() throws {
         let original = try [UInt8](Data(contentsOf: URL(fileURLWithPath: tiny)))
         let directory = try makeTemporaryDirectory(self)
-        var generator = SplitMix64(seed: 11)
+        var generator = SeededGenerator(seed: 11)
         for round in 0..<300 {
             var bytes = original
             for _ in 0..<(1 + Int(generator.next() % 3)) {

@@ -1,6 +1,7 @@
 import Foundation
 import LoupeModels
 import LoupeTensor
+import LoupeTestSupport
 import XCTest
 
 /// A pass that continues from cached keys and values computes exactly what the full pass

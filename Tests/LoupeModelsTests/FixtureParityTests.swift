@@ -2,6 +2,7 @@ import Foundation
 import LoupeFormats
 import LoupeModels
 import LoupeTensor
+import LoupeTestSupport
 import XCTest
 
 /// Tiny seeded-random GPT-2 and Llama models against HF transformers' outputs on the same

@@ -1,6 +1,7 @@
 import Foundation
 import LoupeModels
 import LoupeTensor
+import LoupeTestSupport
 import XCTest
 
 /// A hook that applies a closure at one site.

@@ -1,6 +1,7 @@
 import Foundation
 import LoupeFormats
 import LoupeModels
+import LoupeTestSupport
 import XCTest
 
 /// A checkpoint that cannot run gets a typed error naming the file and the tensor or key.

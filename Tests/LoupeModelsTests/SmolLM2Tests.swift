@@ -1,6 +1,7 @@
 import Foundation
 import LoupeModels
 import LoupeTensor
+import LoupeTestSupport
 import XCTest
 
 /// The real SmolLM2-135M (GGUF Q4_1, dequantized to float32) against HF transformers on

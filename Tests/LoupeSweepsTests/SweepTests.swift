@@ -6,16 +6,10 @@ import LoupeSweeps
 import LoupeTensor
 import XCTest
 
-let registry: ArchitectureRegistry = {
-    let registry = ArchitectureRegistry()
-    registry.register(GPT2Architecture.self)
-    registry.register(LlamaArchitecture.self)
-    return registry
-}()
+import LoupeTestSupport
 
-let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .appendingPathComponent("Fixtures").path
-let models = ProcessInfo.processInfo.environment["LOUPE_MODELS"] ?? (NSHomeDirectory() + "/.cache/loupe/models")
+let registry = testRegistry
+let fixtures = fixturesDirectory
 
 /// Every sweep against the plain path (`runPlain`): each patched cell as its own invocation
 /// of one full batched forward pass, the metric read from the full logits.
@@ -97,8 +91,7 @@ final class SweepTests: XCTestCase {
     /// The tutorial's two experiments on SmolLM2, on a sample of layers (the plain path is
     /// slow in a debug build): every sampled cell as its own full invocation.
     func testSmolLM2TutorialSweepsMatchThePlainPath() throws {
-        let path = models + "/SmolLM2-135M-Instruct.Q4_1.gguf"
-        guard FileManager.default.fileExists(atPath: path) else { return XCTFail("\(path) is missing: run scripts/fetch-models.sh") }
+        let path = try fetchedModel("SmolLM2-135M-Instruct.Q4_1.gguf")
         let loaded = try LoadedModel.load(path, registry: registry)
         let tokenizer = try XCTUnwrap(loaded.tokenizer)
         let clean = tokenizer.encode("After John and Mary went to the store, Mary gave a bottle of milk to")
@@ -126,8 +119,7 @@ final class NNsightParityTests: XCTestCase {
     }
 
     func testEveryCellMatchesNNsight() throws {
-        let path = models + "/SmolLM2-135M-Instruct.Q4_1.gguf"
-        guard FileManager.default.fileExists(atPath: path) else { return XCTFail("\(path) is missing: run scripts/fetch-models.sh") }
+        let path = try fetchedModel("SmolLM2-135M-Instruct.Q4_1.gguf")
         let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: URL(fileURLWithPath: fixtures + "/sweeps/smollm2-ioi-nnsight.json")))
         let loaded = try LoadedModel.load(path, registry: registry)
         let tokenizer = try XCTUnwrap(loaded.tokenizer)

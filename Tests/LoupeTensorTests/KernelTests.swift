@@ -1,5 +1,6 @@
 import Foundation
 import LoupeTensor
+import LoupeTestSupport
 import XCTest
 
 /// Each kernel against a plain, obviously-correct loop in Double.
@@ -192,18 +193,5 @@ final class KernelTests: XCTestCase {
                 XCTAssertEqual(zPartial.select(axis: 0, b * queries + i).toArray(), z.select(axis: 0, b * keys + keys - queries + i).toArray())
             }
         }
-    }
-}
-
-/// A small deterministic generator (SplitMix64) so test inputs never change.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,6 +1,7 @@
 import LoupeModels
 import LoupeTensor
 import LoupeTrace
+import LoupeTestSupport
 import XCTest
 
 /// Each built-in intervention, run in a batched trace, against a hand-written hook doing

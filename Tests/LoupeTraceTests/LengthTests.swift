@@ -2,6 +2,7 @@ import Foundation
 import LoupeModels
 import LoupeTensor
 import LoupeTrace
+import LoupeTestSupport
 import XCTest
 
 /// Invocations of different lengths in one batch give each one's numbers alone.

@@ -1,6 +1,7 @@
 import LoupeModels
 import LoupeTensor
 import LoupeTrace
+import LoupeTestSupport
 import XCTest
 
 /// The trace language's ops on constants, against values numpy computes for the same

@@ -3,6 +3,7 @@ import LoupeModels
 import LoupeSweeps
 import LoupeTensor
 import LoupeTrace
+import LoupeTestSupport
 import XCTest
 
 /// The tutorial's experiments written as traces, checked against the plain engine with

@@ -1,6 +1,7 @@
 import LoupeModels
 import LoupeTensor
 import LoupeTrace
+import LoupeTestSupport
 import XCTest
 
 /// Every validation error, before any compute, with the protocol's code and the node at fault.

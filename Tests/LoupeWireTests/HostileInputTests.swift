@@ -1,3 +1,4 @@
+import LoupeTestSupport
 import XCTest
 @testable import LoupeWire
 
@@ -58,7 +59,7 @@ final class HostileInputTests: XCTestCase {
 
     /// Random bytes and random corruptions of a real message: any outcome but a crash.
     func testRandomBytesNeverCrash() {
-        var generator = SplitMix(seed: 42)
+        var generator = SeededGenerator(seed: 42)
         let valid = MessageEncoder.encode(["id": 1, "op": "forward", "prompts": ["After John and Mary"], "top_k": 5,
                                            "nested": [["a": .binary([1, 2, 3])], 1.5, -7]])
         for round in 0..<20_000 {
@@ -74,18 +75,5 @@ final class HostileInputTests: XCTestCase {
             }
             _ = try? MessageDecoder.decode(bytes)
         }
-    }
-}
-
-/// A small seeded generator, so a failure can be replayed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,0 +1,64 @@
+import Foundation
+import GPT2
+import Llama
+import LoupeModels
+import LoupeTensor
+import XCTest
+
+// What the test targets share: where the fixtures and fetched models are, the plugin
+// registry, a seeded generator and tensor comparisons.
+
+/// Both architecture plugins, registered as the daemon does.
+public let testRegistry: ArchitectureRegistry = {
+    let registry = ArchitectureRegistry()
+    registry.register(GPT2Architecture.self)
+    registry.register(LlamaArchitecture.self)
+    return registry
+}()
+
+/// Tests/Fixtures.
+public let fixturesDirectory = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures").path
+
+/// The directory scripts/fetch-models.sh fills; the test command runs it first.
+public let modelsDirectory: String = ProcessInfo.processInfo.environment["LOUPE_MODELS"]
+    ?? (NSHomeDirectory() + "/.cache/loupe/models")
+
+/// A file fetched by scripts/fetch-models.sh; fails the test (never skips) when it is absent.
+public func fetchedModel(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+    let path = modelsDirectory + "/" + name
+    guard FileManager.default.fileExists(atPath: path) else {
+        XCTFail("\(path) is missing: run scripts/fetch-models.sh (the README's test command does)", file: file, line: line)
+        throw CocoaError(.fileNoSuchFile)
+    }
+    return path
+}
+
+/// SplitMix64: a small deterministic generator, so random inputs are the same every run
+/// and a failure can be replayed.
+public struct SeededGenerator: RandomNumberGenerator {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Largest |a - b| over two tensors of the same shape.
+public func maxDifference(_ a: Tensor, _ b: Tensor, file: StaticString = #filePath, line: UInt = #line) -> Float {
+    XCTAssertEqual(a.shape, b.shape, "shapes differ", file: file, line: line)
+    guard a.shape == b.shape else { return .infinity }
+    return zip(a.toArray(), b.toArray()).reduce(0) { max($0, abs($1.0 - $1.1)) }
+}
+
+/// Fails unless `actual` exists and is within `tolerance` of `expected` everywhere.
+public func assertClose(_ actual: Tensor?, _ expected: Tensor, tolerance: Float = 1e-4, _ what: String,
+                        file: StaticString = #filePath, line: UInt = #line) {
+    guard let actual else { return XCTFail("\(what): missing", file: file, line: line) }
+    let difference = maxDifference(actual, expected, file: file, line: line)
+    XCTAssertLessThanOrEqual(difference, tolerance, "\(what): max |difference| \(difference)", file: file, line: line)
+}
