@@ -16,8 +16,7 @@ extension ServerLoop {
         enqueue(job, on: instance) { control in
             if control.isCancelled { throw ProtocolError(.cancelled, "the job was cancelled") }
             let check: CancellationCheck = { control.isCancelled }
-            let model = CancellableModel(loaded.model, cancelled: check)
-            let result = try PatchingSweep(model: model).run(spec.request, progress: { done, _ in
+            let result = try PatchingSweep(model: loaded.model).run(spec.request, progress: { done, _ in
                 control.setDone(done)
                 if control.shouldReport(every: interval) { inbox.post { loop in loop.reportProgress(jobID) } }
             }, cancelled: check)

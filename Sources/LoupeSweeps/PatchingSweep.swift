@@ -90,7 +90,8 @@ public struct PatchingSweep {
 
     public init(model: any LanguageModel) { self.model = model }
 
-    /// `progress` is called with (layers done, layers) as the sweep advances.
+    /// `progress` is called with (layers done, layers) as the sweep advances; `cancelled` is
+    /// checked before every layer.
     public func run(_ request: SweepRequest, progress: ((Int, Int) -> Void)? = nil,
                     cancelled: CancellationCheck? = nil) throws -> SweepResult {
         let start = Date()
@@ -199,6 +200,7 @@ public struct PatchingSweep {
             let patches = HeadPatches(site: Site("blocks.\(layer).attn.z", .output), runs: Array(active[firstJoining...]), firstRow: firstJoining)
             let pass = ForwardPass(continuing: cache, starts: active.map(\.start),
                                    hooks: patches.isEmpty ? nil : patches, cancelled: cancelled)
+            try pass.checkCancelled()
             hidden = try model.layer(layer, hidden, pass)
             tokenLayers += pass.computedRows
             progress(layer + 1)

@@ -143,3 +143,18 @@ final class NNsightParityTests: XCTestCase {
         }
     }
 }
+
+/// A cancelled sweep stops before its next layer.
+final class SweepCancellationTests: XCTestCase {
+    func testCancellationIsCheckedBeforeEveryLayer() throws {
+        let model = try LoadedModel.load(fixturesDirectory + "/models/llama-tiny", registry: testRegistry).model
+        let request = SweepRequest(clean: [5, 17, 300, 42, 8, 99], corrupted: [5, 17, 300, 7, 8, 99], kind: .heads,
+                                   metric: .logitDifference(answer: 3, wrong: 11))
+        nonisolated(unsafe) var layersDone = 0
+        XCTAssertThrowsError(try PatchingSweep(model: model).run(request, progress: { done, _ in layersDone = done },
+                                                                cancelled: { layersDone >= 1 })) {
+            XCTAssertEqual($0 as? ModelError, .cancelled)
+        }
+        XCTAssertEqual(layersDone, 1, "the sweep stopped right after the layer during which it was cancelled")
+    }
+}
