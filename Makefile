@@ -10,11 +10,14 @@ test:
 bench:
 	scripts/bench.sh
 
-# Regenerates the committed golden files (needs torch and transformers: a developer machine).
+# Regenerates the committed golden files (needs torch, transformers and nnsight: a developer
+# machine, see README.md).
 fixtures:
 	python3 scripts/make_format_fixtures.py
 	python3 scripts/make_tokenizer_fixtures.py
 	python3 scripts/make_model_fixtures.py
+	python3 scripts/nnsight_reference.py
+	python3 scripts/make_protocol_vectors.py
 
 # The daemon over loopback: round trips against a pyzmq echo, throughput, warm turnaround.
 .PHONY: bench-daemon
