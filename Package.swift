@@ -75,7 +75,7 @@ let package = Package(
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeTestSupport", "LoupeWire", "LoupeTensor"]),
         .testTarget(
             name: "LoupeDaemonTests",
-            dependencies: ["LoupeTestSupport", "LoupeTestSupport", "LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "Interventions", "GPT2", "Llama", "CZMQ", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["LoupeTestSupport", "LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "Interventions", "GPT2", "Llama", "CZMQ", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )
