@@ -80,14 +80,16 @@ public struct ForwardPass {
     public func attentionInputs(layer: Int, keys: Tensor, values: Tensor) -> (keys: Tensor, values: Tensor) {
         var result = (keys: keys, values: values)
         if let prefix {
-            result = (assemble(prefix.cache.keys[layer]!, keys, cacheRow: prefix.row, cached: prefix.cache.positions),
-                      assemble(prefix.cache.values[layer]!, values, cacheRow: prefix.row, cached: prefix.cache.positions))
+            result = (assemble(prefix.cache.keys[layer]!, keys, cacheRow: prefix.row, cachedPerRow: prefix.cache.positions),
+                      assemble(prefix.cache.values[layer]!, values, cacheRow: prefix.row, cachedPerRow: prefix.cache.positions))
         }
         recorder?.store(layer: layer, keys: result.keys, values: result.values, rows: rows)
         return result
     }
 
-    private func assemble(_ cached: Tensor, _ computed: Tensor, cacheRow: Int, cached cachedPerRow: Int) -> Tensor {
+    /// For each row: the first positions of cached row `cacheRow` (which holds
+    /// `cachedPerRow` positions), then the row's computed positions.
+    private func assemble(_ cached: Tensor, _ computed: Tensor, cacheRow: Int, cachedPerRow: Int) -> Tensor {
         let width = computed.columnCount
         let out = Tensor(zeros: [rows * keyCount, width])
         var computedRow = 0
