@@ -18,29 +18,15 @@ final class SmolLM2HeadPatchTests: XCTestCase {
         let expected = golden["values"] as! [[Double]]
         let (layers, heads) = (runner.model.dimensions.layers, runner.model.dimensions.heads)
 
-        var b = TraceBuilder()
-        let cleanDiff = b.logitDiff(b.get("lm_head", invoke: 0), ids[0], ids[1])
-        let corruptedDiff = b.logitDiff(b.get("lm_head", invoke: 1), ids[0], ids[1])
-        b.save(cleanDiff, "clean")
-        b.save(corruptedDiff, "corrupted")
-        var invocations = [clean, corrupted]
-        for layer in 0..<layers {
-            for head in 0..<heads {
-                let invoke = invocations.count
-                invocations.append(corrupted)
-                b.add("intervene", ["name": "head_patch", "invoke": .int(invoke),
-                                    "params": ["source": 0, "layer": .int(layer), "head": .int(head)]])
-                let patched = b.logitDiff(b.get("lm_head", invoke: invoke), ids[0], ids[1])
-                b.save(b.div(b.sub(patched, corruptedDiff), b.sub(cleanDiff, corruptedDiff)), "\(layer),\(head)")
-            }
-        }
-        let result = try runner.run(b.trace(invocations))
+        let trace = tutorialHeadPatchingTrace(clean: clean, corrupted: corrupted, correct: ids[0], wrong: ids[1], layers: layers,
+                                              heads: heads, gpt2: false, viaPlugin: true)
+        let result = try runner.run(trace)
         XCTAssertEqual(Double(scalar(result["clean"])), golden["clean_logit_diff"] as! Double, accuracy: 2e-3)
         XCTAssertEqual(Double(scalar(result["corrupted"])), golden["corrupted_logit_diff"] as! Double, accuracy: 2e-3)
         var worst = 0.0
         for layer in 0..<layers {
             for head in 0..<heads {
-                worst = max(worst, abs(Double(scalar(result["\(layer),\(head)"])) - expected[layer][head]))
+                worst = max(worst, abs(Double(scalar(result["h\(layer)_\(head)"])) - expected[layer][head]))
             }
         }
         XCTAssertLessThanOrEqual(worst, 1e-3, "largest difference from nnsight")

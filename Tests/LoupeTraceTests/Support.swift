@@ -80,3 +80,44 @@ let all: TraceValue = ["slice": [nil, nil, nil]]
 
 /// A scalar tensor's value.
 func scalar(_ t: Tensor?) -> Float { t?.toArray().first ?? .nan }
+
+/// The tutorial's head-patching cell (22) as one trace: clean and corrupted runs, then per
+/// layer and head a corrupted run whose o_proj input is rearranged into heads, has one head
+/// replaced from the clean run and is rearranged back (or the same through `head_patch`).
+/// Saves "clean", "corrupted" and the normalized logit difference "hL_H" of every cell.
+func tutorialHeadPatchingTrace(clean: [Int], corrupted: [Int], correct: Int, wrong: Int, layers headLayers: Int,
+                               heads: Int, gpt2: Bool, viaPlugin: Bool) -> Trace {
+    let oProj = { (layer: Int) in gpt2 ? "transformer.h.\(layer).attn.c_proj" : "model.layers.\(layer).self_attn.o_proj" }
+    var b = TraceBuilder()
+    var cleanHeads = [[TraceValue]]()
+    for layer in 0..<headLayers {
+        let z = b.get(oProj(layer), io: "input", invoke: 0)
+        let reshaped = b.add("split_heads", ["x": z, "heads": .int(heads)])
+        cleanHeads.append((0..<heads).map { b.index(reshaped, [all, all, .int($0), all]) })
+    }
+    let cleanDiff = b.logitDiff(b.get("lm_head", invoke: 0), correct, wrong)
+    b.save(cleanDiff, "clean")
+    let corruptedDiff = b.logitDiff(b.get("lm_head", invoke: 1), correct, wrong)
+    b.save(corruptedDiff, "corrupted")
+    var invocations = [clean, corrupted]
+    for layer in 0..<headLayers {
+        for head in 0..<heads {
+            let invoke = invocations.count
+            invocations.append(corrupted)
+            if viaPlugin {
+                b.add("intervene", ["name": "head_patch", "invoke": .int(invoke),
+                                    "params": ["source": 0, "layer": .int(layer), "head": .int(head)]])
+            } else {
+                let site = oProj(layer)
+                let z = b.get(site, io: "input", invoke: invoke)
+                let reshaped = b.add("split_heads", ["x": z, "heads": .int(heads)])
+                b.add("setindex", ["x": reshaped, "key": [all, all, .int(head), all], "value": cleanHeads[layer][head]])
+                let merged = b.add("merge_heads", ["x": reshaped])
+                b.add("set", ["site": .string(site), "io": "input", "invoke": .int(invoke), "value": merged])
+            }
+            let patched = b.logitDiff(b.get("lm_head", invoke: invoke), correct, wrong)
+            b.save(b.div(b.sub(patched, corruptedDiff), b.sub(cleanDiff, corruptedDiff)), "h\(layer)_\(head)")
+        }
+    }
+    return b.trace(invocations)
+}

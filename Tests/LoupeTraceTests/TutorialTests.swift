@@ -121,42 +121,10 @@ final class TutorialTests: XCTestCase {
 
     let headLayers = 2, heads = 4
 
-    /// The tutorial's cell: o_proj input rearranged into heads, one head replaced from the
-    /// clean run, rearranged back and written as the input.
+    /// The tutorial's head-patching cell on the first `headLayers` layers of a fixture.
     func headPatchingTrace(viaPlugin: Bool, model: String = "llama-tiny") -> Trace {
-        let oProj = { (layer: Int) in model.hasPrefix("gpt2") ? "transformer.h.\(layer).attn.c_proj" : "model.layers.\(layer).self_attn.o_proj" }
-        var b = TraceBuilder()
-        var cleanHeads = [[TraceValue]]()
-        for layer in 0..<headLayers {
-            let z = b.get(oProj(layer), io: "input", invoke: 0)
-            let reshaped = b.add("split_heads", ["x": z, "heads": .int(heads)])
-            cleanHeads.append((0..<heads).map { b.index(reshaped, [all, all, .int($0), all]) })
-        }
-        let cleanDiff = b.logitDiff(b.get("lm_head", invoke: 0), correct, wrong)
-        b.save(cleanDiff, "clean")
-        let corruptedDiff = b.logitDiff(b.get("lm_head", invoke: 1), correct, wrong)
-        b.save(corruptedDiff, "corrupted")
-        var invocations = [clean, corrupted]
-        for layer in 0..<headLayers {
-            for head in 0..<heads {
-                let invoke = invocations.count
-                invocations.append(corrupted)
-                if viaPlugin {
-                    b.add("intervene", ["name": "head_patch", "invoke": .int(invoke),
-                                        "params": ["source": 0, "layer": .int(layer), "head": .int(head)]])
-                } else {
-                    let site = oProj(layer)
-                    let z = b.get(site, io: "input", invoke: invoke)
-                    let reshaped = b.add("split_heads", ["x": z, "heads": .int(heads)])
-                    b.add("setindex", ["x": reshaped, "key": [all, all, .int(head), all], "value": cleanHeads[layer][head]])
-                    let merged = b.add("merge_heads", ["x": reshaped])
-                    b.add("set", ["site": .string(site), "io": "input", "invoke": .int(invoke), "value": merged])
-                }
-                let patched = b.logitDiff(b.get("lm_head", invoke: invoke), correct, wrong)
-                b.save(b.div(b.sub(patched, corruptedDiff), b.sub(cleanDiff, corruptedDiff)), "h\(layer)_\(head)")
-            }
-        }
-        return b.trace(invocations)
+        tutorialHeadPatchingTrace(clean: clean, corrupted: corrupted, correct: correct, wrong: wrong, layers: headLayers,
+                                  heads: heads, gpt2: model.hasPrefix("gpt2"), viaPlugin: viaPlugin)
     }
 
     func testHeadPatchingByRearrangingEqualsHeadPatchPluginAndPlainHooks() throws {
