@@ -12,4 +12,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -c "import zmq, msgpack, numpy" 2>/dev/null || python3 -m pip install --quiet pyzmq msgpack numpy
+# Heatmaps (loupe.plot): plotly draws them; kaleido 0.2.1 brings its own headless Chromium to
+# write SVG and PNG (kaleido 1.x would need a separate Chrome).
+python3 -c "import plotly, kaleido.scopes.plotly" 2>/dev/null || python3 -m pip install --quiet plotly "kaleido==0.2.1"
 "$(dirname "$0")/fetch-models.sh" >/dev/null
