@@ -35,6 +35,7 @@ public final class Daemon: Sendable {
     /// endpoint gets its port). Throws when the endpoint cannot be bound.
     @discardableResult
     public func start() throws -> String {
+        try ServerAccess.check(configuration, logger: logger)
         try Self.checkNoDaemon(at: configuration.endpoint)
         let ready = DispatchSemaphore(value: 0)
         let bindResult = Mutex<Result<String, ZMQError>?>(nil)
@@ -133,10 +134,14 @@ private struct SignalSource: @unchecked Sendable {
 
 public enum DaemonError: Error, CustomStringConvertible {
     case endpointInUse(String)
+    /// A non-loopback endpoint without CURVE keys or `insecure`.
+    case reachableWithoutCurve(String)
 
     public var description: String {
         switch self {
         case .endpointInUse(let endpoint): return "a Loupe daemon is already serving at \(endpoint)"
+        case .reachableWithoutCurve(let endpoint):
+            return "\(endpoint) can be reached from other machines: give --curve-secret-key and --allow-keys (make keys with `loupe keygen`), or --insecure to serve it without authentication"
         }
     }
 }

@@ -23,6 +23,10 @@ public struct DaemonConfiguration: Sendable {
     public var debugOps = false
     /// Models loaded at start: (name, source).
     public var preload: [(name: String, source: String)] = []
+    /// CURVE keys; without them only loopback and ipc endpoints are served, unless `insecure`.
+    public var curve: CurveServerSettings?
+    /// Serve an endpoint other machines can reach without CURVE (logged as a warning).
+    public var insecure = false
     /// Reported by `hello`.
     public var serverVersion = "0.1.0"
     /// The least time between two `progress` replies to one client.

@@ -10,6 +10,7 @@ extension ServerLoop {
         }
         return [
             "protocol": MessageValue(WireProtocol.version), "server": "loupe", "server_version": .string(configuration.serverVersion),
+            "instance": .string(instance), "started": .string(started.formatted(.iso8601)),
             "architectures": MessageValue(registry.names), "interventions": MessageValue(trace: interventions.schema),
             "trace_ops": MessageValue(CompiledTrace.ops), "ops": MessageValue(ops),
             "sweep": ["kinds": MessageValue(SweepSpec.kinds), "metrics": MessageValue(SweepSpec.metrics)],

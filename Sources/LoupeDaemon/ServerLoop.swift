@@ -24,6 +24,10 @@ final class ServerLoop {
     let endpoint: String
     let resolver: SourceResolver
     let started = Date()
+    /// Chosen at random at start: `hello` reports it, so clients can tell a restarted daemon.
+    let instance: String
+    /// The ZAP domain that checks CURVE clients, while the socket is open (nil without CURVE).
+    private let access: ZAPAuthenticator.Registration?
     /// Loads run one at a time, apart from the models' own queues.
     let loader = DispatchQueue(label: "loupe.loader", qos: .userInitiated)
 
@@ -61,6 +65,12 @@ final class ServerLoop {
         // A hard cap per frame, above the decode limit so that between the two the client
         // still gets a `too_large` reply; beyond it libzmq drops the connection.
         try socket.setOption(ZMQ_MAXMSGSIZE, Int64(configuration.limits.maxBytes) * 2)
+        // A client that reconnects under its routing id takes over from its stale connection
+        // (otherwise the ROUTER ignores it until the old one times out).
+        try socket.setOption(ZMQ_ROUTER_HANDOVER, Int32(1))
+        let instance = String(UInt64.random(in: .min ... .max), radix: 16)
+        self.instance = instance
+        access = try ServerAccess.secure(socket, configuration, instance: instance, logger: logger)
         try socket.bind(configuration.endpoint)
         endpoint = socket.lastEndpoint
     }

@@ -13,11 +13,30 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "Seconds to wait for the daemon's first reply.")
     var timeout: Double = 5
 
+    @Option(help: ArgumentHelp("A daemon with CURVE: its public key, or a file holding it (default: $LOUPE_CURVE_SERVER_KEY).", valueName: "KEY|FILE"))
+    var curveServerKey: String?
+
+    @Option(help: ArgumentHelp("A daemon with CURVE: this client's secret key file, from loupe keygen (default: $LOUPE_CURVE_CLIENT_KEY).", valueName: "FILE"))
+    var curveClientKey: String?
+
+    /// A connection to the daemon, with CURVE keys when given.
+    func connect() throws -> WireClient {
+        let curve: CurveClientKeys?
+        let environment = ProcessInfo.processInfo.environment
+        do {
+            curve = try CurveClientKeys.load(serverKey: curveServerKey ?? environment["LOUPE_CURVE_SERVER_KEY"],
+                                             clientKeyFile: curveClientKey ?? environment["LOUPE_CURVE_CLIENT_KEY"])
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        return try WireClient(endpoint: endpoint, timeout: timeout, curve: curve)
+    }
+
     /// Sends one request and returns the reply's body; a failure prints the daemon's
     /// message (or that no daemon answered) and exits non-zero.
     func call(_ op: String, _ fields: [String: MessageValue] = [:]) throws -> MessageValue {
         do {
-            let client = try WireClient(endpoint: endpoint, timeout: timeout)
+            let client = try connect()
             var fields = fields
             fields["protocol"] = MessageValue(WireProtocol.version)
             return try client.call(op, fields).body

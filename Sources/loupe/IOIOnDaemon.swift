@@ -14,7 +14,7 @@ struct IOIOnDaemon {
 
     func run() throws {
         do {
-            let client = try WireClient(endpoint: endpoint)
+            let client = try WireClient(endpoint: endpoint, curve: CurveClientKeys.fromEnvironment())
             let source = FileManager.default.fileExists(atPath: model) ? URL(fileURLWithPath: model).standardizedFileURL.path : model
             let load = try client.call("models.load", ["name": .string(Self.name(for: source)), "source": .string(source)]).body
             let name = load["name"]?.stringValue ?? ""

@@ -56,7 +56,7 @@ struct PatchRun {
         let progress = ProgressBar(enabled: isatty(STDERR_FILENO) != 0, label: kind == "residual" ? "patching the residual stream" : "patching heads")
         let reply: MessageValue
         do {
-            let connection = try WireClient(endpoint: client.endpoint, timeout: client.timeout)
+            let connection = try client.connect()
             reply = try connection.call("sweep", fields) { interim in
                 if interim["status"] == "progress", let done = interim["done"]?.intValue, let total = interim["total"]?.intValue {
                     progress.show(done, total)

@@ -39,6 +39,15 @@ struct Serve: ParsableCommand {
     @Option(help: "Threads for matrix multiplies (default: every core).")
     var threads: Int?
 
+    @Option(help: ArgumentHelp("The daemon's CURVE secret key (from loupe keygen; owner-only). Required, with --allow-keys, for an endpoint other machines can reach.", valueName: "FILE"))
+    var curveSecretKey: String?
+
+    @Option(help: ArgumentHelp("The client public keys let in, one per line (owner-only).", valueName: "FILE"))
+    var allowKeys: String?
+
+    @Flag(help: "Serve an endpoint other machines can reach without CURVE: anyone who connects can use the daemon.")
+    var insecure = false
+
     @Flag(help: .hidden)
     var debugOps = false
 
@@ -62,6 +71,15 @@ struct Serve: ParsableCommand {
         settings.maxBatchTokens = maxBatchTokens
         settings.limits.maxBytes = maxMessageMB << 20
         settings.debugOps = debugOps
+        settings.insecure = insecure
+        switch (curveSecretKey, allowKeys) {
+        case (nil, nil): break
+        case (let secret?, let allowed?):
+            do { settings.curve = try CurveServerSettings.load(secretKeyFile: secret, allowListFile: allowed) } catch {
+                throw ValidationError("\(error)")
+            }
+        default: throw ValidationError("--curve-secret-key and --allow-keys go together")
+        }
         settings.preload = try preload.map { entry in
             guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
                 throw ValidationError("--preload takes NAME=SOURCE, got '\(entry)'")
