@@ -1,0 +1,110 @@
+"""A live `loupe serve` for the tests: started once per session on an ipc:// socket in a
+temporary directory, stopped (server.shutdown) at the end. The binary is $LOUPE_BIN, else
+what `swift build --product loupe` builds in the repository.
+
+Models: SmolLM2 from $LOUPE_MODELS (default ~/.cache/loupe/models; scripts/fetch-models.sh
+puts it there) and a GPT-2-small-shaped model with the seeded random weights of
+scripts/make_random_gpt2.py, generated on first use into $LOUPE_MODELS/gpt2-small-random
+with GPT-2's real tokenizer files (gpt2-tokenizer/) linked beside them."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+REPO = Path(__file__).resolve().parents[3]
+MODELS = Path(os.environ.get("LOUPE_MODELS") or Path.home() / ".cache" / "loupe" / "models")
+FIXTURES = REPO / "Tests" / "Fixtures"
+SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GPT2_RANDOM = MODELS / "gpt2-small-random"
+
+
+def _loupe_binary():
+    if os.environ.get("LOUPE_BIN"):
+        return os.environ["LOUPE_BIN"]
+    subprocess.run(["swift", "build", "--product", "loupe"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    bin_dir = subprocess.run(["swift", "build", "--show-bin-path"], cwd=REPO, check=True, capture_output=True,
+                             text=True).stdout.strip()
+    return os.path.join(bin_dir, "loupe")
+
+
+def _ask(endpoint, op, timeout=1.0):
+    """One request on a fresh socket; None when nothing answers in time."""
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(endpoint)
+        socket.send(msgpack.packb({"id": 1, "op": op}))
+        if not socket.poll(int(timeout * 1000)):
+            return None
+        return msgpack.unpackb(socket.recv_multipart()[0], raw=False)
+    finally:
+        socket.close(0)
+
+
+@pytest.fixture(scope="session")
+def endpoint():
+    """The endpoint of a daemon started for this test session."""
+    binary = _loupe_binary()
+    workdir = tempfile.mkdtemp(prefix="loupe-pytest-")
+    address = f"ipc://{workdir}/loupe.sock"
+    log = open(os.path.join(workdir, "daemon.log"), "w")
+    daemon = subprocess.Popen([binary, "serve", "--endpoint", address, "--log-level", "warning"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(200):
+            if daemon.poll() is not None:
+                raise RuntimeError(f"loupe serve exited with {daemon.returncode}: "
+                                   f"{open(os.path.join(workdir, 'daemon.log')).read()}")
+            if _ask(address, "hello", timeout=0.2):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("loupe serve did not answer within 10 s")
+        yield address
+    finally:
+        _ask(address, "server.shutdown")
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    if not SMOLLM2.is_file():
+        pytest.fail(f"{SMOLLM2} is missing: run scripts/fetch-models.sh")
+    return str(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def gpt2_random():
+    """An HF directory of the GPT-2-small-shaped seeded random model with GPT-2's tokenizer."""
+    tokenizer = MODELS / "gpt2-tokenizer"
+    if not (tokenizer / "encoder.json").is_file():
+        pytest.fail(f"{tokenizer} is missing: run scripts/fetch-models.sh")
+    if not (GPT2_RANDOM / "model.safetensors").is_file():
+        staging = Path(tempfile.mkdtemp(prefix="gpt2-small-random-", dir=MODELS))
+        subprocess.run([sys.executable, str(REPO / "scripts" / "make_random_gpt2.py"), str(staging)],
+                       check=True, stdout=subprocess.DEVNULL)
+        try:
+            staging.rename(GPT2_RANDOM)
+        except OSError:  # another run made it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    for name in ("encoder.json", "vocab.bpe"):
+        link = GPT2_RANDOM / name
+        if not link.exists():
+            try:
+                link.symlink_to(tokenizer / name)
+            except FileExistsError:
+                pass
+    return str(GPT2_RANDOM)
