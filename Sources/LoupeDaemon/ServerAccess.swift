@@ -41,7 +41,7 @@ enum ServerAccess {
         var host = String(endpoint.dropFirst("tcp://".count))
         if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if host == "localhost" || host == "lo" || host == "::1" { return true }
+        if host == "lo" || host == "::1" { return true }
         let octets = host.split(separator: ".", omittingEmptySubsequences: false).map { UInt8($0) }
         return octets.count == 4 && octets.allSatisfy { $0 != nil } && octets[0] == 127
     }
