@@ -33,13 +33,17 @@ struct ClientOptions: ParsableArguments {
     }
 
     /// Sends one request and returns the reply's body; a failure prints the daemon's
-    /// message (or that no daemon answered) and exits non-zero.
-    func call(_ op: String, _ fields: [String: MessageValue] = [:]) throws -> MessageValue {
+    /// message (or that no daemon answered) and exits non-zero. `interim` sees a job's
+    /// `queued`, `running` and `progress` replies; `finished` runs once the final reply or
+    /// the failure is in, before anything is printed (it clears a progress line).
+    func call(_ op: String, _ fields: [String: MessageValue] = [:],
+              interim: ((MessageValue) -> Void)? = nil, finished: () -> Void = {}) throws -> MessageValue {
         do {
+            defer { finished() }
             let client = try connect()
             var fields = fields
             fields["protocol"] = MessageValue(WireProtocol.version)
-            return try client.call(op, fields).body
+            return try client.call(op, fields, interim: interim).body
         } catch {
             var standardError = FileHandle.standardError
             print("loupe: \(error)", to: &standardError)
@@ -90,7 +94,9 @@ struct Load: ParsableCommand {
     func run() throws {
         let source = FileManager.default.fileExists(atPath: source)
             ? URL(fileURLWithPath: source).standardizedFileURL.path : source
-        let reply = try options.call("models.load", ["name": .string(name), "source": .string(source)])
+        let progress = LoadProgress(label: "loading \(name)")
+        let reply = try options.call("models.load", ["name": .string(name), "source": .string(source)],
+                                     interim: progress.update, finished: progress.finish)
         if options.json { return options.printJSON(reply) }
         let layers = reply["dimensions"]?["layers"]?.intValue ?? 0
         let how = reply["shared"]?.boolValue == true ? "already in memory"
