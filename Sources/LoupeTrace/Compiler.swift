@@ -100,6 +100,15 @@ public struct CompiledTrace {
         case step(node: Int, step: Int)
     }
 
+    /// Bytes the saved values take as float32, known before anything runs (the daemon's
+    /// limit on saved bytes per trace reads it).
+    public var savedBytes: Int {
+        nodes.reduce(0) { total, node in
+            guard case .save = node.op, let shape = node.shape else { return total }
+            return total + shape.reduce(1, *) * 4
+        }
+    }
+
     /// Op names of the trace language, for `hello`.
     public static let ops: [String] = [
         "get", "set", "constant", "index", "setindex",
