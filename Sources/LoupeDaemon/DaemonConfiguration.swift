@@ -19,6 +19,15 @@ public struct DaemonConfiguration: Sendable {
     /// Token slots (rows x padded length) one forward pass may compute.
     public var maxBatchTokens = 65_536
     public var limits = DecodeLimits.standard
+    /// Bytes one trace's saved values may take (RELIABILITY.md, "Limits").
+    public var maxSavedBytes = 256 << 20
+    /// Seconds one job may run before it is stopped with `too_large`; 0: no limit.
+    public var maxJobSeconds: Double = 3600
+    /// Jobs one client (one connection) may have queued or running at once.
+    public var maxClientJobs = 64
+    /// Models are read only below these directories, symlinks and `..` resolved; empty:
+    /// the HF cache and `modelsDirectory`.
+    public var modelRoots: [String] = []
     /// Answers `debug.fail`, for tests of the `internal` error path.
     public var debugOps = false
     /// Models loaded at start: (name, source).
