@@ -24,3 +24,10 @@ fixtures:
 bench-daemon:
 	swift build -c release --product loupe
 	python3 scripts/bench_daemon.py --loupe .build/release/loupe
+
+# The tutorial's cells through the Python client on a warm daemon against the same cells on
+# nnsight (where installed), and the cold start from no daemon to the first IOI result.
+.PHONY: bench-tutorial
+bench-tutorial:
+	swift build -c release --product loupe
+	python3 scripts/bench_tutorial.py --loupe .build/release/loupe
