@@ -33,6 +33,18 @@ struct Serve: ParsableCommand {
     @Option(help: "Largest message accepted or sent, in MiB.")
     var maxMessageMB = 256
 
+    @Option(help: "Bytes one trace's saved values may take, in MiB.")
+    var maxSavedMB = 256
+
+    @Option(help: "Seconds one forward pass, sweep or trace may run before it is stopped (0: no limit).")
+    var maxJobSeconds: Double = 3600
+
+    @Option(help: "Jobs one client may have queued or running at once.")
+    var maxClientJobs = 64
+
+    @Option(help: ArgumentHelp("Models are read only below this directory, symlinks and '..' resolved (repeatable; default: the HF cache and the models directory).", valueName: "DIR"))
+    var modelRoot: [String] = []
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -70,6 +82,10 @@ struct Serve: ParsableCommand {
         settings.maxQueue = maxQueue
         settings.maxBatchTokens = maxBatchTokens
         settings.limits.maxBytes = maxMessageMB << 20
+        settings.maxSavedBytes = maxSavedMB << 20
+        settings.maxJobSeconds = maxJobSeconds
+        settings.maxClientJobs = maxClientJobs
+        settings.modelRoots = modelRoot
         settings.debugOps = debugOps
         settings.insecure = insecure
         switch (curveSecretKey, allowKeys) {
