@@ -27,7 +27,20 @@ if scripts/conformance_live.sh; then conformance_passed=1; conformance_failed=0;
 # loupe patch / loupe heads (JSON, SVG, HTML) against a real `loupe serve` process.
 if scripts/patch_live.sh; then patch_passed=1; patch_failed=0; else patch_passed=0; patch_failed=1; fi
 
-passed=$((executed - failed + conformance_passed + patch_passed))
-failed=$((failed + conformance_failed + patch_failed))
+# The Python client (Clients/python): its pytest tests start and stop their own daemon.
+python3 -m pip install --quiet -e Clients/python 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages -e Clients/python || exit 1
+log=$(mktemp)
+LOUPE_BIN="$(swift build --show-bin-path)/loupe" python3 -m pytest Clients/python/tests -q -p no:cacheprovider 2>&1 | tee "$log"
+# pytest's closing line: "N passed, M failed, E errors in ..." (each part only when nonzero)
+pytest_summary=$(grep -E "^=*\s*[0-9]+ (passed|failed|errors?)" "$log" | tail -1)
+python_passed=$(echo "$pytest_summary" | sed -nE 's/.*\b([0-9]+) passed.*/\1/p')
+python_failed=$(( $(echo "$pytest_summary" | sed -nE 's/.*\b([0-9]+) failed.*/\1/p' | grep . || echo 0) \
+    + $(echo "$pytest_summary" | sed -nE 's/.*\b([0-9]+) errors?.*/\1/p' | grep . || echo 0) ))
+rm -f "$log"
+if [ -z "$pytest_summary" ]; then echo "pytest printed no summary" >&2; python_failed=1; fi
+
+passed=$((executed - failed + conformance_passed + patch_passed + ${python_passed:-0}))
+failed=$((failed + conformance_failed + patch_failed + python_failed))
 echo "tests: $passed passed, $failed failed"
 [ "$swift_status" -eq 0 ] && [ "$failed" -eq 0 ]
