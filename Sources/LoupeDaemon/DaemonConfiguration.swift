@@ -5,8 +5,11 @@ import LoupeWire
 public struct DaemonConfiguration: Sendable {
     public var endpoint = WireProtocol.defaultEndpoint
     /// Where bare file names given as model sources are looked up.
-    public var modelsDirectory = ProcessInfo.processInfo.environment["LOUPE_MODELS"]
-        ?? (NSHomeDirectory() + "/.cache/loupe/models")
+    public var modelsDirectory = DaemonConfiguration.loupeModelsDirectory
+    /// Loupe's own model directory: $LOUPE_MODELS, else ~/.cache/loupe/models.
+    public static var loupeModelsDirectory: String {
+        ProcessInfo.processInfo.environment["LOUPE_MODELS"] ?? (NSHomeDirectory() + "/.cache/loupe/models")
+    }
     /// Seconds a model may sit idle before it is unloaded; 0 keeps models until unloaded.
     public var keepAlive: Double = 0
     /// How long a finished job's reply stays fetchable with `jobs.result`.
@@ -26,7 +29,7 @@ public struct DaemonConfiguration: Sendable {
     /// Jobs one client (one connection) may have queued or running at once.
     public var maxClientJobs = 64
     /// Models are read only below these directories, symlinks and `..` resolved; empty:
-    /// the HF cache and `modelsDirectory`.
+    /// the HF cache, Loupe's own model directory and `modelsDirectory`.
     public var modelRoots: [String] = []
     /// Answers `debug.fail`, for tests of the `internal` error path.
     public var debugOps = false
