@@ -42,7 +42,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Jobs one client may have queued or running at once.")
     var maxClientJobs = 64
 
-    @Option(help: ArgumentHelp("Models are read only below this directory, symlinks and '..' resolved (repeatable; default: the HF cache and the models directory).", valueName: "DIR"))
+    @Option(help: ArgumentHelp("Models are read only below this directory, symlinks and '..' resolved (repeatable; default: the HF cache, $LOUPE_MODELS or ~/.cache/loupe/models, and --models-dir).", valueName: "DIR"))
     var modelRoot: [String] = []
 
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
