@@ -171,10 +171,11 @@ def vectors():
         assert distance < 1e-4, f"the numpy GPT-2 is {distance} from HF's logits on case {i}"
     ok = {"status": "ok"}
     yield "hello", {"op": "hello", "protocol": PROTOCOL, "client": "conformance"}, {
-        **ok, "protocol": PROTOCOL, "server": "loupe", "server_version": "", "architectures": ["gpt2", "llama"],
+        **ok, "protocol": PROTOCOL, "server": "loupe", "server_version": "", "instance": "", "started": "",
+        "architectures": ["gpt2", "llama"],
         "interventions": [{"name": name} for name in INTERVENTIONS], "trace_ops": TRACE_OPS, "ops": OPS,
         "sweep": {"kinds": ["residual", "heads", "head_positions"], "metrics": ["logit_diff", "logprob", "kl"]},
-        "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64}}, []
+        "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64}}, ["instance", "started"]
     yield "hello-version-mismatch", {"op": "hello", "protocol": 99}, error("version_mismatch", "protocol"), []
     yield "unknown-op", {"op": "models.frobnicate"}, error("unknown_op", "op"), []
     yield "missing-op", {"name": "tiny"}, error("bad_request", "op"), []
