@@ -160,7 +160,8 @@ class Sweep:
         """The matrix as a plotly heatmap (needs plotly: pip install 'loupe[plotly]')."""
         from . import plot
 
-        return plot.heatmap(self.values, x_labels=self.cols, y_labels=self.rows, title=title, **kwargs)
+        return plot.heatmap(self.values, x_labels=self.cols, y_labels=self.rows, title=title,
+                            **{"x_title": self.col_axis, "y_title": self.row_axis, **kwargs})
 
 
 class LanguageModel:
