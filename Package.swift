@@ -35,8 +35,6 @@ let package = Package(
         .target(name: "LoupeTokenizers", dependencies: ["LoupeFormats"]),
         .target(name: "LoupeModels", dependencies: ["LoupeTensor", "LoupeFormats", "LoupeTokenizers", "CMalloc"]),
 
-        .target(name: "LoupeSweeps", dependencies: ["LoupeModels"]),
-
         // Architecture plugins: each registers itself through one call.
         .target(name: "GPT2", dependencies: ["LoupeModels"], path: "Plugins/GPT2"),
         .target(name: "Llama", dependencies: ["LoupeModels"], path: "Plugins/Llama"),
@@ -45,6 +43,9 @@ let package = Package(
         .target(name: "LoupeTrace", dependencies: ["LoupeModels", "LoupeTensor"]),
         // Intervention plugins: each registers itself through one call.
         .target(name: "Interventions", dependencies: ["LoupeTrace", "LoupeModels", "LoupeTensor"], path: "Plugins/Interventions"),
+
+        // Patching and ablation sweeps: each cell is a built-in intervention, computed with exact reuse.
+        .target(name: "LoupeSweeps", dependencies: ["LoupeModels", "LoupeTrace", "Interventions"]),
 
         // The wire protocol and the daemon.
         .target(name: "LoupeWire", dependencies: ["CZMQ", "CMsgPack", "LoupeTensor"]),
@@ -70,7 +71,7 @@ let package = Package(
         .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeTestSupport", "LoupeFormats"]),
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
         .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeTestSupport", "LoupeModels", "GPT2", "Llama"]),
-        .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeTestSupport", "LoupeSweeps", "LoupeModels", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeTestSupport", "LoupeSweeps", "LoupeModels", "LoupeTrace", "Interventions", "GPT2", "Llama"]),
         .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTestSupport", "LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "LoupeSweeps", "GPT2", "Llama"]),
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeTestSupport", "LoupeWire", "LoupeTensor"]),
         .testTarget(

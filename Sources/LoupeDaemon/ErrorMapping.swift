@@ -33,10 +33,7 @@ extension ProtocolError {
             default: return ProtocolError(.internalError, error.description)
             }
         case let error as SweepError:
-            switch error {
-            case .lengthsDiffer, .identicalPrompts: return ProtocolError(.badRequest, error.description, field: "corrupted")
-            case .tokenOutOfRange: return ProtocolError(.indexOutOfRange, error.description, field: "metric")
-            }
+            return error.protocolError()
         case let error as TraceError:
             return ProtocolError(error)
         default:

@@ -13,7 +13,7 @@ extension ServerLoop {
             "instance": .string(instance), "started": .string(started.formatted(.iso8601)),
             "architectures": MessageValue(registry.names), "interventions": MessageValue(trace: interventions.schema),
             "trace_ops": MessageValue(CompiledTrace.ops), "ops": MessageValue(ops),
-            "sweep": ["kinds": MessageValue(SweepSpec.kinds), "metrics": MessageValue(SweepSpec.metrics)],
+            "sweep": SweepSpec.hello,
             "limits": ["max_message_bytes": MessageValue(configuration.limits.maxBytes),
                        "max_batch_tokens": MessageValue(configuration.maxBatchTokens),
                        "max_queue": MessageValue(configuration.maxQueue)],

@@ -27,26 +27,55 @@ extension ServerLoop {
     /// The reply's fields (PROTOCOL.md, `sweep`).
     static func sweepReply(_ result: SweepResult, spec: SweepSpec, layers: Int) throws(ProtocolError) -> [String: MessageValue] {
         let request = spec.request
-        if request.normalized && result.clean == result.corrupted {
-            throw ProtocolError(.badRequest, "the metric is \(result.clean) on both the clean and the corrupted run, so the normalized value (patched - corrupted) / (clean - corrupted) is undefined; ask for normalized: false", field: "normalized")
+        if request.normalized {
+            // (edited - corrupted) / (clean - corrupted), with 0 for the corrupted value when there is no corrupted prompt.
+            let undefined = [(result.clean, result.corrupted, "the mean over the pairs")]
+                + result.pairs.enumerated().map { ($1.clean, $1.corrupted, "pair \($0)") }
+            if let (clean, corrupted, which) = undefined.first(where: { $0.0 == ($0.1 ?? 0) }) {
+                let formula = corrupted == nil ? "edited / clean" : "(edited - corrupted) / (clean - corrupted)"
+                throw ProtocolError(.badRequest, "the metric of \(which) is \(clean) on the clean run and \(corrupted ?? 0) as its baseline, so the normalized value \(formula) is undefined; ask for normalized: false", field: "normalized")
+            }
         }
-        return [
+        func matrix(_ values: [[Float]]) -> MessageValue { .array(values.map { row in .array(row.map { MessageValue($0) }) }) }
+        var reply: [String: MessageValue] = [
             "kind": .string(request.kind.rawValue),
             "metric": spec.metric,
             "normalized": .bool(request.normalized),
-            "values": .array(result.values.map { row in .array(row.map { MessageValue($0) }) }),
+            "values": matrix(result.values),
             "rows": MessageValue((0..<layers).map(String.init)),
             "cols": MessageValue(spec.columns),
             "row_axis": "Layer",
-            "col_axis": .string([SweepKind.residual: "Position", .heads: "Head", .headPositions: "Head @ position"][request.kind]!),
+            "col_axis": .string([SweepKind.residual: "Position", .mlp: "Position", .heads: "Head", .headPositions: "Head @ position"][request.kind]!),
             "clean": MessageValue(result.clean),
-            "corrupted": MessageValue(result.corrupted),
+            "corrupted": result.corrupted.map { MessageValue($0) } ?? .null,
             "clean_tokens": MessageValue(request.clean),
-            "corrupted_tokens": MessageValue(request.corrupted),
+            "corrupted_tokens": request.corrupted.map { MessageValue($0) } ?? .null,
             "first_difference": MessageValue(result.firstDifference),
             "token_layers": MessageValue(result.tokenLayers),
             "plain_token_layers": MessageValue(result.plainTokenLayers),
             "seconds": MessageValue(result.seconds),
         ]
+        switch request.intervention {
+        case .patch: reply["intervention"] = "patch"
+        case .ablate(let method):
+            reply["intervention"] = "ablate"
+            reply["params"] = ["mode": .string(method.rawValue)]
+            if method == .mean { reply["reference_tokens"] = .array(request.reference.map { MessageValue($0) }) }
+        }
+        if spec.listsPairs {
+            reply["pairs"] = .array(zip(request.pairs, result.pairs).enumerated().map { index, entry in
+                let (pair, sweep) = entry
+                return [
+                    "values": matrix(sweep.values),
+                    "clean": MessageValue(sweep.clean),
+                    "corrupted": sweep.corrupted.map { MessageValue($0) } ?? .null,
+                    "clean_tokens": MessageValue(pair.clean),
+                    "corrupted_tokens": pair.corrupted.map { MessageValue($0) } ?? .null,
+                    "first_difference": MessageValue(sweep.firstDifference),
+                    "metric": spec.pairMetrics[index],
+                ]
+            })
+        }
+        return reply
     }
 }

@@ -6,48 +6,93 @@ import LoupeWire
 /// fail does so here, on the socket thread, with the field named.
 struct SweepSpec: Sendable {
     let request: SweepRequest
-    /// Column labels: `"{token}_{index}"` per position (residual) or `"Head i"` (heads).
+    /// Column labels: `"{token}_{index}"` per position of the first pair's clean prompt
+    /// (residual, mlp), `"Head i"` (heads) or `"Head h @ t"` (head_positions).
     let columns: [String]
-    /// The metric as it will be echoed: answers resolved to ids.
+    /// The metric as it will be echoed: answers resolved to ids (the first pair's).
     let metric: MessageValue
+    /// Each pair's metric, echoed in its entry of `pairs`.
+    let pairMetrics: [MessageValue]
+    /// The request gave `pairs`: the reply then has one entry per pair.
+    let listsPairs: Bool
 
-    /// The kinds and metrics this server sweeps, for `hello`.
+    /// What this server sweeps, for `hello`.
     static let kinds = SweepKind.allCases.map(\.rawValue)
     static let metrics = ["logit_diff", "logprob", "kl"]
+    static let interventions = ["patch", "ablate"]
+    static let ablationModes = AblationMethod.allCases.map(\.rawValue)
+    static var hello: MessageValue {
+        ["kinds": MessageValue(kinds), "metrics": MessageValue(metrics), "interventions": MessageValue(interventions),
+         "ablation_modes": MessageValue(ablationModes)]
+    }
 
     init(_ request: Request, model: WarmModel, configuration: DaemonConfiguration) throws(ProtocolError) {
         let dimensions = model.model.dimensions
-        let clean = try Self.tokens(request, "clean", model: model)
-        let corrupted = try Self.tokens(request, "corrupted", model: model)
-        guard clean.count == corrupted.count else {
-            throw ProtocolError(.badRequest, SweepError.lengthsDiffer(clean: clean.count, corrupted: corrupted.count).description, field: "corrupted")
-        }
-        guard let firstDifference = clean.indices.first(where: { clean[$0] != corrupted[$0] }) else {
-            throw ProtocolError(.badRequest, SweepError.identicalPrompts.description, field: "corrupted")
-        }
-        if clean.count > dimensions.context {
-            throw ProtocolError(.tooLarge, "a prompt of \(clean.count) tokens exceeds the model's context of \(dimensions.context)", field: "clean")
-        }
-
         let kindName = request.has("kind") ? try request.string("kind") : SweepKind.residual.rawValue
         guard let kind = SweepKind(rawValue: kindName) else {
-            throw ProtocolError(.badRequest, "kind must be \(Self.kinds.joined(separator: " or ")), not '\(kindName)'", field: "kind")
+            throw ProtocolError(.badRequest, "kind must be one of \(Self.kinds.joined(separator: ", ")), not '\(kindName)'", field: "kind")
         }
-        // The patched runs' rows, stacked: each run computes from its first position to the end.
-        let changed = clean.count - firstDifference
-        let suffixes = changed * (changed + 1) / 2  // a run from each differing position to the end
-        let rows = dimensions.layers * [SweepKind.residual: suffixes, .heads: dimensions.heads * changed,
-                                        .headPositions: dimensions.heads * suffixes][kind]!
-        if rows > configuration.maxBatchTokens {
-            throw ProtocolError(.tooLarge, "this sweep would stack \(rows) token rows, more than the \(configuration.maxBatchTokens) one pass may compute; use shorter prompts or prompts that differ later", field: "clean")
+        let (intervention, referenceValues) = try Self.intervention(request)
+        let needsCorrupted = intervention == .patch || intervention == .ablate(.resample)
+
+        // One pair (`clean`, `corrupted`) or several (`pairs`), each with the top-level metric
+        // unless it gives its own.
+        let topMetric = request.has("metric") ? try Self.metric(request.fields["metric"]!, field: "metric", model: model) : nil
+        var pairs = [SweepPair](), echoed = [MessageValue]()
+        if request.has("pairs") {
+            if request.has("clean") || request.has("corrupted") {
+                throw ProtocolError(.badRequest, "give one pair as 'clean' and 'corrupted' or several as 'pairs', not both", field: "pairs")
+            }
+            let items = try request.array("pairs")
+            guard !items.isEmpty else { throw ProtocolError(.badRequest, "'pairs' is empty: give at least one {clean, corrupted}", field: "pairs") }
+            for (index, item) in items.enumerated() {
+                let field = "pairs.\(index)"
+                guard let entry = item.mapValue else {
+                    throw ProtocolError(.badRequest, "'\(field)' must be a map {clean, corrupted, metric}, got \(item.typeName)", field: field)
+                }
+                var metric = topMetric
+                if let own = entry["metric"], own != .null { metric = try Self.metric(own, field: "\(field).metric", model: model) }
+                guard let metric else {
+                    throw ProtocolError(.badRequest, "sweep needs 'metric' (or one in every pair): {logit_diff: {answer, wrong}}, {logprob: {answer}} or {kl: {}}", field: "\(field).metric")
+                }
+                pairs.append(SweepPair(clean: try Self.tokens(entry["clean"], field: "\(field).clean", model: model),
+                                       corrupted: try Self.optionalTokens(entry["corrupted"], field: "\(field).corrupted", required: needsCorrupted, model: model),
+                                       metric: metric.0))
+                echoed.append(metric.1)
+            }
+        } else {
+            guard let metric = topMetric else {
+                throw ProtocolError(.badRequest, "sweep needs 'metric': {logit_diff: {answer, wrong}}, {logprob: {answer}} or {kl: {}}", field: "metric")
+            }
+            pairs = [SweepPair(clean: try Self.tokens(request.fields["clean"], field: "clean", model: model),
+                               corrupted: try Self.optionalTokens(request.fields["corrupted"], field: "corrupted", required: needsCorrupted, model: model),
+                               metric: metric.0)]
+            echoed = [metric.1]
+        }
+        var reference = [[Int]]()
+        for (index, value) in referenceValues.enumerated() {
+            reference.append(try Self.tokens(value, field: "params.reference.\(index)", model: model))
+        }
+        let prompts = pairs.flatMap { [$0.clean] + ($0.corrupted.map { [$0] } ?? []) } + reference
+        if let longest = prompts.map(\.count).max(), longest > dimensions.context {
+            throw ProtocolError(.tooLarge, "a prompt of \(longest) tokens exceeds the model's context of \(dimensions.context)", field: request.has("pairs") ? "pairs" : "clean")
         }
 
-        let (metric, echoed) = try Self.metric(request, model: model)
         let normalized = try request.bool("normalized", default: true)
-        self.request = SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: metric, normalized: normalized)
-        self.metric = echoed
+        let sweep = SweepRequest(pairs: pairs, kind: kind, intervention: intervention, reference: reference, normalized: normalized)
+        do { try sweep.validate(dimensions) } catch { throw error.protocolError(pairsField: request.has("pairs")) }
+        // The edited runs' rows, stacked: each run computes from its first edited position to the end.
+        let rows = sweep.stackedRowsBound(dimensions)
+        if rows > configuration.maxBatchTokens {
+            throw ProtocolError(.tooLarge, "this sweep would stack \(rows) token rows, more than the \(configuration.maxBatchTokens) one pass may compute; use shorter prompts, fewer pairs, or prompts that differ later", field: request.has("pairs") ? "pairs" : "clean")
+        }
+        self.request = sweep
+        metric = echoed[0]
+        pairMetrics = echoed
+        listsPairs = request.has("pairs")
+        let clean = pairs[0].clean
         switch kind {
-        case .residual:
+        case .residual, .mlp:
             columns = clean.enumerated().map { index, id in
                 "\(model.loaded.tokenizer.map { $0.decode([id]) } ?? String(id))_\(index)"
             }
@@ -58,9 +103,62 @@ struct SweepSpec: Sendable {
         }
     }
 
-    /// `clean` or `corrupted`: a prompt (string), token ids (array), or `{prompt}` / `{tokens}`.
-    private static func tokens(_ request: Request, _ field: String, model: WarmModel) throws(ProtocolError) -> [Int] {
-        guard let value = request.fields[field], value != .null else {
+    /// `intervention` (`patch`, the default, or `ablate`) and its `params`: for `ablate`,
+    /// `mode` (zero, mean or resample; the `ablate` intervention's own parameter) and, for
+    /// mean, `reference` (prompts). Returns the reference prompts still to be tokenized.
+    private static func intervention(_ request: Request) throws(ProtocolError) -> (SweepIntervention, [MessageValue]) {
+        let name = request.has("intervention") ? try request.string("intervention") : "patch"
+        var params = [String: MessageValue]()
+        if let value = request.fields["params"], value != .null {
+            guard let map = value.mapValue else { throw ProtocolError(.badRequest, "'params' must be a map, got \(value.typeName)", field: "params") }
+            params = map
+        }
+        switch name {
+        case "patch":
+            if let key = params.keys.sorted().first {
+                throw ProtocolError(.badRequest, "patching takes no params; '\(key)' is for intervention ablate", field: "params.\(key)")
+            }
+            return (.patch, [])
+        case "ablate":
+            if let key = params.keys.sorted().first(where: { !["mode", "reference"].contains($0) }) {
+                throw ProtocolError(.badRequest, "ablate sweeps take params mode and reference, not '\(key)'", field: "params.\(key)")
+            }
+            let modeName: String
+            switch params["mode"] {
+            case nil, .null?: modeName = AblationMethod.zero.rawValue
+            case .string(let text)?: modeName = text
+            case let other?: throw ProtocolError(.badRequest, "'params.mode' must be a string, got \(other.typeName)", field: "params.mode")
+            }
+            guard let method = AblationMethod(rawValue: modeName) else {
+                throw ProtocolError(.badRequest, "params.mode must be one of \(ablationModes.joined(separator: ", ")), not '\(modeName)'", field: "params.mode")
+            }
+            let reference: [MessageValue]
+            switch params["reference"] {
+            case nil, .null?: reference = []
+            case let value? where value.arrayValue != nil: reference = value.arrayValue!
+            case let other?: throw ProtocolError(.badRequest, "'params.reference' must be an array of prompts, got \(other.typeName)", field: "params.reference")
+            }
+            if method == .mean && reference.isEmpty {
+                throw ProtocolError(.badRequest, "mean ablation needs 'params.reference': the prompts to average over", field: "params.reference")
+            }
+            if method != .mean && !reference.isEmpty {
+                throw ProtocolError(.badRequest, "'params.reference' is for mode mean; mode \(modeName) reads no reference prompts", field: "params.reference")
+            }
+            return (.ablate(method), reference)
+        default:
+            throw ProtocolError(.badRequest, "intervention must be one of \(interventions.joined(separator: ", ")), not '\(name)'", field: "intervention")
+        }
+    }
+
+    /// A corrupted prompt, or nil when it is absent and not `required`.
+    private static func optionalTokens(_ value: MessageValue?, field: String, required: Bool, model: WarmModel) throws(ProtocolError) -> [Int]? {
+        if !required, value == nil || value == .null { return nil }
+        return try tokens(value, field: field, model: model)
+    }
+
+    /// A prompt (string), token ids (array), or `{prompt}` / `{tokens}`.
+    private static func tokens(_ value: MessageValue?, field: String, model: WarmModel) throws(ProtocolError) -> [Int] {
+        guard let value, value != .null else {
             throw ProtocolError(.badRequest, "sweep needs '\(field)': a prompt or an array of token ids", field: field)
         }
         var ids: [Int]
@@ -72,7 +170,13 @@ struct SweepSpec: Sendable {
             ids = tokenizer.encode(text)
         } else if let list = value.arrayValue ?? value["tokens"]?.arrayValue {
             if value.arrayValue == nil { at += ".tokens" }
-            ids = try request.integers(.array(list), field: at)
+            ids = []
+            for (index, item) in list.enumerated() {
+                guard let id = item.intValue else {
+                    throw ProtocolError(.badRequest, "'\(at).\(index)' must be a token id (an integer), got \(item.typeName)", field: "\(at).\(index)")
+                }
+                ids.append(id)
+            }
         } else {
             throw ProtocolError(.badRequest, "'\(field)' must be a prompt or an array of token ids, got \(value.typeName)", field: field)
         }
@@ -85,25 +189,22 @@ struct SweepSpec: Sendable {
     }
 
     /// `{logit_diff: {answer, wrong}}`, `{logprob: {answer}}` or `{kl: {}}`; the name alone
-    /// (`"kl"`) for a metric without parameters. Default: none (the request must say).
-    private static func metric(_ request: Request, model: WarmModel) throws(ProtocolError) -> (SweepMetric, MessageValue) {
-        guard let value = request.fields["metric"], value != .null else {
-            throw ProtocolError(.badRequest, "sweep needs 'metric': {logit_diff: {answer, wrong}}, {logprob: {answer}} or {kl: {}}", field: "metric")
-        }
+    /// (`"kl"`) for a metric without parameters.
+    private static func metric(_ value: MessageValue, field: String, model: WarmModel) throws(ProtocolError) -> (SweepMetric, MessageValue) {
         let name: String
         let parameters: [String: MessageValue]
         if let text = value.stringValue {
             (name, parameters) = (text, [:])
         } else if let map = value.mapValue, map.count == 1, let entry = map.first {
             guard entry.value == .null || entry.value.mapValue != nil else {
-                throw ProtocolError(.badRequest, "'metric.\(entry.key)' must be a map of its parameters", field: "metric.\(entry.key)")
+                throw ProtocolError(.badRequest, "'\(field).\(entry.key)' must be a map of its parameters", field: "\(field).\(entry.key)")
             }
             (name, parameters) = (entry.key, entry.value.mapValue ?? [:])
         } else {
-            throw ProtocolError(.badRequest, "'metric' must be a map with one key: logit_diff, logprob or kl", field: "metric")
+            throw ProtocolError(.badRequest, "'\(field)' must be a map with one key: logit_diff, logprob or kl", field: field)
         }
         func answer(_ key: String) throws(ProtocolError) -> Int {
-            try Self.answer(parameters[key], field: "metric.\(name).\(key)", model: model)
+            try Self.answer(parameters[key], field: "\(field).\(name).\(key)", model: model)
         }
         switch name {
         case "logit_diff":
@@ -116,7 +217,7 @@ struct SweepSpec: Sendable {
         case "kl":
             return (.klFromClean, ["kl": .map([:])])
         default:
-            throw ProtocolError(.badRequest, "unknown metric '\(name)'; this server computes \(metrics.joined(separator: ", "))", field: "metric")
+            throw ProtocolError(.badRequest, "unknown metric '\(name)'; this server computes \(metrics.joined(separator: ", "))", field: field)
         }
     }
 
@@ -144,6 +245,25 @@ struct SweepSpec: Sendable {
             throw ProtocolError(.badRequest, "'\(field)' is missing: a token (string) or a token id", field: field)
         case let other?:
             throw ProtocolError(.badRequest, "'\(field)' must be a token (string) or a token id, got \(other.typeName)", field: field)
+        }
+    }
+}
+
+extension SweepError {
+    /// The typed error, naming the request field at fault (`pairs.N.corrupted` when the
+    /// request gave `pairs`, else `corrupted`).
+    func protocolError(pairsField: Bool = false) -> ProtocolError {
+        func pairField(_ pair: Int, _ key: String) -> String { pairsField ? "pairs.\(pair).\(key)" : key }
+        switch self {
+        case .noPairs: return ProtocolError(.badRequest, description, field: "pairs")
+        case .emptyPrompt(let pair): return ProtocolError(.badRequest, description, field: pairField(pair, "clean"))
+        case .lengthsDiffer(let pair, _, _), .identicalPrompts(let pair), .missingCorrupted(let pair):
+            return ProtocolError(.badRequest, description, field: pairField(pair, "corrupted"))
+        case .tokenOutOfRange(_, let pair): return ProtocolError(.indexOutOfRange, description, field: pairField(pair, "metric"))
+        case .pairLengthsDiffer(let pair, _, _): return ProtocolError(.shapeMismatch, description, field: pairField(pair, "clean"))
+        case .missingReference: return ProtocolError(.badRequest, description, field: "params.reference")
+        case .referenceLength(let index, _, _): return ProtocolError(.shapeMismatch, description, field: "params.reference.\(index)")
+        case .intervention: return ProtocolError(.internalError, description)
         }
     }
 }

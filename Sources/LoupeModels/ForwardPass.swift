@@ -24,8 +24,8 @@ public struct ForwardPass {
     public let tokenIDs: [Int]?
     private let hooks: (any ForwardHooks)?
     private let cancelled: CancellationCheck?
-    /// The cache a continuation reads its earlier positions from, and which of its rows.
-    private let prefix: (cache: KeyValueCache, row: Int)?
+    /// The cache a continuation reads its earlier positions from, and which of its rows each row continues.
+    private let prefix: (cache: KeyValueCache, rows: [Int])?
     private let recorder: KeyValueCache?
 
     /// A full pass over a batch of token sequences. `recorder` keeps every layer's keys and
@@ -48,17 +48,28 @@ public struct ForwardPass {
     /// `starts`, computing positions `start..<cache.positions` from hidden states.
     public init(continuing cache: KeyValueCache, row: Int = 0, starts: [Int],
                 hooks: (any ForwardHooks)? = nil, cancelled: CancellationCheck? = nil) {
+        self.init(continuing: cache, rows: Array(repeating: row, count: starts.count), starts: starts,
+                  hooks: hooks, cancelled: cancelled)
+    }
+
+    /// A continuation of several rows of `cache`, which may be left-padded as a `TokenBatch`
+    /// pads them: continuation row i continues cached row `rows[i]`, whose first `padding[i]`
+    /// slots are pad, computing its slots `starts[i]..<cache.positions` from hidden states.
+    public init(continuing cache: KeyValueCache, rows cacheRows: [Int], padding: [Int]? = nil, starts: [Int],
+                hooks: (any ForwardHooks)? = nil, cancelled: CancellationCheck? = nil) {
         let total = cache.positions
-        precondition(starts.allSatisfy { $0 >= 0 && $0 < total }, "continuations start inside the cached sequence")
+        let padding = padding ?? Array(repeating: 0, count: starts.count)
+        precondition(cacheRows.count == starts.count && padding.count == starts.count, "one cached row and padding per continuation row")
+        precondition(zip(starts, padding).allSatisfy { $0 >= $1 && $0 < total }, "continuations start inside the cached sequence")
         rows = starts.count
         queryCounts = starts.map { total - $0 }
         keyCount = total
-        padding = Array(repeating: 0, count: starts.count)
-        positionIDs = starts.flatMap { $0..<total }
+        self.padding = padding
+        positionIDs = zip(starts, padding).flatMap { start, pad in (start..<total).map { $0 - pad } }
         tokenIDs = nil
         self.hooks = hooks
         self.cancelled = cancelled
-        prefix = (cache, row)
+        prefix = (cache, cacheRows)
         recorder = nil
         precondition(hooks == nil || Set(starts).count <= 1, "hooks see [rows, length, ...]: rows of one continuation must start together")
     }
@@ -80,21 +91,21 @@ public struct ForwardPass {
     public func attentionInputs(layer: Int, keys: Tensor, values: Tensor) -> (keys: Tensor, values: Tensor) {
         var result = (keys: keys, values: values)
         if let prefix {
-            result = (assemble(prefix.cache.keys[layer]!, keys, cacheRow: prefix.row, cachedPerRow: prefix.cache.positions),
-                      assemble(prefix.cache.values[layer]!, values, cacheRow: prefix.row, cachedPerRow: prefix.cache.positions))
+            result = (assemble(prefix.cache.keys[layer]!, keys, cacheRows: prefix.rows, cachedPerRow: prefix.cache.positions),
+                      assemble(prefix.cache.values[layer]!, values, cacheRows: prefix.rows, cachedPerRow: prefix.cache.positions))
         }
         recorder?.store(layer: layer, keys: result.keys, values: result.values, rows: rows)
         return result
     }
 
-    /// For each row: the first positions of cached row `cacheRow` (which holds
+    /// For each row: the first positions of its cached row `cacheRows[row]` (each holds
     /// `cachedPerRow` positions), then the row's computed positions.
-    private func assemble(_ cached: Tensor, _ computed: Tensor, cacheRow: Int, cachedPerRow: Int) -> Tensor {
+    private func assemble(_ cached: Tensor, _ computed: Tensor, cacheRows: [Int], cachedPerRow: Int) -> Tensor {
         let width = computed.columnCount
         let out = Tensor(zeros: [rows * keyCount, width])
         var computedRow = 0
         for row in 0..<rows {
-            let earlier = keyCount - queryCounts[row]
+            let earlier = keyCount - queryCounts[row], cacheRow = cacheRows[row]
             out.slice(axis: 0, (row * keyCount)..<(row * keyCount + earlier))
                 .assign(from: cached.slice(axis: 0, (cacheRow * cachedPerRow)..<(cacheRow * cachedPerRow + earlier)))
             out.slice(axis: 0, (row * keyCount + earlier)..<((row + 1) * keyCount))

@@ -1,88 +1,23 @@
 import Foundation
 import LoupeModels
 import LoupeTensor
+import LoupeTrace
 
-/// Which activations a sweep patches from the clean run into the corrupted run.
-public enum SweepKind: String, Sendable, CaseIterable {
-    /// The residual stream after each layer, one position at a time: a layers x positions matrix.
-    case residual
-    /// One attention head's output (the output projection's input, split by head) at every
-    /// position: a layers x heads matrix.
-    case heads
-    /// One head's output at one position: layers x (heads · positions), column
-    /// `head * positions + position`.
-    case headPositions = "head_positions"
-}
-
-/// What a sweep measures at the last position of each patched run.
-public enum SweepMetric: Sendable, Equatable {
-    /// logit(answer) - logit(wrong).
-    case logitDifference(answer: Int, wrong: Int)
-    /// log p(answer).
-    case logProbability(answer: Int)
-    /// KL(clean || patched) of the next-token distributions.
-    case klFromClean
-}
-
-public struct SweepRequest: Sendable {
-    public var clean: [Int]
-    public var corrupted: [Int]
-    public var kind: SweepKind
-    public var metric: SweepMetric
-    /// Report (patched - corrupted) / (clean - corrupted), as the tutorial does, instead of
-    /// the raw metric.
-    public var normalized: Bool
-
-    public init(clean: [Int], corrupted: [Int], kind: SweepKind, metric: SweepMetric, normalized: Bool = true) {
-        self.clean = clean
-        self.corrupted = corrupted
-        self.kind = kind
-        self.metric = metric
-        self.normalized = normalized
-    }
-}
-
-public struct SweepResult: Sendable {
-    /// One row per layer; a column per position (residual), per head (heads), or per head and
-    /// position (head_positions: column head · positions + position).
-    public let values: [[Float]]
-    /// The metric on the clean and on the corrupted run.
-    public let clean: Float
-    public let corrupted: Float
-    /// Positions before this one are the same in both prompts; patching them changes nothing.
-    public let firstDifference: Int
-    /// Token-layers computed, and what one batched forward pass of every patch would compute.
-    public let tokenLayers: Int
-    public let plainTokenLayers: Int
-    public let seconds: Double
-}
-
-public enum SweepError: Error, Sendable, Equatable, CustomStringConvertible {
-    case lengthsDiffer(clean: Int, corrupted: Int)
-    case identicalPrompts
-    case tokenOutOfRange(Int)
-
-    public var description: String {
-        switch self {
-        case .lengthsDiffer(let clean, let corrupted):
-            return "the clean prompt has \(clean) tokens and the corrupted \(corrupted): patching position by position needs equal lengths"
-        case .identicalPrompts: return "the clean and corrupted prompts are the same tokens: there is nothing to patch"
-        case .tokenOutOfRange(let id): return "answer token \(id) is outside the vocabulary"
-        }
-    }
-}
-
-/// Activation patching over every layer and position (or head), computed exactly but with
-/// far less work than running every patch:
+/// Activation patching and ablation over every layer and position (or head), computed
+/// exactly but with far less work than running every edit:
 ///
-/// - A patch at layer L, position t changes nothing before layer L and, attention being
-///   causal, nothing before position t. Each patched run therefore recomputes only layers
-///   after L at positions t and later, attending to the corrupted run's cached keys and
-///   values for earlier positions.
-/// - Positions before the first token where the prompts differ hold the same activations in
-///   both runs: patching them gives the corrupted run exactly, with no compute.
-/// - Runs that need the same layer are stacked into one pass, so each weight matrix is
-///   multiplied once per layer for all of them.
+/// - Each cell is an intervention plugin (`SweepCells`): its step is applied to the cell's
+///   own rows while they pass the site, so a sweep edits exactly as a trace does.
+/// - An edit at layer L, position t changes nothing before layer L and, attention being
+///   causal, nothing before position t. Each edited run therefore recomputes only layers
+///   from L on (after L for the residual stream after L) at positions t and later, attending
+///   to the unedited run's cached keys and values for earlier positions. Where the edit
+///   starts is found by applying it to the unedited run's recorded value: positions it does
+///   not change (before the first difference of the prompts, when patching) cost nothing, and
+///   a cell it does not change at all is the unedited run. Zero and mean ablation change
+///   every position, so a whole-head ablation recomputes every position from its layer on.
+/// - Runs that need the same layer are stacked into one pass, those of several pairs too, so
+///   each weight matrix is multiplied once per layer for all of them.
 /// - The unembedding is computed only at the last position, and only at the answer tokens
 ///   when the metric is a logit difference.
 public struct PatchingSweep {
@@ -95,100 +30,125 @@ public struct PatchingSweep {
     public func run(_ request: SweepRequest, progress: ((Int, Int) -> Void)? = nil,
                     cancelled: CancellationCheck? = nil) throws -> SweepResult {
         let start = Date()
-        let (clean, corrupted) = (request.clean, request.corrupted)
-        guard clean.count == corrupted.count else { throw SweepError.lengthsDiffer(clean: clean.count, corrupted: corrupted.count) }
-        guard let firstDifference = clean.indices.first(where: { clean[$0] != corrupted[$0] }) else { throw SweepError.identicalPrompts }
-        try checkAnswers(request.metric)
-        let layers = model.dimensions.layers, length = clean.count
+        let layers = model.dimensions.layers
+        let cells = try SweepCells(request, model: model)
 
-        // The two plain runs: what to patch in, what to patch into, and the corrupted run's keys and values.
-        let recordedSites = (0..<layers).flatMap { l in
-            request.kind == .residual ? [Site("blocks.\(l).resid_post", .output)]
-                : [Site("blocks.\(l).resid_pre", .output), Site("blocks.\(l).attn.z", .output)]
-        }
-        let cleanRecord = ActivationRecorder(recordedSites), corruptedRecord = ActivationRecorder(recordedSites)
+        // The plain runs: the edited prompts (with their keys and values), the prompts they
+        // read from, and what the cells read at their sites.
+        let sites = cells.sites
+        let enteringSites = Set(cells.cells.filter { $0.stage == .inLayer }.map { Site("blocks.\($0.layer).resid_pre", .output) })
         let cache = KeyValueCache(layers: layers)
-        let cleanFinal = try model.forward(TokenBatch([clean]), hooks: cleanRecord, logits: .none, cancelled: cancelled)
-        let corruptedFinal = try model.forward(TokenBatch([corrupted]), hooks: corruptedRecord, logits: .none,
-                                               cancelled: cancelled, recorder: cache)
-        let scorer = try Scorer(model: model, metric: request.metric,
-                                cleanLast: cleanFinal.select(axis: 0, 0).slice(axis: 0, (length - 1)..<length).contiguous())
-        let cleanValue = try scorer.score(cleanFinal.select(axis: 0, 0).slice(axis: 0, (length - 1)..<length).contiguous())[0]
-        let corruptedValue = try scorer.score(corruptedFinal.select(axis: 0, 0).slice(axis: 0, (length - 1)..<length).contiguous())[0]
+        let targets = try Recording(model, cells.targets, sites: sites.union(enteringSites), cancelled: cancelled, cache: cache)
+        let others = cells.others.isEmpty ? nil : try Recording(model, cells.others, sites: sites, cancelled: cancelled)
+        let references = request.reference.isEmpty ? nil : try Recording(model, request.reference, sites: sites, cancelled: cancelled)
+        let scorer = try Scorer(model: model, metrics: request.pairs.map(\.metric), cleanFinal: request.intervention.editsClean ? targets.lastFinal : others!.lastFinal)
+        let unedited = try scorer.score(targets.lastFinal, pairs: Array(request.pairs.indices))
+        let otherValues = try others.map { try scorer.score($0.lastFinal, pairs: Array(request.pairs.indices)) }
 
-        func recorded(_ record: ActivationRecorder, _ path: String) -> Tensor {
-            let value = record.values[Site(path, .output)]!
-            return value.reshaped([length, value.count / length])
-        }
-
-        // Every patched run, in the order its first recomputed layer comes.
-        let heads = model.dimensions.heads
-        var runs: [PatchedRun] = []
-        for layer in 0..<layers {
-            switch request.kind {
-            case .residual:
-                let cleanResidual = recorded(cleanRecord, "blocks.\(layer).resid_post")
-                let corruptedResidual = recorded(corruptedRecord, "blocks.\(layer).resid_post")
-                for position in firstDifference..<length {
-                    let rows = corruptedResidual.slice(axis: 0, position..<length).copy()
-                    rows.select(axis: 0, 0).assign(from: cleanResidual.select(axis: 0, position))
-                    runs.append(PatchedRun(row: layer, column: position, firstLayer: layer + 1, start: position, hidden: rows, head: nil))
-                }
-            case .heads, .headPositions:
-                let entering = recorded(corruptedRecord, "blocks.\(layer).resid_pre")
-                let cleanZ = recorded(cleanRecord, "blocks.\(layer).attn.z").reshaped([length, heads, model.dimensions.headDim])
-                for head in 0..<heads {
-                    // A whole-head patch covers every position that differs; a positional one, one position.
-                    let positions = request.kind == .heads ? [firstDifference] : Array(firstDifference..<length)
-                    for position in positions {
-                        let patched = request.kind == .heads ? position..<length : position..<(position + 1)
-                        runs.append(PatchedRun(
-                            row: layer, column: request.kind == .heads ? head : head * length + position, firstLayer: layer,
-                            start: position, hidden: entering.slice(axis: 0, position..<length).copy(),
-                            head: (index: head, cleanZ: cleanZ.slice(axis: 0, patched).select(axis: 1, head).contiguous())))
-                    }
-                }
+        // Every edited run: its cell's edit applied to the recorded value tells where it starts.
+        var runs: [EditedRun] = []
+        for cell in cells.cells {
+            let pair = cell.pair
+            let sources = SourceValues(targets: targets, others: others, references: references, pair: pair, site: cell.step.site)
+            let recorded = targets.value(cell.step.site, row: pair)
+            let edited = recorded.copy()
+            try cell.step.apply(sources.values(target: edited))
+            guard let first = firstChangedPosition(recorded, edited) else { continue }
+            let length = targets.lengths[pair]
+            let hidden: Tensor
+            switch cell.stage {
+            case .beforeLayer: hidden = edited.select(axis: 0, 0).slice(axis: 0, first..<length).copy()
+            case .inLayer: hidden = targets.value(Site("blocks.\(cell.layer).resid_pre", .output), row: pair)
+                .select(axis: 0, 0).slice(axis: 0, first..<length).copy()
             }
+            runs.append(EditedRun(cell: cell, firstLayer: cell.stage == .beforeLayer ? cell.firstLayer : cell.layer,
+                                  start: first, slot: targets.batch.padding[pair] + first, hidden: hidden, sources: sources,
+                                  recorded: recorded))
         }
 
-        // Runs that start at the same position share passes (a head patch needs its rows
-        // aligned); residual runs, patched before they enter, share passes whatever their start.
-        let groups = request.kind == .headPositions
-            ? Dictionary(grouping: runs, by: \.start).sorted { $0.key < $1.key }.map(\.value) : [runs]
-        var patched: [(PatchedRun, Float)] = []
+        // Runs edited inside a layer are seen by hooks, which need their rows aligned: they
+        // share passes with runs that start at the same slot. Runs edited between layers share
+        // passes whatever their start. Within a pass runs join in the order of their first layer.
+        let grouped = Dictionary(grouping: runs) { $0.cell.stage == .inLayer ? $0.slot : -1 }
+        let groups = grouped.keys.sorted().map { key in grouped[key]!.enumerated().sorted { ($0.element.firstLayer, $0.offset) < ($1.element.firstLayer, $1.offset) }.map(\.element) }
+        var edited: [(EditedRun, Float)] = []
         var tokenLayers = 0
         for (index, group) in groups.enumerated() {
-            let (values, computed) = try runTogether(group, cache: cache, scorer: scorer, cancelled: cancelled) { layer in
+            let (values, computed) = try runTogether(group, cache: cache, targets: targets, scorer: scorer, cancelled: cancelled) { layer in
                 progress?(index * layers + layer, groups.count * layers)
             }
-            patched += values
+            edited += values
             tokenLayers += computed
         }
 
-        // The matrix: unpatched cells hold the corrupted run's value.
-        let columns = [SweepKind.residual: length, .heads: heads, .headPositions: heads * length][request.kind]!
-        var values = Array(repeating: Array(repeating: corruptedValue, count: columns), count: layers)
-        for (run, value) in patched { values[run.row][run.column] = value }
-        if request.normalized {
-            let scale = cleanValue - corruptedValue
-            values = values.map { $0.map { ($0 - corruptedValue) / scale } }
+        // Each pair's matrix: cells the edit leaves alone hold the unedited run's value.
+        let heads = model.dimensions.heads
+        var raw = request.pairs.indices.map { pair in
+            Array(repeating: Array(repeating: unedited[pair], count: request.columns(length: request.pairs[pair].clean.count, heads: heads)),
+                  count: layers)
         }
-        let invocations = 2 + layers * columns
-        return SweepResult(values: values, clean: cleanValue, corrupted: corruptedValue, firstDifference: firstDifference,
-                           tokenLayers: tokenLayers, plainTokenLayers: invocations * length * layers,
-                           seconds: Date().timeIntervalSince(start))
+        for (run, value) in edited { raw[run.cell.pair][run.cell.row][run.cell.column] = value }
+        let (cleanValues, corruptedValues) = request.intervention.editsClean ? (unedited, otherValues) : (otherValues!, unedited)
+        var pairs: [PairSweep] = []
+        for pair in request.pairs.indices {
+            pairs.append(PairSweep(values: Self.normalize(raw[pair], clean: cleanValues[pair], corrupted: corruptedValues?[pair], request.normalized),
+                                   clean: cleanValues[pair], corrupted: corruptedValues?[pair],
+                                   firstDifference: request.pairs[pair].firstDifference ?? 0))
+        }
+        // The plain batched path runs every prompt and one invocation per cell, in full.
+        var plainSlots = request.reference.map(\.count).reduce(0, +)
+        for pair in request.pairs {
+            let length = pair.clean.count, cellCount = layers * request.columns(length: length, heads: heads)
+            plainSlots += length * ((pair.corrupted == nil ? 1 : 2) + cellCount)
+        }
+        return Self.result(pairs: pairs, raw: raw, request: request, tokenLayers: tokenLayers,
+                           plainTokenLayers: plainSlots * layers, seconds: Date().timeIntervalSince(start))
+    }
+
+    /// (value - corrupted) / (clean - corrupted), or value / clean without a corrupted run;
+    /// the raw values when `normalized` is false.
+    static func normalize(_ values: [[Float]], clean: Float, corrupted: Float?, _ normalized: Bool) -> [[Float]] {
+        guard normalized else { return values }
+        let baseline = corrupted ?? 0
+        return values.map { $0.map { ($0 - baseline) / (clean - baseline) } }
+    }
+
+    /// The result of a sweep over `pairs`: with one pair its own matrix; with several the
+    /// mean, as the TransformerLens and ARENA IOI notebooks average over a batch: the raw
+    /// metric averaged over pairs cell by cell, then normalised with the averaged clean and
+    /// corrupted values.
+    static func result(pairs: [PairSweep], raw: [[[Float]]], request: SweepRequest, tokenLayers: Int, plainTokenLayers: Int,
+                       seconds: Double) -> SweepResult {
+        let count = Float(pairs.count)
+        let clean = pairs.map(\.clean).reduce(0, +) / count
+        let corrupted = pairs[0].corrupted == nil ? nil : pairs.map { $0.corrupted! }.reduce(0, +) / count
+        let values: [[Float]]
+        if pairs.count == 1 {
+            values = pairs[0].values
+        } else {
+            let mean = raw[0].indices.map { row in
+                raw[0][row].indices.map { column in raw.map { $0[row][column] }.reduce(0, +) / count }
+            }
+            values = normalize(mean, clean: clean, corrupted: corrupted, request.normalized)
+        }
+        return SweepResult(values: values, clean: clean, corrupted: corrupted, firstDifference: pairs.map(\.firstDifference).min()!,
+                           pairs: pairs, tokenLayers: tokenLayers, plainTokenLayers: plainTokenLayers, seconds: seconds)
     }
 
     /// Runs `runs` layer by layer, each joining at its first layer those already under way,
     /// all of them stacked into one pass per layer; returns each run's metric and the
     /// token-layers computed.
-    private func runTogether(_ runs: [PatchedRun], cache: KeyValueCache, scorer: Scorer, cancelled: CancellationCheck?,
-                             progress: (Int) -> Void) throws -> ([(PatchedRun, Float)], Int) {
+    private func runTogether(_ runs: [EditedRun], cache: KeyValueCache, targets: Recording, scorer: Scorer,
+                             cancelled: CancellationCheck?, progress: (Int) -> Void) throws -> ([(EditedRun, Float)], Int) {
         let layers = model.dimensions.layers
-        var active: [PatchedRun] = []
+        var active: [EditedRun] = []
         var hidden = Tensor(zeros: [0, model.dimensions.hidden])
         var tokenLayers = 0
         var waiting = runs[...]
+        func continuation(hooks: (any ForwardHooks)?) -> ForwardPass {
+            ForwardPass(continuing: cache, rows: active.map(\.cell.pair), padding: active.map { targets.batch.padding[$0.cell.pair] },
+                        starts: active.map(\.slot), hooks: hooks, cancelled: cancelled)
+        }
         for layer in 0...layers {
             let joining = waiting.prefix { $0.firstLayer == layer }
             waiting = waiting.dropFirst(joining.count)
@@ -196,65 +156,128 @@ public struct PatchingSweep {
             active += joining
             hidden = stackRows([hidden] + joining.map(\.hidden))
             guard layer < layers, !active.isEmpty else { continue }
-            // A head patch replaces its head's output in the layer it starts at.
-            let patches = HeadPatches(site: Site("blocks.\(layer).attn.z", .output), runs: Array(active[firstJoining...]), firstRow: firstJoining)
-            let pass = ForwardPass(continuing: cache, starts: active.map(\.start),
-                                   hooks: patches.isEmpty ? nil : patches, cancelled: cancelled)
+            // A run edited inside this layer gets its edit at the cell's site.
+            let edits = StepHooks(active.enumerated().dropFirst(firstJoining).filter { $0.element.cell.stage == .inLayer }
+                .map { (row: $0.offset, run: $0.element) })
+            let pass = continuation(hooks: edits.isEmpty ? nil : edits)
             try pass.checkCancelled()
             hidden = try model.layer(layer, hidden, pass)
             tokenLayers += pass.computedRows
             progress(layer + 1)
         }
-        let pass = ForwardPass(continuing: cache, starts: active.map(\.start), cancelled: cancelled)
-        let scores = try scorer.score(pass.rowsToUnembed(try model.finalNorm(hidden, pass), .last))
+        let pass = continuation(hooks: nil)
+        let scores = try scorer.score(pass.rowsToUnembed(try model.finalNorm(hidden, pass), .last), pairs: active.map(\.cell.pair))
         return (Array(zip(active, scores)), tokenLayers)
     }
-
-    private func checkAnswers(_ metric: SweepMetric) throws {
-        let ids: [Int]
-        switch metric {
-        case .logitDifference(let answer, let wrong): ids = [answer, wrong]
-        case .logProbability(let answer): ids = [answer]
-        case .klFromClean: ids = []
-        }
-        if let bad = ids.first(where: { $0 < 0 || $0 >= model.dimensions.vocabulary }) { throw SweepError.tokenOutOfRange(bad) }
-    }
 }
 
-/// One patched run: the cell it fills, the layer it starts at, the first position it
-/// computes and its hidden states entering that layer.
-struct PatchedRun {
-    let row: Int
-    let column: Int
+/// The first position (axis 1 of [1, positions, ...]) where two values differ; nil when
+/// they are equal.
+func firstChangedPosition(_ before: Tensor, _ after: Tensor) -> Int? {
+    let a = before.select(axis: 0, 0).contiguous(), b = after.select(axis: 0, 0).contiguous()
+    let width = a.count / max(a.shape[0], 1)
+    for position in 0..<a.shape[0] {
+        let offset = position * width
+        for i in 0..<width where a.data[offset + i] != b.data[offset + i] { return position }
+    }
+    return nil
+}
+
+/// One edited run: its cell, the layer it joins at, the first position (and padded slot)
+/// it computes, and its hidden states entering that layer.
+final class EditedRun {
+    let cell: SweepCell
     let firstLayer: Int
     let start: Int
+    let slot: Int
     let hidden: Tensor
-    /// For a head patch: which head, and the clean run's output of that head at the first
-    /// positions it computes (all of them, or one).
-    let head: (index: Int, cleanZ: Tensor)?
+    /// The values the cell's step reads from other prompts, and the target's own recorded
+    /// value at the site (for the positions before `start`, which the run does not compute).
+    let sources: SourceValues
+    let recorded: Tensor
+
+    init(cell: SweepCell, firstLayer: Int, start: Int, slot: Int, hidden: Tensor, sources: SourceValues, recorded: Tensor) {
+        self.cell = cell
+        self.firstLayer = firstLayer
+        self.start = start
+        self.slot = slot
+        self.hidden = hidden
+        self.sources = sources
+        self.recorded = recorded
+    }
 }
 
-/// Replaces, in the rows of runs that start at this layer, their head's output with the
-/// clean run's.
-final class HeadPatches: ForwardHooks {
-    let site: Site
-    let patches: [(row: Int, head: Int, cleanZ: Tensor)]
+/// Applies each joining run's intervention step to its own rows at the step's site: the
+/// run's computed positions, completed with the recorded earlier ones, are what the step
+/// sees as its target, as a trace's step sees an invocation's value.
+final class StepHooks: ForwardHooks {
+    let edits: [(row: Int, run: EditedRun)]
+    let sites: Set<Site>
 
-    init(site: Site, runs: [PatchedRun], firstRow: Int) {
-        self.site = site
-        patches = runs.enumerated().compactMap { index, run in
-            run.head.map { (firstRow + index, $0.index, $0.cleanZ) }
-        }
+    init(_ edits: [(row: Int, run: EditedRun)]) {
+        self.edits = edits
+        sites = Set(edits.map(\.run.cell.step.site))
     }
 
-    var isEmpty: Bool { patches.isEmpty }
-    func wants(_ s: Site) -> Bool { s == site }
+    var isEmpty: Bool { edits.isEmpty }
+    func wants(_ site: Site) -> Bool { sites.contains(site) }
 
-    func visit(_ s: Site, _ value: inout Tensor) throws {
-        // value: [rows, positions, heads, headDim]
-        for patch in patches {
-            value.select(axis: 0, patch.row).select(axis: 1, patch.head).slice(axis: 0, 0..<patch.cleanZ.shape[0]).assign(from: patch.cleanZ)
+    func visit(_ site: Site, _ value: inout Tensor) throws {
+        // value: [rows, computed positions, ...]
+        for (row, run) in edits where run.cell.step.site == site {
+            let live = value.select(axis: 0, row)
+            let whole = run.recorded.copy()
+            let computed = whole.select(axis: 0, 0).slice(axis: 0, run.start..<run.recorded.shape[1])
+            computed.assign(from: live)
+            try run.cell.step.apply(run.sources.values(target: whole))
+            live.assign(from: computed)
         }
+    }
+}
+
+/// One plain forward pass over a batch of prompts, keeping the values at the sites asked
+/// for and the final hidden state at each prompt's last position.
+struct Recording {
+    let batch: TokenBatch
+    let lengths: [Int]
+    let values: [Site: Tensor]
+    /// [prompts, hidden].
+    let lastFinal: Tensor
+
+    init(_ model: any LanguageModel, _ prompts: [[Int]], sites: Set<Site>, cancelled: CancellationCheck?, cache: KeyValueCache? = nil) throws {
+        batch = TokenBatch(prompts)
+        lengths = prompts.map(\.count)
+        let recorder = ActivationRecorder(Array(sites))
+        let final = try model.forward(batch, hooks: recorder, logits: .none, cancelled: cancelled, recorder: cache)
+        values = recorder.values
+        lastFinal = final.select(axis: 1, batch.length - 1).contiguous()
+    }
+
+    /// Prompt `row`'s value at `site` without its padding: [1, its length, ...] (a view).
+    func value(_ site: Site, row: Int) -> Tensor {
+        let value = values[site]!.slice(axis: 0, row..<(row + 1))
+        return value.slice(axis: 1, batch.padding[row]..<batch.length)
+    }
+}
+
+/// What a cell's step may read besides its target: invocation 0 is the target, then the
+/// pair's other prompt (when the cells read it), then the reference prompts.
+struct SourceValues {
+    let other: Tensor?
+    let references: [Tensor]
+
+    init(targets: Recording, others: Recording?, references: Recording?, pair: Int, site: Site) {
+        other = others?.value(site, row: pair)
+        self.references = references.map { r in r.lengths.indices.map { r.value(site, row: $0) } } ?? []
+    }
+
+    func values(target: Tensor) -> SiteValues {
+        let other = self.other, references = self.references
+        return SiteValues(view: { invoke in
+            if invoke == 0 { return target }
+            if let other { return invoke == 1 ? other : references[invoke - 2] }
+            return references[invoke - 1]
+        })
     }
 }
 

@@ -1,40 +1,68 @@
 import Foundation
 import LoupeModels
 import LoupeTensor
+import LoupeTrace
 
 extension PatchingSweep {
-    /// The same sweep as the tutorial's batched trace computes it: one forward pass over the
-    /// clean run, the corrupted run and one corrupted invocation per patched cell, every
-    /// position of every layer, with full logits. Nothing is skipped or reused; `run` must
-    /// give the same matrix. `layers` limits the rows computed (all when nil).
+    /// The same sweep as the tutorial's batched trace computes it: for each pair, one forward
+    /// pass over its prompts and one invocation per edited cell, every position of every
+    /// layer, with full logits. Nothing is skipped or reused; `run` must give the same matrix.
+    /// A patch is copied by hand here; an ablation is the cell's `ablate` step applied to its
+    /// invocation as a trace applies it. `layers` limits the rows computed (all when nil).
     public func runPlain(_ request: SweepRequest, layers: [Int]? = nil, cancelled: CancellationCheck? = nil) throws -> SweepResult {
         let start = Date()
+        let cells = try SweepCells(request, model: model)
         let layers = layers ?? Array(0..<model.dimensions.layers)
-        let length = request.clean.count
-        let columns = [SweepKind.residual: length, .heads: model.dimensions.heads, .headPositions: model.dimensions.heads * length][request.kind]!
-        let sites = layers.map { Site(request.kind == .residual ? "blocks.\($0).resid_post" : "blocks.\($0).attn.z", .output) }
-        let patches = CellPatches(sites: sites, columns: columns, positions: length, kind: request.kind, firstPatchedRow: 2)
-        let invocations = [request.clean, request.corrupted] + Array(repeating: request.corrupted, count: sites.count * columns)
-        let logits = try model.forward(TokenBatch(invocations), hooks: patches, logits: .all, cancelled: cancelled)
-        let last = logits.slice(axis: 1, (length - 1)..<length).reshaped([invocations.count, -1])
-        let metric = FullLogitsMetric(request.metric, cleanLogits: last.select(axis: 0, 0))
-        let (cleanValue, corruptedValue) = (metric(last.select(axis: 0, 0)), metric(last.select(axis: 0, 1)))
-        let values = (0..<sites.count).map { l in
-            (0..<columns).map { c -> Float in
-                let value = metric(last.select(axis: 0, 2 + l * columns + c))
-                return request.normalized ? (value - corruptedValue) / (cleanValue - corruptedValue) : value
+        var pairs: [PairSweep] = [], raw: [[[Float]]] = []
+        var slots = 0
+        for (index, pair) in request.pairs.enumerated() {
+            let length = pair.clean.count
+            let columns = request.columns(length: length, heads: model.dimensions.heads)
+            // Rows: the clean prompt, the corrupted one, the references, then one per cell.
+            let prompts = [pair.clean] + (pair.corrupted.map { [$0] } ?? []) + request.reference
+            let target = request.intervention.editsClean ? 0 : 1
+            let hooks: any ForwardHooks
+            if request.intervention == .patch {
+                let sites = layers.map { Site(Self.patchedSite(request.kind, layer: $0), .output) }
+                hooks = CellPatches(sites: sites, columns: columns, positions: length, kind: request.kind, firstPatchedRow: prompts.count)
+            } else {
+                let chosen = Set(layers)
+                let planned = cells.cells.filter { $0.pair == index && chosen.contains($0.row) }
+                hooks = PlainSteps(planned.enumerated().map { (row: prompts.count + $0.offset, step: $0.element.step) },
+                                   target: target, other: request.intervention.readsOther ? 1 - target : nil,
+                                   references: Array(prompts.indices.suffix(request.reference.count)))
             }
+            let invocations = prompts + Array(repeating: prompts[target], count: layers.count * columns)
+            slots += invocations.count * length
+            let logits = try model.forward(TokenBatch(invocations), hooks: hooks, logits: .last, cancelled: cancelled)
+            let last = logits.reshaped([invocations.count, -1])
+            let metric = FullLogitsMetric(pair.metric, cleanLogits: last.select(axis: 0, 0))
+            let clean = metric(last.select(axis: 0, 0))
+            let corrupted = pair.corrupted == nil ? nil : metric(last.select(axis: 0, 1))
+            let values = (0..<layers.count).map { l in
+                (0..<columns).map { c in metric(last.select(axis: 0, prompts.count + l * columns + c)) }
+            }
+            raw.append(values)
+            pairs.append(PairSweep(values: Self.normalize(values, clean: clean, corrupted: corrupted, request.normalized),
+                                   clean: clean, corrupted: corrupted, firstDifference: pair.firstDifference ?? 0))
         }
-        return SweepResult(values: values, clean: cleanValue, corrupted: corruptedValue, firstDifference: 0,
-                           tokenLayers: invocations.count * length * model.dimensions.layers,
-                           plainTokenLayers: invocations.count * length * model.dimensions.layers,
-                           seconds: Date().timeIntervalSince(start))
+        return Self.result(pairs: pairs, raw: raw, request: request, tokenLayers: slots * model.dimensions.layers,
+                           plainTokenLayers: slots * model.dimensions.layers, seconds: Date().timeIntervalSince(start))
+    }
+
+    /// The site a patch of `kind` copies at.
+    static func patchedSite(_ kind: SweepKind, layer: Int) -> String {
+        switch kind {
+        case .residual: return "blocks.\(layer).resid_post"
+        case .heads, .headPositions: return "blocks.\(layer).attn.z"
+        case .mlp: return "blocks.\(layer).mlp_out"
+        }
     }
 }
 
 /// Row 0 is the clean run: at each patched site, row `firstPatchedRow + n` gets the clean
-/// run's value of its own cell (a position of the residual stream, a head at every position,
-/// or a head at one position).
+/// run's value of its own cell (a position of the residual stream or the MLP's output, a
+/// head at every position, or a head at one position).
 final class CellPatches: ForwardHooks {
     let sites: [Site]
     let columns: Int
@@ -58,12 +86,40 @@ final class CellPatches: ForwardHooks {
         for column in 0..<columns {
             let row = value.select(axis: 0, firstPatchedRow + layerIndex * columns + column)
             switch kind {
-            case .residual: row.select(axis: 0, column).assign(from: clean.select(axis: 0, column))
+            case .residual, .mlp: row.select(axis: 0, column).assign(from: clean.select(axis: 0, column))
             case .heads: row.select(axis: 1, column).assign(from: clean.select(axis: 1, column))
             case .headPositions:
                 let (head, position) = (column / positions, column % positions)
                 row.select(axis: 0, position).select(axis: 0, head).assign(from: clean.select(axis: 0, position).select(axis: 0, head))
             }
+        }
+    }
+}
+
+/// Applies each cell's intervention step to its own row of a full batch, reading the
+/// batch's unedited rows as the step's other invocations.
+final class PlainSteps: ForwardHooks {
+    let steps: [(row: Int, step: InterventionStep)]
+    let sites: Set<Site>
+    /// Batch rows of the cells' invocations 1 (the other prompt, when there is one) and on.
+    let readable: [Int]
+
+    init(_ steps: [(row: Int, step: InterventionStep)], target: Int, other: Int?, references: [Int]) {
+        self.steps = steps
+        sites = Set(steps.map(\.step.site))
+        readable = (other.map { [$0] } ?? []) + references
+    }
+
+    func wants(_ site: Site) -> Bool { sites.contains(site) }
+
+    func visit(_ site: Site, _ value: inout Tensor) throws {
+        let batch = value
+        let readable = self.readable
+        for (row, step) in steps where step.site == site {
+            try step.apply(SiteValues(view: { invoke in
+                let r = invoke == 0 ? row : readable[invoke - 1]
+                return batch.slice(axis: 0, r..<(r + 1))
+            }))
         }
     }
 }

@@ -2,44 +2,55 @@ import Foundation
 import LoupeModels
 import LoupeTensor
 
-/// Computes a sweep's metric from final hidden states at the last position, unembedding no
-/// more of the vocabulary than the metric reads.
+/// Computes each pair's metric from final hidden states at the last position, unembedding
+/// no more of the vocabulary than the metrics read.
 struct Scorer {
-    let metric: SweepMetric
+    let metrics: [SweepMetric]
     let model: any LanguageModel
-    /// For a logit difference: the unembedding of the two answers alone.
+    /// For logit differences: the unembedding of every answer token alone, and where each
+    /// token's row is.
     private let answers: Linear?
-    /// For KL: the clean run's next-token log-probabilities.
-    private let cleanLogProbabilities: [Double]?
+    private let answerRow: [Int: Int]
+    /// For KL: each pair's clean next-token log-probabilities.
+    private let cleanLogProbabilities: [[Double]?]
 
-    init(model: any LanguageModel, metric: SweepMetric, cleanLast: Tensor) throws {
+    /// `cleanFinal`: each pair's clean run, [pairs, hidden].
+    init(model: any LanguageModel, metrics: [SweepMetric], cleanFinal: Tensor) throws {
         self.model = model
-        self.metric = metric
-        switch metric {
-        case .logitDifference(let answer, let wrong):
-            answers = Scorer.unembedding(of: [answer, wrong], in: model.unembedding)
-            cleanLogProbabilities = nil
-        case .logProbability:
-            answers = nil
-            cleanLogProbabilities = nil
-        case .klFromClean:
-            answers = nil
-            cleanLogProbabilities = Scorer.logSoftmax(model.unembedding(cleanLast))[0]
+        self.metrics = metrics
+        let ids = Array(Set(metrics.flatMap { metric -> [Int] in
+            if case .logitDifference = metric { return metric.answers }
+            return []
+        })).sorted()
+        answers = ids.isEmpty ? nil : Scorer.unembedding(of: ids, in: model.unembedding)
+        answerRow = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0) })
+        cleanLogProbabilities = metrics.enumerated().map { pair, metric in
+            guard metric == .klFromClean else { return nil }
+            return Scorer.logSoftmax(model.unembedding(cleanFinal.slice(axis: 0, pair..<(pair + 1)).contiguous()))[0]
         }
     }
 
-    /// The metric for each row of `final` [rows, hidden].
-    func score(_ final: Tensor) throws -> [Float] {
-        switch metric {
-        case .logitDifference:
-            let logits = answers!(final)
-            return (0..<final.rowCount).map { logits[$0, 0] - logits[$0, 1] }
-        case .logProbability(let answer):
-            return Scorer.logSoftmax(model.unembedding(final)).map { Float($0[answer]) }
-        case .klFromClean:
-            let clean = cleanLogProbabilities!
-            return Scorer.logSoftmax(model.unembedding(final)).map { patched in
-                Float(zip(clean, patched).reduce(0.0) { $0 + exp($1.0) * ($1.0 - $1.1) })
+    /// The metric of each row of `final` [rows, hidden], row i scored by pair `pairs[i]`'s metric.
+    func score(_ final: Tensor, pairs: [Int]) throws -> [Float] {
+        precondition(final.rowCount == pairs.count, "one pair per row")
+        let answerLogits = answers.map { $0(final) }
+        // The full vocabulary only for the rows whose metric needs a softmax.
+        let needsVocabulary = pairs.indices.filter { row in
+            if case .logitDifference = metrics[pairs[row]] { return false }
+            return true
+        }
+        var logProbabilities = [Int: [Double]]()
+        if !needsVocabulary.isEmpty {
+            let rows = stackRows(needsVocabulary.map { final.slice(axis: 0, $0..<($0 + 1)) })
+            for (row, values) in zip(needsVocabulary, Scorer.logSoftmax(model.unembedding(rows))) { logProbabilities[row] = values }
+        }
+        return pairs.enumerated().map { row, pair in
+            switch metrics[pair] {
+            case .logitDifference(let answer, let wrong):
+                return answerLogits![row, answerRow[answer]!] - answerLogits![row, answerRow[wrong]!]
+            case .logProbability(let answer): return Float(logProbabilities[row]![answer])
+            case .klFromClean:
+                return Float(zip(cleanLogProbabilities[pair]!, logProbabilities[row]!).reduce(0.0) { $0 + exp($1.0) * ($1.0 - $1.1) })
             }
         }
     }

@@ -82,6 +82,13 @@ public struct SiteValues {
     let view: (Int) -> Tensor
     let tensors: [String: Tensor]
 
+    /// Values for a caller other than the trace executor (a sweep applying a step to its own
+    /// rows): `view(invoke)` gives invocation `invoke`'s value, [1, its length, ...].
+    public init(view: @escaping (Int) -> Tensor, tensors: [String: Tensor] = [:]) {
+        self.view = view
+        self.tensors = tensors
+    }
+
     /// Invocation `invoke`'s value at this site: [1, its length, ...].
     public func value(_ invoke: Int) -> Tensor { view(invoke) }
 
@@ -98,6 +105,16 @@ public struct InterventionContext {
     /// Each invocation's token count.
     public let lengths: [Int]
     let siteInfo: (Site) -> SiteInfo?
+
+    /// `lengths` are the token counts of the invocations an intervention may name;
+    /// `siteInfo` gives a site's symbolic shape.
+    public init(node: Int, target: Int, dimensions: ModelDimensions, lengths: [Int], siteInfo: @escaping (Site) -> SiteInfo?) {
+        self.node = node
+        self.target = target
+        self.dimensions = dimensions
+        self.lengths = lengths
+        self.siteInfo = siteInfo
+    }
 
     /// The shape of `site` for invocation `invoke` (batch 1, its own length), or nil when
     /// the model has no such site.
@@ -150,6 +167,14 @@ public struct InterventionArguments {
     let values: [String: TraceValue]
     /// Static shapes of tensor parameters (literal or referenced).
     let tensorShapes: [String: [Int]]
+
+    /// Arguments already checked against the intervention's parameters (the trace compiler
+    /// checks a node's; a sweep builds each cell's).
+    public init(node: Int, values: [String: TraceValue], tensorShapes: [String: [Int]] = [:]) {
+        self.node = node
+        self.values = values
+        self.tensorShapes = tensorShapes
+    }
 
     private func field(_ name: String) -> String { "nodes.\(node).params.\(name)" }
 

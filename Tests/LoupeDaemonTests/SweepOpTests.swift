@@ -12,8 +12,8 @@ final class SweepOpTests: XCTestCase {
 
     override class func setUp() {
         live = try? LiveDaemon()
-        try? live?.call("models.load", ["name": "gpt2", "source": .string(Fixtures.gpt2Tiny)])
-        try? live?.call("models.load", ["name": "llama", "source": .string(Fixtures.llamaTiny)])
+        _ = try? live?.call("models.load", ["name": "gpt2", "source": .string(Fixtures.gpt2Tiny)])
+        _ = try? live?.call("models.load", ["name": "llama", "source": .string(Fixtures.llamaTiny)])
     }
 
     override class func tearDown() { live?.stop() }
@@ -56,12 +56,12 @@ final class SweepOpTests: XCTestCase {
                             for (a, b) in zip(row, expected) { XCTAssertEqual(a, b, accuracy: 1e-4, context) }
                         }
                         XCTAssertEqual(Float(reply["clean"]?.doubleValue ?? .nan), plain.clean, accuracy: 1e-4, context)
-                        XCTAssertEqual(Float(reply["corrupted"]?.doubleValue ?? .nan), plain.corrupted, accuracy: 1e-4, context)
+                        XCTAssertEqual(Float(reply["corrupted"]?.doubleValue ?? .nan), plain.corrupted ?? .nan, accuracy: 1e-4, context)
                         XCTAssertEqual(reply["first_difference"], 2)
                         XCTAssertEqual(reply["rows"], MessageValue((0..<model.dimensions.layers).map(String.init)))
                         let heads = model.dimensions.heads
                         let cols = switch kind {
-                        case .residual: clean.enumerated().map { "\($1)_\($0)" }
+                        case .residual, .mlp: clean.enumerated().map { "\($1)_\($0)" }
                         case .heads: (0..<heads).map { "Head \($0)" }
                         case .headPositions: (0..<heads).flatMap { h in clean.indices.map { "Head \(h) @ \($0)" } }
                         }

@@ -20,15 +20,16 @@ final class SweepTests: XCTestCase {
         let layers = layers ?? Array(0..<model.dimensions.layers)
         let plain = try PatchingSweep(model: model).runPlain(request, layers: layers)
         XCTAssertEqual(result.clean, plain.clean, accuracy: tolerance, file: file, line: line)
-        XCTAssertEqual(result.corrupted, plain.corrupted, accuracy: tolerance, file: file, line: line)
+        XCTAssertEqual(result.corrupted == nil, plain.corrupted == nil, file: file, line: line)
+        XCTAssertEqual(result.corrupted ?? 0, plain.corrupted ?? 0, accuracy: tolerance, file: file, line: line)
         let expected = plain.values
-        // A normalized cell divides by clean - corrupted, which may be small: compare in the
-        // metric's own units.
-        let scale = request.normalized ? abs(plain.clean - plain.corrupted) : 1
+        // A normalized cell divides by clean - corrupted (or clean), which may be small:
+        // compare in the metric's own units.
+        let scale = request.normalized ? abs(plain.clean - (plain.corrupted ?? 0)) : 1
         for (index, layer) in layers.enumerated() {
             for (column, value) in expected[index].enumerated() {
                 XCTAssertEqual(result.values[layer][column] * scale, value * scale, accuracy: tolerance,
-                               "\(model.architecture) \(request.kind) \(request.metric) normalized \(request.normalized): layer \(layer), column \(column)",
+                               "\(model.architecture) \(request.kind) \(request.intervention) \(request.metric) normalized \(request.normalized): layer \(layer), column \(column)",
                                file: file, line: line)
             }
         }
@@ -77,14 +78,14 @@ final class SweepTests: XCTestCase {
         let sweep = PatchingSweep(model: model)
         let metric = SweepMetric.logitDifference(answer: 3, wrong: 11)
         XCTAssertThrowsError(try sweep.run(SweepRequest(clean: clean, corrupted: [1, 2], kind: .residual, metric: metric))) {
-            XCTAssertEqual($0 as? SweepError, .lengthsDiffer(clean: 9, corrupted: 2))
+            XCTAssertEqual($0 as? SweepError, .lengthsDiffer(pair: 0, clean: 9, corrupted: 2))
         }
         XCTAssertThrowsError(try sweep.run(SweepRequest(clean: clean, corrupted: clean, kind: .residual, metric: metric))) {
-            XCTAssertEqual($0 as? SweepError, .identicalPrompts)
+            XCTAssertEqual($0 as? SweepError, .identicalPrompts(pair: 0))
         }
         XCTAssertThrowsError(try sweep.run(SweepRequest(clean: clean, corrupted: corrupted, kind: .heads,
                                                         metric: .logitDifference(answer: 3, wrong: 512)))) {
-            XCTAssertEqual($0 as? SweepError, .tokenOutOfRange(512))
+            XCTAssertEqual($0 as? SweepError, .tokenOutOfRange(512, pair: 0))
         }
     }
 
@@ -100,7 +101,7 @@ final class SweepTests: XCTestCase {
         let residual = try check(loaded.model, SweepRequest(clean: clean, corrupted: corrupted, kind: .residual, metric: metric),
                                  layers: [0, 14, 29])
         XCTAssertEqual(residual.clean, 5.137, accuracy: 2e-3)
-        XCTAssertEqual(residual.corrupted, -3.829, accuracy: 2e-3)
+        XCTAssertEqual(try XCTUnwrap(residual.corrupted), -3.829, accuracy: 2e-3)
         XCTAssertEqual(residual.values[0].count, 16)
         _ = try check(loaded.model, SweepRequest(clean: clean, corrupted: corrupted, kind: .heads, metric: metric), layers: [0, 29])
     }
@@ -132,7 +133,7 @@ final class NNsightParityTests: XCTestCase {
                 clean: clean, corrupted: corrupted, kind: kind,
                 metric: .logitDifference(answer: reference.answer_ids[0], wrong: reference.answer_ids[1])))
             XCTAssertEqual(result.clean, expected.clean_logit_diff, accuracy: 2e-3)
-            XCTAssertEqual(result.corrupted, expected.corrupted_logit_diff, accuracy: 2e-3)
+            XCTAssertEqual(try XCTUnwrap(result.corrupted), expected.corrupted_logit_diff, accuracy: 2e-3)
             XCTAssertEqual(result.values.count, expected.values.count)
             var worst: Float = 0
             for (row, expectedRow) in zip(result.values, expected.values) {

@@ -174,7 +174,7 @@ final class TutorialTests: XCTestCase {
             let traced = try runner.run(trace)
             let residual = try sweep.run(SweepRequest(clean: clean, corrupted: corrupted, kind: .residual, metric: metric))
             XCTAssertEqual(scalar(traced["clean"]), residual.clean, accuracy: 1e-4, name)
-            XCTAssertEqual(scalar(traced["corrupted"]), residual.corrupted, accuracy: 1e-4, name)
+            XCTAssertEqual(scalar(traced["corrupted"]), try XCTUnwrap(residual.corrupted), accuracy: 1e-4, name)
             for layer in 0..<layers {
                 for t in 0..<clean.count {
                     XCTAssertEqual(scalar(traced[labels[layer][t]]), residual.values[layer][t], accuracy: 1e-4, "\(name) residual \(layer), \(t)")

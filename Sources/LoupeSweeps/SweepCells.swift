@@ -1,0 +1,119 @@
+import Interventions
+import LoupeModels
+import LoupeTrace
+
+/// Where a cell's edit lands relative to the layers.
+enum EditStage {
+    /// On the residual stream between two layers: the edited value enters `firstLayer`.
+    case beforeLayer
+    /// At a site inside a layer (a head's output, the MLP's output): the step runs there.
+    case inLayer
+}
+
+/// One cell of a sweep: the intervention step that edits its unit, and where it lands.
+struct SweepCell {
+    let pair: Int
+    let row: Int
+    let column: Int
+    let step: InterventionStep
+    /// The layer of the step's site.
+    let layer: Int
+    let stage: EditStage
+    /// For an edit between layers: the layer the edited value enters.
+    let firstLayer: Int
+}
+
+/// Every cell of a sweep, each planned by the intervention plugin that is its unit, as a
+/// trace node would plan it: the sweep sets the unit's layer, head and position and the
+/// invocations it reads, the plugin says what to do at which site.
+///
+/// Each cell is planned over the invocations [edited prompt, the pair's other prompt (when
+/// the cells read it), reference prompts...].
+struct SweepCells {
+    let cells: [SweepCell]
+    /// The sites the cells act at.
+    let sites: Set<Site>
+    /// The prompt each pair's cells edit, and the one they read from (none for zero or mean ablation).
+    let targets: [[Int]]
+    let others: [[Int]]
+
+    init(_ request: SweepRequest, model: any LanguageModel) throws {
+        try request.validate(model.dimensions)
+        let intervention = request.intervention
+        targets = request.pairs.map { intervention.editsClean ? $0.clean : $0.corrupted! }
+        others = intervention.readsOther ? request.pairs.map { intervention.editsClean ? $0.corrupted! : $0.clean } : []
+        let dimensions = model.dimensions
+        var cells = [SweepCell]()
+        for (pair, target) in targets.enumerated() {
+            let length = target.count
+            let lengths = [length] + (others.isEmpty ? [] : [others[pair].count]) + request.reference.map(\.count)
+            // The built-in interventions plan from their arguments alone; none asks for a site's shape.
+            let context = InterventionContext(node: 0, target: 0, dimensions: dimensions, lengths: lengths, siteInfo: { _ in nil })
+            for layer in 0..<dimensions.layers {
+                for column in 0..<request.columns(length: length, heads: dimensions.heads) {
+                    let (head, position): (Int?, Int?) = switch request.kind {
+                    case .residual, .mlp: (nil, column)
+                    case .heads: (column, nil)
+                    case .headPositions: (column / length, column % length)
+                    }
+                    let (type, values) = Self.unit(request, layer: layer, head: head, position: position,
+                                                   references: Array(lengths.indices.suffix(request.reference.count)))
+                    let steps: [InterventionStep]
+                    do { steps = try type.plan(InterventionArguments(node: 0, values: values), context) } catch {
+                        throw SweepError.intervention("\(type.name) refused the cell at layer \(layer), column \(column): \(error.message)")
+                    }
+                    guard steps.count == 1, let step = steps.first, let (siteLayer, stage, firstLayer) = Self.placement(of: step.site) else {
+                        throw SweepError.intervention("\(type.name) plans \(steps.count) steps at \(steps.map(\.site)) for one cell; a sweep cell is one step in one layer")
+                    }
+                    cells.append(SweepCell(pair: pair, row: layer, column: column, step: step, layer: siteLayer, stage: stage, firstLayer: firstLayer))
+                }
+            }
+        }
+        self.cells = cells
+        sites = Set(cells.map(\.step.site))
+    }
+
+    /// The intervention that edits one cell, and its arguments (invocation 1 is the pair's
+    /// other prompt when the cells read it).
+    static func unit(_ request: SweepRequest, layer: Int, head: Int?, position: Int?,
+                     references: [Int]) -> (any Intervention.Type, [String: TraceValue]) {
+        var values: [String: TraceValue] = [:]
+        if let head { values["head"] = .int(head) }
+        if let position { values["positions"] = .array([.int(position)]) }
+        let component = [SweepKind.residual: "resid", .heads: "head", .headPositions: "head", .mlp: "mlp"][request.kind]!
+        switch (request.intervention, request.kind) {
+        case (.patch, .residual):
+            values["layers"] = .int(layer)
+            values["source"] = 1
+            return (ResidualPatch.self, values)
+        case (.patch, .heads), (.patch, .headPositions):
+            values["layer"] = .int(layer)
+            values["source"] = 1
+            return (HeadPatch.self, values)
+        case (.patch, .mlp):
+            // No plugin patches an MLP's output by name; resampling it from the clean run is that patch.
+            values.merge(["component": .string(component), "layer": .int(layer), "mode": "resample", "source": 1]) { $1 }
+            return (Ablate.self, values)
+        case (.ablate(let method), _):
+            values.merge(["component": .string(component), "layer": .int(layer), "mode": .string(method.rawValue)]) { $1 }
+            switch method {
+            case .zero: break
+            case .resample: values["source"] = 1
+            case .mean: values["reference"] = .array(references.map { .int($0) })
+            }
+            return (Ablate.self, values)
+        }
+    }
+
+    /// The layer of a `blocks.L.name` site and whether the edit lands between layers (the
+    /// residual stream entering or leaving a block) or inside one.
+    static func placement(of site: Site) -> (layer: Int, stage: EditStage, firstLayer: Int)? {
+        let parts = site.path.split(separator: ".", maxSplits: 2).map(String.init)
+        guard parts.count == 3, parts[0] == "blocks", let layer = Int(parts[1]), site.io == .output else { return nil }
+        switch parts[2] {
+        case "resid_pre": return (layer, .beforeLayer, layer)
+        case "resid_post": return (layer, .beforeLayer, layer + 1)
+        default: return (layer, .inLayer, layer)
+        }
+    }
+}
