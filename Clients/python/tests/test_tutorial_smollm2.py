@@ -1,0 +1,192 @@
+"""The tutorial's attention-head cells 16-23 as it writes them for Llama-3.1-8B, with the
+import and model lines changed and Llama-3.1-8B's constants replaced by SmolLM2-135M's
+(9 heads of 64, hidden 576; no BOS token, so an answer's id is at index 0, not 1), on
+SmolLM2. `remote = True` stays: the client accepts it.
+
+Against nnsight on the same weights: the tutorial's Lisa/Sarah prompts
+(Tests/Fixtures/python/tutorial-smollm2-heads-nnsight.json, scripts/make_tutorial_golden.py)
+and the seed's John/Mary pair (Tests/Fixtures/sweeps/smollm2-ioi-nnsight.json,
+scripts/nnsight_reference.py), which the daemon's own head sweep must give too."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+
+TOLERANCE = 1e-3
+LISA_SARAH = json.loads((FIXTURES / "python" / "tutorial-smollm2-heads-nnsight.json").read_text())
+JOHN_MARY = json.loads((FIXTURES / "sweeps" / "smollm2-ioi-nnsight.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def llm(endpoint, smollm2):
+    # [16]
+    from loupe import LanguageModel
+
+    # [17]
+    llm = LanguageModel(smollm2, endpoint=endpoint)
+    print(llm)
+    return llm
+
+
+def cells_20_to_23(llm, prompts, answers):
+    """The cells after the prompts (cell 18) and answers (cell 19) are defined."""
+    from loupe import util, Proxy
+
+    # [20]
+    # Tokenize clean and corrupted inputs:
+    clean_tokens = llm.tokenizer(prompts, return_tensors="pt")["input_ids"]
+    corrupted_tokens = clean_tokens[
+        [(i + 1 if i % 2 == 0 else i - 1) for i in range(len(clean_tokens))]
+    ]
+
+    # Tokenize answers for each prompt:
+    answer_token_indices = [
+            [llm.tokenizer(answers[i][j])["input_ids"][0] for j in range(2)]
+            for i in range(len(answers))
+    ]
+
+    print("answer_tokens = " , answer_token_indices)
+
+    # [21]
+    import einops
+
+    # [22]
+    # Enter nnsight tracing context
+    N_LAYERS = len(llm.model.layers)
+    batch = 1
+    seq = len(prompts[0]) #15 length of input tokens
+    N_HEADS = 9 #9 attention heads
+    D_MODEL = int(576) #576 size of model hidden
+    D_HEADS = int(D_MODEL/N_HEADS) #64 size of attention head
+
+    ioi_patching_results_all = []
+    prompt_id = 0
+    corrupt_id = (prompt_id + 1 if prompt_id % 2 == 0 else prompt_id - 1)
+
+    with llm.trace(remote = True) as tracer:
+        # STEP 1: Clean run, grab clean activations for each attention head
+        with tracer.invoke(prompts[prompt_id]) as invoker:
+            clean_tokens = invoker.inputs[0]['input_ids'][0]
+
+            # Get clean attention output for later patching
+            z_hs = {}
+            for layer_idx in range(N_LAYERS):
+                # attention output for llama models needs to be reshaped to look at individual heads
+                z = llm.model.layers[layer_idx].self_attn.o_proj.input # dimensions [1x15x576] [batch x seq x D_MODEL]
+                z_reshaped = einops.rearrange(z, 'b s (nh dh) -> b s nh dh',nh=9)
+                for head_idx in range(N_HEADS):
+                    z_hs[layer_idx,head_idx] = z_reshaped[:,:,head_idx,:]
+
+            # Get logits from the lm_head.
+            clean_logits = llm.lm_head.output
+            clean_logit_diff = (
+                clean_logits[0, -1, answer_token_indices[prompt_id][0]] - clean_logits[0, -1, answer_token_indices[prompt_id][1]]
+            ).save()
+
+        # STEP 2: Corrupted run, grab corrupted logits for later comparison.
+        with tracer.invoke(prompts[corrupt_id]) as invoker:
+            corrupted_tokens = invoker.inputs[0]['input_ids'][0]
+            corrupted_logits = llm.lm_head.output
+
+            # Calculate the difference between the correct answer and incorrect answer for the corrupted run and save it.
+            corrupted_logit_diff = (
+                corrupted_logits[0, -1, answer_token_indices[prompt_id][0]] - corrupted_logits[0, -1, answer_token_indices[prompt_id][1]]
+            ).save()
+
+        # STEP 3: Patching runs, apply 'clean' model state at each layer and head,
+        ioi_patching_results = []
+
+        # Patching: Iterate through all the layers
+        for layer_idx in range(len(llm.model.layers)):
+            _ioi_patching_results = []
+            # Iterate through all attention heads
+            for head_idx in range(N_HEADS):
+                # Patching corrupted run at given layer and token
+                with tracer.invoke(prompts[corrupt_id]) as invoker:
+                    # Apply the patch from the clean hidden states to the corrupted hidden state for given layer and head.
+                    z_corrupt = llm.model.layers[layer_idx].self_attn.o_proj.input
+                    z_corrupt = einops.rearrange(z_corrupt, 'b s (nh dh) -> b s nh dh',nh=9)
+                    z_corrupt[:,:,head_idx,:] = z_hs[layer_idx,head_idx]
+                    z_corrupt = einops.rearrange(z_corrupt, 'b s nh dh -> b s (nh dh)', nh=9)
+                    llm.model.layers[layer_idx].self_attn.o_proj.input = z_corrupt
+
+                    patched_logits = llm.lm_head.output
+                    patched_logit_diff = (
+                        patched_logits[0, -1, answer_token_indices[prompt_id][0]]
+                        - patched_logits[0, -1, answer_token_indices[prompt_id][1]]
+                    )
+
+                    # Calculate the improvement in the correct token after patching.
+                    patched_result = (patched_logit_diff - corrupted_logit_diff) / (
+                        clean_logit_diff - corrupted_logit_diff
+                    )
+
+                    _ioi_patching_results.append(patched_result.save())
+
+            ioi_patching_results.append(_ioi_patching_results)
+
+    # [23] (the plotting function of cell 11 is the GPT-2 test's; here its matrix is checked)
+    print(f"Clean logit difference: {clean_logit_diff.value:.3f}")
+    print(f"Corrupted logit difference: {corrupted_logit_diff.value:.3f}")
+
+    x_labels = [f"Head {i}" for i in range(N_HEADS)]
+    values = np.array(util.apply(ioi_patching_results, lambda x: x.value.item(), Proxy))
+    return dict(answer_token_indices=answer_token_indices, clean_tokens=clean_tokens, x_labels=x_labels,
+                corrupted_tokens=corrupted_tokens, clean_logit_diff=float(clean_logit_diff),
+                corrupted_logit_diff=float(corrupted_logit_diff), values=values)
+
+
+def test_cells_18_to_23_match_nnsight(llm):
+    # [18]
+    prompts = [
+        "When Lisa and Sarah went to the cinema, Lisa gave the ticket to",
+        "When Lisa and Sarah went to the cinema, Sarah gave the ticket to"
+    ]
+
+    # [19]
+    answers = [
+        (" Sarah", " Lisa"),
+        (" Lisa", " Sarah")
+    ]
+    got = cells_20_to_23(llm, prompts, answers)
+    assert got["answer_token_indices"] == LISA_SARAH["answer_token_indices"]
+    assert [int(t) for t in got["clean_tokens"]] == LISA_SARAH["clean_tokens"]
+    assert abs(got["clean_logit_diff"] - LISA_SARAH["clean_logit_diff"]) < TOLERANCE
+    assert abs(got["corrupted_logit_diff"] - LISA_SARAH["corrupted_logit_diff"]) < TOLERANCE
+    assert got["values"].shape == (30, 9)
+    np.testing.assert_allclose(got["values"], LISA_SARAH["values"], atol=TOLERANCE)
+    assert got["x_labels"][:2] == ["Head 0", "Head 1"]
+
+
+def test_head_cells_on_the_seed_prompts_match_nnsight_and_the_sweep(llm):
+    prompts = [JOHN_MARY["clean_prompt"], JOHN_MARY["corrupted_prompt"]]
+    answers = [(" John", " Mary"), (" Mary", " John")]
+    got = cells_20_to_23(llm, prompts, answers)
+    heads = JOHN_MARY["heads"]
+    assert abs(got["clean_logit_diff"] - heads["clean_logit_diff"]) < TOLERANCE
+    assert abs(got["corrupted_logit_diff"] - heads["corrupted_logit_diff"]) < TOLERANCE
+    np.testing.assert_allclose(got["values"], heads["values"], atol=TOLERANCE)
+
+    sweep = llm.sweep(prompts[0], prompts[1], kind="heads", answer=" John", wrong=" Mary")
+    assert sweep.rows == [str(i) for i in range(30)] and sweep.cols == [f"Head {i}" for i in range(9)]
+    assert (sweep.row_axis, sweep.col_axis) == ("Layer", "Head")
+    np.testing.assert_allclose(sweep.values, got["values"], atol=TOLERANCE)
+    assert abs(sweep.clean - got["clean_logit_diff"]) < TOLERANCE
+
+
+def test_residual_sweep_matches_nnsight(llm):
+    residual = JOHN_MARY["residual"]
+    sweep = llm.sweep(JOHN_MARY["clean_prompt"], JOHN_MARY["corrupted_prompt"], answer=" John", wrong=" Mary")
+    assert sweep.values.shape == (30, 16) and sweep.cols == JOHN_MARY["token_labels"]
+    np.testing.assert_allclose(sweep.values, residual["values"], atol=TOLERANCE)
+    assert abs(sweep.clean - residual["clean_logit_diff"]) < TOLERANCE
+    assert abs(sweep.corrupted - residual["corrupted_logit_diff"]) < TOLERANCE
+
+
+def test_sweep_draws_a_progress_bar_on_stderr(llm, capsys):
+    llm.sweep(JOHN_MARY["clean_prompt"], JOHN_MARY["corrupted_prompt"], kind="heads", answer=" John",
+              wrong=" Mary", progress=True)
+    err = capsys.readouterr().err
+    assert "heads sweep:" in err and "30/30 layers" in err and "100%|" in err
