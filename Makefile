@@ -17,6 +17,7 @@ fixtures:
 	python3 scripts/make_tokenizer_fixtures.py
 	python3 scripts/make_model_fixtures.py
 	python3 scripts/nnsight_reference.py
+	python3 scripts/make_tutorial_golden.py
 	python3 scripts/make_protocol_vectors.py
 
 # The daemon over loopback: round trips against a pyzmq echo, throughput, warm turnaround.
