@@ -168,9 +168,10 @@ class LanguageModel:
     """A model in the Loupe daemon: `LanguageModel("path/or/hf-id")` loads it there (or attaches
     to the model already loaded from that source), then mirrors its HF module tree."""
 
-    def __init__(self, source, endpoint=None, name=None, progress=None, keep_alive=None, **_ignored):
+    def __init__(self, source, endpoint=None, name=None, progress=None, keep_alive=None, connect_timeout=5.0,
+                 **_ignored):
         # _ignored: nnsight's device_map, dispatch, ...: the daemon decides where models live.
-        self._connection = Connection.to(endpoint)
+        self._connection = Connection.to(endpoint, connect_timeout)
         self._progress = progress
         self._source = os.path.abspath(os.path.expanduser(source)) if os.path.exists(os.path.expanduser(source)) \
             else source

@@ -68,12 +68,12 @@ class Connection:
     _shared_lock = threading.Lock()
 
     @classmethod
-    def to(cls, endpoint=None):
+    def to(cls, endpoint=None, connect_timeout=5.0):
         endpoint = endpoint or default_endpoint()
         with cls._shared_lock:
             connection = cls._shared.get((endpoint, os.getpid()))
             if connection is None:
-                connection = cls._shared[(endpoint, os.getpid())] = cls(endpoint)
+                connection = cls._shared[(endpoint, os.getpid())] = cls(endpoint, connect_timeout)
             return connection
 
     def __init__(self, endpoint, connect_timeout=5.0):
@@ -84,8 +84,12 @@ class Connection:
         self.socket.connect(endpoint)
         self.ids = itertools.count(1)
         self.lock = threading.RLock()
-        self.server = self.request("hello", {"client": "loupe-python"}, timeout=connect_timeout)
-        self.instance = self._instance()
+        try:
+            self.server = self.request("hello", {"client": "loupe-python"}, timeout=connect_timeout)
+            self.instance = self._instance()
+        except BaseException:
+            self.socket.close(0)
+            raise
 
     def _instance(self):
         """(pid, start time) of the daemon process: what tells a restart from a slow reply."""

@@ -48,35 +48,55 @@ def _ask(endpoint, op, timeout=1.0):
         socket.close(0)
 
 
-@pytest.fixture(scope="session")
-def endpoint():
-    """The endpoint of a daemon started for this test session."""
-    binary = _loupe_binary()
-    workdir = tempfile.mkdtemp(prefix="loupe-pytest-")
-    address = f"ipc://{workdir}/loupe.sock"
-    log = open(os.path.join(workdir, "daemon.log"), "w")
-    daemon = subprocess.Popen([binary, "serve", "--endpoint", address, "--log-level", "warning"],
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(200):
-            if daemon.poll() is not None:
-                raise RuntimeError(f"loupe serve exited with {daemon.returncode}: "
-                                   f"{open(os.path.join(workdir, 'daemon.log')).read()}")
-            if _ask(address, "hello", timeout=0.2):
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("loupe serve did not answer within 10 s")
-        yield address
-    finally:
-        _ask(address, "server.shutdown")
-        try:
-            daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+class Daemon:
+    """A `loupe serve` process on an ipc:// socket in its own temporary directory."""
+
+    def __init__(self, binary, workdir=None):
+        self.binary = binary
+        self.workdir = workdir or tempfile.mkdtemp(prefix="loupe-pytest-")
+        self.endpoint = f"ipc://{self.workdir}/loupe.sock"
+        self.process = None
+
+    def start(self):
+        log = open(os.path.join(self.workdir, "daemon.log"), "a")
+        self.process = subprocess.Popen([self.binary, "serve", "--endpoint", self.endpoint, "--log-level", "warning"],
+                                        stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        for _ in range(200):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"loupe serve exited with {self.process.returncode}: "
+                                   f"{open(os.path.join(self.workdir, 'daemon.log')).read()}")
+            if _ask(self.endpoint, "hello", timeout=0.2):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("loupe serve did not answer within 10 s")
+
+    def stop(self):
+        if self.process is None:
+            return
+        _ask(self.endpoint, "server.shutdown")
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def loupe_binary():
+    return _loupe_binary()
+
+
+@pytest.fixture(scope="session")
+def endpoint(loupe_binary):
+    """The endpoint of a daemon started for this test session."""
+    daemon = Daemon(loupe_binary)
+    try:
+        yield daemon.start().endpoint
+    finally:
+        daemon.stop()
+        shutil.rmtree(daemon.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

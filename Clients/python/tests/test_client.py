@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import loupe
-from loupe import LanguageModel, Proxy, TraceError, util
+from conftest import FIXTURES, Daemon
+from loupe import DaemonUnavailable, LanguageModel, Proxy, TraceError, util
 
 CLEAN = "After John and Mary went to the store, Mary gave a bottle of milk to"
 CORRUPTED = "After John and Mary went to the store, John gave a bottle of milk to"
@@ -189,3 +190,23 @@ def test_misuse_is_reported_where_it_happens(gpt2):
         with gpt2.trace(CLEAN):
             gpt2.lm_head.output[0, -1, 60000]
     assert isinstance(loupe.Proxy, type) and Proxy is loupe.tracing.Proxy
+
+
+def test_no_daemon_and_a_restarted_daemon_are_reported_plainly(loupe_binary, tmp_path):
+    nowhere = f"ipc://{tmp_path}/nobody.sock"
+    with pytest.raises(DaemonUnavailable, match="no reply from a Loupe daemon on " + nowhere):
+        LanguageModel(str(FIXTURES / "models" / "gpt2-tiny"), endpoint=nowhere, connect_timeout=0.5)
+
+    daemon = Daemon(loupe_binary, workdir=str(tmp_path)).start()
+    try:
+        tiny = LanguageModel(str(FIXTURES / "models" / "gpt2-tiny"), endpoint=daemon.endpoint)
+        with tiny.trace([1, 2, 3]):
+            before = tiny.lm_head.output.save()
+        daemon.stop()
+        daemon.start()  # a new process on the same endpoint, without the model
+        with pytest.raises(DaemonUnavailable, match=r"restarted \(pid \d+ -> \d+\)"):
+            with tiny.trace([1, 2, 3]):
+                tiny.lm_head.output.save()
+        assert before.value.shape == (1, 3, tiny.config.vocab)
+    finally:
+        daemon.stop()
