@@ -65,6 +65,11 @@ let package = Package(
             name: "loupe-bench",
             dependencies: ["LoupeModels", "LoupeSweeps", "LoupeTrace", "GPT2", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
+        // The fuzz target over the daemon's request path (scripts/fuzz.sh builds it with libFuzzer).
+        .executableTarget(
+            name: "loupe-fuzz",
+            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeTrace", "GPT2", "Interventions"]),
+
         // Fixture paths, the plugin registry and comparisons every test target shares.
         .target(name: "LoupeTestSupport", dependencies: ["LoupeModels", "GPT2", "Llama"], path: "Tests/LoupeTestSupport"),
         .testTarget(name: "LoupeTensorTests", dependencies: ["LoupeTensor", "LoupeTestSupport"]),

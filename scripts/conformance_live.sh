@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 loupe=${LOUPE:-.build/debug/loupe}
 socket=$(mktemp -u /tmp/loupe-conformance-XXXXXX.sock)
 endpoint="ipc://$socket"
-"$loupe" serve --endpoint "$endpoint" --models-dir Tests/Fixtures/models --log-level warning &
+"$loupe" serve --endpoint "$endpoint" --models-dir Tests/Fixtures/models --model-root Tests/Fixtures/models --log-level warning &
 daemon=$!
 trap 'kill "$daemon" 2>/dev/null || true' EXIT
 python3 scripts/conformance.py --endpoint "$endpoint" >/dev/null

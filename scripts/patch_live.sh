@@ -9,7 +9,7 @@ loupe=${LOUPE:-.build/debug/loupe}
 socket=$(mktemp -u /tmp/loupe-patch-XXXXXX.sock)
 endpoint="ipc://$socket"
 out=$(mktemp -d)
-"$loupe" serve --endpoint "$endpoint" --models-dir Tests/Fixtures/models --log-level warning &
+"$loupe" serve --endpoint "$endpoint" --models-dir Tests/Fixtures/models --model-root Tests/Fixtures/models --log-level warning &
 daemon=$!
 trap 'kill "$daemon" 2>/dev/null || true; rm -rf "$out"' EXIT
 for _ in $(seq 100); do "$loupe" ps --endpoint "$endpoint" --timeout 0.2 >/dev/null 2>&1 && break; sleep 0.1; done

@@ -29,6 +29,10 @@ final class Job {
     var work: (@Sendable (JobControl) throws -> [String: MessageValue])?
     /// Progress at the moment `jobs.cancel` arrived, reported with the `cancelled` error.
     var progressAtCancel: (done: Int, total: Int)?
+    /// The connection that asked for it (its ROUTER identity), for the jobs-per-client limit.
+    var owner: [UInt8] = []
+    /// Stopped by the run-time limit (`maxJobSeconds`): it ends with `too_large`, not `cancelled`.
+    var timedOut = false
 
     init(id: Int, op: String, model: String) {
         self.id = id

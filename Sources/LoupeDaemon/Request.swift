@@ -1,3 +1,4 @@
+import Foundation
 import LoupeWire
 
 /// Where a reply goes: the ROUTER identity of the connection, whether it framed its
@@ -74,6 +75,29 @@ struct Request {
             numbers.append(number)
         }
         return numbers
+    }
+
+    /// `name` of a model to load: 1-64 characters of letters, digits, `.`, `_` and `-`.
+    func modelName() throws(ProtocolError) -> String {
+        let name = try string("name")
+        let allowed = name.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "._-".unicodeScalars.contains($0)) }
+        guard (1...64).contains(name.count), allowed else {
+            throw ProtocolError(.badRequest, "a model name is 1-64 characters of letters, digits, '.', '_' and '-'; got '\(name)'", field: "name")
+        }
+        return name
+    }
+
+    /// `protocol`, when given, must be this server's version.
+    func checkProtocolVersion() throws(ProtocolError) {
+        guard let value = fields["protocol"], value != .null else { return }
+        guard let version = value.intValue else {
+            throw ProtocolError(.badRequest, "'protocol' must be an integer", field: "protocol")
+        }
+        guard version == WireProtocol.version else {
+            throw ProtocolError(.versionMismatch,
+                                "client speaks protocol \(version); this server speaks protocol \(WireProtocol.version)",
+                                field: "protocol")
+        }
     }
 
     func mode() throws(ProtocolError) -> ReplyMode {

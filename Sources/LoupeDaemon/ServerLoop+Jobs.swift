@@ -7,7 +7,13 @@ extension ServerLoop {
     /// A new job; the requester subscribes as its `mode` says and hears `accepted` unless waiting.
     func makeJob(op: String, model: String, for request: Request) throws(ProtocolError) -> Job {
         let mode = try request.mode()
+        let owner = request.requester.identity
+        let open = jobs.values.lazy.filter { !$0.state.isFinished && $0.owner == owner }.count
+        guard open < configuration.maxClientJobs else {
+            throw ProtocolError(.busy, "this client already has \(open) jobs queued or running, the most one client may (loupe serve --max-client-jobs); wait for one to finish")
+        }
         let job = Job(id: nextJob, op: op, model: model)
+        job.owner = owner
         nextJob += 1
         jobs[job.id] = job
         if mode != .detach { job.subscribers.append(Subscriber(requester: request.requester, streams: mode == .stream)) }
@@ -59,7 +65,13 @@ extension ServerLoop {
         guard let instance = instances[instanceID] else { return }
         instance.running = nil
         instance.lastUsed = Date()
-        if let job = jobs[jobID] { finish(job, result.mapError { ProtocolError.running($0) }) }
+        if let job = jobs[jobID] {
+            finish(job, result.mapError { error in
+                let failure = ProtocolError.running(error)
+                guard job.timedOut, failure.code == .cancelled else { return failure }
+                return ProtocolError(.tooLarge, "the job ran longer than the \(configuration.maxJobSeconds) s one job may run (loupe serve --max-job-seconds) and was stopped after \(job.control.done) of \(job.control.total) layers; ask for less work per job")
+            })
+        }
         pump(instance)
         releaseIfUnused(instance)
         stopIfIdle()
@@ -129,6 +141,17 @@ extension ServerLoop {
             finishedJobs.removeFirst()
             jobs[first] = nil
             retainedBytes -= job?.outcomeBytes ?? 0
+        }
+    }
+
+    /// Stops running jobs past `maxJobSeconds` (loads, which cannot stop midway, excepted);
+    /// they end with `too_large` within a layer.
+    func stopOverdueJobs(now: Date) {
+        guard configuration.maxJobSeconds > 0 else { return }
+        for job in jobs.values where job.state == .running && !job.timedOut && job.op != "models.load" {
+            guard let started = job.started, now.timeIntervalSince(started) > configuration.maxJobSeconds else { continue }
+            job.timedOut = true
+            cancelRunning(job)
         }
     }
 

@@ -17,12 +17,12 @@ extension ServerLoop {
     }
 
     func load(_ request: Request) throws(ProtocolError) {
-        let name = try modelName(request)
+        let name = try request.modelName()
         let source = try request.string("source")
         guard !source.isEmpty else { throw ProtocolError(.badRequest, "'source' is empty", field: "source") }
         let keepAlive = try request.optionalDouble("keep_alive")
         if let keepAlive, keepAlive < 0 { throw ProtocolError(.badRequest, "'keep_alive' must be 0 or more seconds", field: "keep_alive") }
-        let key = resolver.key(for: source)
+        let key = try resolver.key(for: source)
 
         if let instance = models[name] {
             guard instance.key == key else {
@@ -112,16 +112,6 @@ extension ServerLoop {
     private func loadReply(_ name: String, _ instance: WarmModel, seconds: Double, shared: Bool) -> [String: MessageValue] {
         ["name": .string(name), "architecture": .string(instance.model.architecture), "path": .string(instance.loaded.resolvedPath),
          "dimensions": dimensions(of: instance.model), "load_seconds": MessageValue(seconds), "shared": .bool(shared)]
-    }
-
-    /// 1-64 characters of letters, digits, `.`, `_` and `-`.
-    private func modelName(_ request: Request) throws(ProtocolError) -> String {
-        let name = try request.string("name")
-        let allowed = name.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "._-".unicodeScalars.contains($0)) }
-        guard (1...64).contains(name.count), allowed else {
-            throw ProtocolError(.badRequest, "a model name is 1-64 characters of letters, digits, '.', '_' and '-'; got '\(name)'", field: "name")
-        }
-        return name
     }
 
     func unload(_ request: Request) throws(ProtocolError) -> [String: MessageValue] {

@@ -16,7 +16,10 @@ extension ServerLoop {
             "sweep": SweepSpec.hello,
             "limits": ["max_message_bytes": MessageValue(configuration.limits.maxBytes),
                        "max_batch_tokens": MessageValue(configuration.maxBatchTokens),
-                       "max_queue": MessageValue(configuration.maxQueue)],
+                       "max_queue": MessageValue(configuration.maxQueue),
+                       "max_saved_bytes": MessageValue(configuration.maxSavedBytes),
+                       "max_job_seconds": MessageValue(configuration.maxJobSeconds),
+                       "max_client_jobs": MessageValue(configuration.maxClientJobs)],
         ]
     }
 

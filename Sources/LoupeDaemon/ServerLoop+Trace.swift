@@ -3,48 +3,18 @@ import LoupeTensor
 import LoupeTrace
 import LoupeWire
 
-/// `trace`: decoded and validated here (errors name the node), run as a job on the model's
-/// worker by LoupeTrace's executor.
+/// `trace`: decoded and validated by `TraceSpec` (errors name the node), run as a job on
+/// the model's worker by LoupeTrace's executor.
 extension ServerLoop {
     func trace(_ request: Request) throws(ProtocolError) {
         let instance = try warmModel(request)
         let name = try request.string("model")
-        var fields = [String: TraceValue]()
-        for key in ["invokes", "nodes"] {
-            guard let value = request.fields[key] else {
-                throw ProtocolError(.badRequest, "trace needs '\(key)' (an array)", field: key)
-            }
-            fields[key] = try TraceValue(wire: value, attachments: request.attachments, field: key)
-        }
-        let tokenizer = instance.loaded.tokenizer
-        let trace: Trace
-        do {
-            trace = try Trace(.map(fields), tokenize: tokenizer.map { tokenizer in { tokenizer.encode($0) } })
-        } catch {
-            throw ProtocolError(error)
-        }
-        let length = trace.invocations.map(\.count).max() ?? 0
-        if trace.invocations.count * length > configuration.maxBatchTokens {
-            throw ProtocolError(.tooLarge, "\(trace.invocations.count) invocations x \(length) tokens is more than the \(configuration.maxBatchTokens) token slots one forward pass may compute; split the trace", field: "invokes")
-        }
-        let runner: TraceRunner
-        if let existing = instance.traceRunner {
-            runner = existing
-        } else {
-            do {
-                runner = try TraceRunner(model: instance.model, sites: instance.sites, interventions: interventions)
-            } catch {
-                throw ProtocolError.running(error)
-            }
-            instance.traceRunner = runner
-        }
-        let compiled: CompiledTrace
-        do { compiled = try runner.compile(trace) } catch { throw ProtocolError(error) }
+        let spec = try TraceSpec(request, model: instance, configuration: configuration, interventions: interventions)
         try checkRoom(on: instance, name: name)
         let job = try makeJob(op: "trace", model: name, for: request)
         job.control.setTotal(instance.model.dimensions.layers)
-        let (inbox, jobID, interval) = (self.inbox, job.id, configuration.progressInterval)
-        let plan = UncheckedCompiledTrace(compiled: compiled)
+        let (inbox, jobID, interval, runner) = (self.inbox, job.id, configuration.progressInterval, spec.runner)
+        let plan = UncheckedCompiledTrace(compiled: spec.compiled)
         enqueue(job, on: instance) { control in
             if control.isCancelled { throw ProtocolError(.cancelled, "the job was cancelled") }
             let result = try runner.run(plan.compiled, cancelled: {
@@ -52,11 +22,7 @@ extension ServerLoop {
                 if control.shouldReport(every: interval) { inbox.post { loop in loop.reportProgress(jobID) } }
                 return control.isCancelled
             })
-            var saved = [String: MessageValue]()
-            for (key, tensor) in result.saved { saved[key] = WireTensor(tensor).messageValue }
-            return ["saved": .map(saved), "names": MessageValue(result.names), "logits": .string(result.logits.rawValue),
-                    "slots": MessageValue(result.slots), "rows": MessageValue(result.rows),
-                    "token_layers": MessageValue(result.tokenLayers), "plain_token_layers": MessageValue(result.plainTokenLayers)]
+            return TraceSpec.reply(result)
         }
     }
 }

@@ -58,7 +58,7 @@ final class ServerLoop {
         self.interventions = interventions
         self.inbox = inbox
         self.logger = logger
-        self.resolver = SourceResolver(modelsDirectory: configuration.modelsDirectory)
+        self.resolver = SourceResolver(modelsDirectory: configuration.modelsDirectory, roots: configuration.modelRoots)
         socket = try ZMQSocket(.router)
         // Report unroutable replies (a client that left) instead of dropping them unseen.
         try socket.setOption(ZMQ_ROUTER_MANDATORY, Int32(1))
@@ -132,25 +132,13 @@ final class ServerLoop {
         let request = Request(requester: requester, op: op, fields: body.mapValue ?? [:], attachments: message.attachments)
         logger.debug("request", metadata: ["seq": "\(sequence)", "op": "\(op)", "id": "\(requester.id.jsonText())"])
         do throws(ProtocolError) {
-            try checkVersion(request)
+            try request.checkProtocolVersion()
             if stopping { throw ProtocolError(.busy, "the server is shutting down") }
             try dispatch(request)
         } catch {
             logger.info("request failed", metadata: ["seq": "\(sequence)", "op": "\(op)", "code": "\(error.code.rawValue)",
                                                      "error": "\(error.message)"])
             reply(to: requester, error: error)
-        }
-    }
-
-    private func checkVersion(_ request: Request) throws(ProtocolError) {
-        guard let value = request.fields["protocol"], value != .null else { return }
-        guard let version = value.intValue else {
-            throw ProtocolError(.badRequest, "'protocol' must be an integer", field: "protocol")
-        }
-        guard version == WireProtocol.version else {
-            throw ProtocolError(.versionMismatch,
-                                "client speaks protocol \(version); this server speaks protocol \(WireProtocol.version)",
-                                field: "protocol")
         }
     }
 
@@ -226,6 +214,7 @@ final class ServerLoop {
             logger.warning("jobs did not end in time; stopping anyway")
             stopped = true
         }
+        stopOverdueJobs(now: now)
         guard now.timeIntervalSince(lastHousekeeping) >= 1 else { return }
         lastHousekeeping = now
         unloadIdleModels(now: now)

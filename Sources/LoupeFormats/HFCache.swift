@@ -37,7 +37,7 @@ public enum HFCache {
     }
 
     /// The hub cache directory, chosen as huggingface_hub does.
-    static func hubDirectory(_ environment: [String: String]) -> String {
+    public static func hubDirectory(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let hub = environment["HF_HUB_CACHE"], !hub.isEmpty { return hub }
         if let home = environment["HF_HOME"], !home.isEmpty { return "\(home)/hub" }
         if let cache = environment["XDG_CACHE_HOME"], !cache.isEmpty { return "\(cache)/huggingface/hub" }

@@ -134,6 +134,8 @@ struct Compiler {
     private var nodes: [CompiledNode] = []
     private var indexOfID: [Int: Int] = [:]
     private var savedNames: Set<String> = []
+    /// Elements of the values computed so far that are not views of a site.
+    private var ownElements = 0
 
     init(model: any LanguageModel, sites: [SiteInfo], siteOrder: [Site: Int], interventions: InterventionRegistry,
          trace: Trace, mode: LogitMode) {
@@ -175,6 +177,14 @@ struct Compiler {
             }
             var reader = NodeReader(id: id, position: position, fields: fields)
             let node = try compileNode(op, &reader)
+            // Values of their own (not views of a site) count against one budget for the
+            // whole trace: many values of the largest size would otherwise add up without bound.
+            if node.alias == nil, let shape = node.shape {
+                ownElements += shape.reduce(1, *)
+                guard ownElements <= Compiler.maxElements else {
+                    throw reader.error(.tooLarge, "op", "the trace's values would hold more than the \(Compiler.maxElements) elements one trace may compute with; split it")
+                }
+            }
             indexOfID[id] = nodes.count
             nodes.append(node)
         }

@@ -18,6 +18,9 @@ final class LiveDaemon: Sendable {
         var configuration = DaemonConfiguration()
         configuration.endpoint = "ipc://" + NSTemporaryDirectory() + "loupe-test-\(UUID().uuidString.prefix(8)).sock"
         configuration.modelsDirectory = Fixtures.modelsDirectory
+        // The fixtures, the temporary directories tests write models to, and Loupe's own
+        // model directory (SmolLM2).
+        configuration.modelRoots = [Fixtures.modelsDirectory, NSTemporaryDirectory(), DaemonConfiguration.loupeModelsDirectory]
         configuration.debugOps = true
         adjust(&configuration)
         daemon = Daemon(configuration: configuration, registry: Fixtures.registry(), interventions: Fixtures.interventions(),

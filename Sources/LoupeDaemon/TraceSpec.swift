@@ -1,0 +1,61 @@
+import LoupeModels
+import LoupeTensor
+import LoupeTrace
+import LoupeWire
+
+/// A `trace` request decoded, validated against the model and compiled on the socket
+/// thread: every error, the limits' included, comes here, before a job exists.
+struct TraceSpec {
+    let compiled: CompiledTrace
+    let runner: TraceRunner
+
+    init(_ request: Request, model instance: WarmModel, configuration: DaemonConfiguration,
+         interventions: InterventionRegistry) throws(ProtocolError) {
+        // Counted before anything is converted: a million invocations are refused for what
+        // they are, not after a million arrays were built.
+        if let invokes = request.fields["invokes"]?.arrayValue, invokes.count > configuration.maxBatchTokens {
+            throw ProtocolError(.tooLarge, "\(invokes.count) invocations are more than the \(configuration.maxBatchTokens) token slots one forward pass may compute; split the trace", field: "invokes")
+        }
+        var fields = [String: TraceValue]()
+        for key in ["invokes", "nodes"] {
+            guard let value = request.fields[key] else {
+                throw ProtocolError(.badRequest, "trace needs '\(key)' (an array)", field: key)
+            }
+            fields[key] = try TraceValue(wire: value, attachments: request.attachments, field: key)
+        }
+        let tokenizer = instance.loaded.tokenizer
+        let trace: Trace
+        do {
+            trace = try Trace(.map(fields), tokenize: tokenizer.map { tokenizer in { tokenizer.encode($0) } })
+        } catch {
+            throw ProtocolError(error)
+        }
+        let length = trace.invocations.map(\.count).max() ?? 0
+        if trace.invocations.count * length > configuration.maxBatchTokens {
+            throw ProtocolError(.tooLarge, "\(trace.invocations.count) invocations x \(length) tokens is more than the \(configuration.maxBatchTokens) token slots one forward pass may compute; split the trace", field: "invokes")
+        }
+        if let existing = instance.traceRunner {
+            runner = existing
+        } else {
+            do {
+                runner = try TraceRunner(model: instance.model, sites: instance.sites, interventions: interventions)
+            } catch {
+                throw ProtocolError.running(error)
+            }
+            instance.traceRunner = runner
+        }
+        do { compiled = try runner.compile(trace) } catch { throw ProtocolError(error) }
+        if compiled.savedBytes > configuration.maxSavedBytes {
+            throw ProtocolError(.tooLarge, "the saved values would take \(compiled.savedBytes) bytes, more than the \(configuration.maxSavedBytes) one trace may save (loupe serve --max-saved-mb); save less or index first", field: "nodes")
+        }
+    }
+
+    /// The reply's fields (PROTOCOL.md, `trace`).
+    static func reply(_ result: TraceResult) -> [String: MessageValue] {
+        var saved = [String: MessageValue]()
+        for (key, tensor) in result.saved { saved[key] = WireTensor(tensor).messageValue }
+        return ["saved": .map(saved), "names": MessageValue(result.names), "logits": .string(result.logits.rawValue),
+                "slots": MessageValue(result.slots), "rows": MessageValue(result.rows),
+                "token_layers": MessageValue(result.tokenLayers), "plain_token_layers": MessageValue(result.plainTokenLayers)]
+    }
+}
