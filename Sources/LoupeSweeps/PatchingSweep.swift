@@ -39,7 +39,11 @@ public struct PatchingSweep {
         let enteringSites = Set(cells.cells.filter { $0.stage == .inLayer }.map { Site("blocks.\($0.layer).resid_pre", .output) })
         let cache = KeyValueCache(layers: layers)
         let targets = try Recording(model, cells.targets, sites: sites.union(enteringSites), cancelled: cancelled, cache: cache)
-        let others = cells.others.isEmpty ? nil : try Recording(model, cells.others, sites: sites, cancelled: cancelled)
+        // The pair's other prompt: what patching and resampling read, and the baseline a zero or
+        // mean ablation is normalised with when the request gives one.
+        let otherPrompts = request.intervention.editsClean ? request.pairs.compactMap(\.corrupted) : request.pairs.map(\.clean)
+        let others = otherPrompts.isEmpty ? nil
+            : try Recording(model, otherPrompts, sites: request.intervention.readsOther ? sites : [], cancelled: cancelled)
         let references = request.reference.isEmpty ? nil : try Recording(model, request.reference, sites: sites, cancelled: cancelled)
         let scorer = try Scorer(model: model, metrics: request.pairs.map(\.metric), cleanFinal: request.intervention.editsClean ? targets.lastFinal : others!.lastFinal)
         let unedited = try scorer.score(targets.lastFinal, pairs: Array(request.pairs.indices))
@@ -49,7 +53,7 @@ public struct PatchingSweep {
         var runs: [EditedRun] = []
         for cell in cells.cells {
             let pair = cell.pair
-            let sources = SourceValues(targets: targets, others: others, references: references, pair: pair, site: cell.step.site)
+            let sources = SourceValues(others: request.intervention.readsOther ? others : nil, references: references, pair: pair, site: cell.step.site)
             let recorded = targets.value(cell.step.site, row: pair)
             let edited = recorded.copy()
             try cell.step.apply(sources.values(target: edited))
@@ -266,7 +270,7 @@ struct SourceValues {
     let other: Tensor?
     let references: [Tensor]
 
-    init(targets: Recording, others: Recording?, references: Recording?, pair: Int, site: Site) {
+    init(others: Recording?, references: Recording?, pair: Int, site: Site) {
         other = others?.value(site, row: pair)
         self.references = references.map { r in r.lengths.indices.map { r.value(site, row: $0) } } ?? []
     }
