@@ -68,6 +68,9 @@ extension ServerLoop {
         if let job = jobs[jobID] {
             finish(job, result.mapError { error in
                 let failure = ProtocolError.running(error)
+                if stopping, !job.timedOut, failure.code == .cancelled {
+                    return ProtocolError(.cancelled, "cancelled: the server is shutting down")
+                }
                 guard job.timedOut, failure.code == .cancelled else { return failure }
                 return ProtocolError(.tooLarge, "the job ran longer than the \(configuration.maxJobSeconds) s one job may run (loupe serve --max-job-seconds) and was stopped after \(job.control.done) of \(job.control.total) layers; ask for less work per job")
             })
