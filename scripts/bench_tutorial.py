@@ -466,7 +466,7 @@ def report(args, started, loads, cold, warm, results, example, notes):
             "cell 13": "batched residual cell (1 trace, 482 invocations)",
             "cell 22": "batched head cell (1 trace, 272 invocations, einops)"}
     has_nnsight = bool(warm["nnsight"])
-    print(f"### The tutorial end to end, and the cold start\n")
+    print("### The tutorial end to end, and the cold start\n")
     print(f"Measured {started:%Y-%m-%d %H:%M} UTC on {machine()}, by `make bench-tutorial` "
           f"(`python3 scripts/bench_tutorial.py --loupe {os.path.relpath(args.loupe, ROOT)} "
           f"--repeats {args.repeats} --cold-repeats {args.cold_repeats} --nnsight-cold-repeats "
