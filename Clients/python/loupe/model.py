@@ -104,10 +104,15 @@ class Tokenizer:
         self.info = info or {}
         self.vocab_size = self.info.get("vocab_size")
         self.bos_token_id, self.eos_token_id = self.info.get("bos"), self.info.get("eos")
-        self._decoded = {}
+        self._decoded, self._encoded = {}, {}
 
     def encode(self, text):
-        return list(self._model._request("tokenize", {"text": text})["tokens"])
+        # Remembered: the tutorial's batched cells tokenize one prompt for hundreds of invocations.
+        if text not in self._encoded:
+            if len(self._encoded) >= 4096:
+                self._encoded.clear()
+            self._encoded[text] = self._model._request("tokenize", {"text": text})["tokens"]
+        return list(self._encoded[text])
 
     def __call__(self, text, return_tensors=None, **_):
         rows = [self.encode(text)] if isinstance(text, str) else [self.encode(t) for t in text]

@@ -51,15 +51,16 @@ def _ask(endpoint, op, timeout=1.0):
 class Daemon:
     """A `loupe serve` process on an ipc:// socket in its own temporary directory."""
 
-    def __init__(self, binary, workdir=None):
-        self.binary = binary
+    def __init__(self, binary, workdir=None, args=()):
+        self.binary, self.args = binary, list(args)
         self.workdir = workdir or tempfile.mkdtemp(prefix="loupe-pytest-")
         self.endpoint = f"ipc://{self.workdir}/loupe.sock"
         self.process = None
 
     def start(self):
         log = open(os.path.join(self.workdir, "daemon.log"), "a")
-        self.process = subprocess.Popen([self.binary, "serve", "--endpoint", self.endpoint, "--log-level", "warning"],
+        self.process = subprocess.Popen([self.binary, "serve", "--endpoint", self.endpoint, "--log-level", "warning",
+                                         *self.args],
                                         stdout=log, stderr=subprocess.STDOUT)
         log.close()
         for _ in range(200):

@@ -197,7 +197,7 @@ def test_no_daemon_and_a_restarted_daemon_are_reported_plainly(loupe_binary, tmp
     with pytest.raises(DaemonUnavailable, match="no reply from a Loupe daemon on " + nowhere):
         LanguageModel(str(FIXTURES / "models" / "gpt2-tiny"), endpoint=nowhere, connect_timeout=0.5)
 
-    daemon = Daemon(loupe_binary, workdir=str(tmp_path)).start()
+    daemon = Daemon(loupe_binary, workdir=str(tmp_path), args=["--models-dir", str(FIXTURES / "models")]).start()
     try:
         tiny = LanguageModel(str(FIXTURES / "models" / "gpt2-tiny"), endpoint=daemon.endpoint)
         with tiny.trace([1, 2, 3]):
