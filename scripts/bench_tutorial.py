@@ -327,6 +327,23 @@ def cold_start(arguments):
     return {"wall": wall, **json.loads(result.stdout.strip().splitlines()[-1])}, None
 
 
+def run_example(gguf, endpoint, notes):
+    """Seconds the example takes as a whole process on the warm daemon, or None."""
+    if not EXAMPLE.is_file():
+        notes.append(f"{EXAMPLE.relative_to(ROOT)} does not exist yet: not timed")
+        return None
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, str(EXAMPLE), gguf, "--endpoint", endpoint, "--out", out],
+                             capture_output=True, text=True,
+                             env={**os.environ, "LOUPE_PROGRESS": "0", "PYTHONPATH": str(ROOT / "Clients" / "python")})
+        seconds = time.perf_counter() - start
+    if run.returncode != 0:
+        notes.append(f"the example failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
+        return None
+    return seconds
+
+
 # -- the report ---------------------------------------------------------------------------
 
 def median_of(runs, key):
@@ -426,30 +443,22 @@ def main():
                 assert reference.answer_ids(model) == (correct, incorrect)
                 with torch.no_grad(), model.trace(CORRUPTED):
                     model.lm_head.output.save()
-        for repeat in range(args.repeats):
-            seconds, results["loupe"] = loupe_cells(llm, correct, incorrect)
-            warm["loupe"].append(seconds)
-            log_line(f"repeat {repeat + 1} loupe: {seconds}")
-            if model is not None:
-                seconds, results["nnsight"] = nnsight_cells(model, correct, incorrect, n_tokens)
-                warm["nnsight"].append(seconds)
-                log_line(f"repeat {repeat + 1} nnsight: {seconds}")
-            loads.append(load_average())
+        example = run_example(gguf, endpoint, notes)
+        try:
+            for repeat in range(args.repeats):
+                seconds, results["loupe"] = loupe_cells(llm, correct, incorrect)
+                warm["loupe"].append(seconds)
+                log_line(f"repeat {repeat + 1} loupe: {seconds}")
+                if model is not None:
+                    seconds, results["nnsight"] = nnsight_cells(model, correct, incorrect, n_tokens)
+                    warm["nnsight"].append(seconds)
+                    log_line(f"repeat {repeat + 1} nnsight: {seconds}")
+                loads.append(load_average())
+        except KeyboardInterrupt:  # report what was measured
+            notes.append(f"interrupted: {len(warm['loupe'])} repeats on Loupe, {len(warm['nnsight'])} on nnsight")
+            if not warm["loupe"]:
+                raise
         del model
-
-        if EXAMPLE.is_file():
-            with tempfile.TemporaryDirectory() as out:
-                start = time.perf_counter()
-                run = subprocess.run([sys.executable, str(EXAMPLE), gguf, "--endpoint", endpoint, "--out", out],
-                                     capture_output=True, text=True,
-                                     env={**os.environ, "LOUPE_PROGRESS": "0",
-                                          "PYTHONPATH": str(ROOT / "Clients" / "python")})
-                example = time.perf_counter() - start
-                if run.returncode != 0:
-                    notes.append(f"the example failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:]}")
-                    example = None
-        else:
-            notes.append(f"{EXAMPLE.relative_to(ROOT)} does not exist yet: not timed")
     finally:
         stop_daemon(args.loupe, endpoint, daemon)
         log.close()
@@ -473,7 +482,7 @@ def report(args, started, loads, cold, warm, results, example, notes):
           f"{args.nnsight_cold_repeats}`); load average "
           f"{min(loads):.1f}-{max(loads):.1f} during the run. SmolLM2-135M-Instruct (Q4_1 GGUF; "
           f"nnsight on the same weights dequantized to float32), the seed's IOI pair.\n")
-    print(f"Warm model, median of {args.repeats} (each repeat runs every cell on both sides in turn):\n")
+    print(f"Warm model, median of {len(warm['loupe'])} (each repeat runs every cell on both sides in turn):\n")
     print("| cell | Loupe (Python client, daemon) | nnsight | nnsight / Loupe |")
     print("|---|---|---|---|")
     totals = {}
