@@ -26,8 +26,9 @@ to the logit differences (then to the residual heatmap's matrix, `llm.sweep`). B
 it, a fresh Python process doing the same with nnsight (import, load, cells 8-9). The GGUF
 file is in the page cache for both (it is read on every run).
 
-Then, when it exists, Clients/python/examples/activation_patching.py against the warm
+And, before the repeats, Clients/python/examples/activation_patching.py against the warm
 daemon, timed as a whole process (Python start, imports, every cell, the heatmap files).
+Interrupted (Ctrl-C) during the repeats, it reports those it finished.
 
   python3 scripts/bench_tutorial.py [--loupe .build/release/loupe] [--repeats 3]
       [--cold-repeats 3] [--nnsight-cold-repeats 1] [--no-nnsight] [--gguf FILE]
