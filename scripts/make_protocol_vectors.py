@@ -63,9 +63,9 @@ INTERVENTIONS = ["ablate", "head_patch", "residual_patch", "steer"]
 
 
 class GPT2:
-    """GPT-2 in float64 numpy, as HF's GPT2LMHeadModel computes it, with the two patches a
-    sweep makes: the residual stream after a layer at one position, or one head's output
-    (the input of attn.c_proj, split by head) at every position."""
+    """GPT-2 in float64 numpy, as HF's GPT2LMHeadModel computes it, with the edits a sweep
+    makes: of the residual stream after a layer, of the heads' output (the input of
+    attn.c_proj, split by head) or of the MLP's output."""
 
     def __init__(self, directory):
         self.w = {k: v.astype(np.float64) for k, v in safetensors(directory / "model.safetensors").items()}
@@ -77,10 +77,13 @@ class GPT2:
         var = ((x - mean) ** 2).mean(-1, keepdims=True)
         return (x - mean) / np.sqrt(var + self.eps) * self.w[name + ".weight"] + self.w[name + ".bias"]
 
-    def forward(self, ids, record=None, resid=None, head=None):
-        """Final logits [len, vocab]. record: dict filled with resid_post.L and z.L [len, heads, dh];
-        resid: (layer, position, vector) written over the residual after that layer;
-        head: (layer, head, z [len, dh]) written over that head's output."""
+    def forward(self, ids, record=None, resid=None, edit=None):
+        """Final logits [len, vocab]. record: dict filled with resid_post.L, z.L [len, heads, dh]
+        and mlp_out.L; resid: (layer, position, vector) written over the residual after that layer;
+        edit: (name, layer, function) replacing z, mlp_out or resid_post of that layer by
+        function(value)."""
+        def edited(name, l, value):
+            return edit[2](value.copy()) if edit is not None and edit[:2] == (name, l) else value
         w, n = self.w, len(ids)
         x = w["transformer.wte.weight"][ids] + w["transformer.wpe.weight"][:n]
         for l in range(self.layers):
@@ -93,18 +96,20 @@ class GPT2:
             scores = np.where(np.tril(np.ones((n, n), dtype=bool)), scores, -np.inf)
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             z = ((scores / scores.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2)  # [len, heads, dh]
-            if head is not None and head[0] == l:
-                z = z.copy()
-                z[:, head[1], :] = head[2]
+            z = edited("z", l, z)
             if record is not None:
                 record[f"z.{l}"] = z.copy()
             x = x + z.reshape(n, -1) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
             h = self.norm(x, p + "ln_2") @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"]
             h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
-            x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+            mlp = edited("mlp_out", l, h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"])
+            if record is not None:
+                record[f"mlp_out.{l}"] = mlp.copy()
+            x = x + mlp
             if resid is not None and resid[0] == l:
                 x = x.copy()
                 x[resid[1]] = resid[2]
+            x = edited("resid_post", l, x)
             if record is not None:
                 record[f"resid_post.{l}"] = x.copy()
         return self.norm(x, "transformer.ln_f") @ w["transformer.wte.weight"].T
@@ -115,13 +120,7 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum())
 
 
-def sweep(model, clean, corrupted, kind, metric, normalized):
-    """The sweep as the tutorial runs it: every patch its own full forward pass."""
-    record = {}
-    clean_last = model.forward(clean, record=record)[-1]
-    corrupted_record = {}
-    corrupted_last = model.forward(corrupted, record=corrupted_record)[-1]
-
+def scorer(metric, clean_last):
     def score(logits):
         if "logit_diff" in metric:
             return logits[metric["logit_diff"]["answer"]] - logits[metric["logit_diff"]["wrong"]]
@@ -129,27 +128,58 @@ def sweep(model, clean, corrupted, kind, metric, normalized):
             return log_softmax(logits)[metric["logprob"]["answer"]]
         p = log_softmax(clean_last)
         return float((np.exp(p) * (p - log_softmax(logits))).sum())
+    return score
 
-    c, k = score(clean_last), score(corrupted_last)
-    n = len(clean)
-    columns = {"residual": n, "heads": model.heads, "head_positions": model.heads * n}[kind]
+
+def unit_sweep(model, clean, corrupted, kind, metric, intervention="patch", mode=None, reference=()):
+    """Any sweep, every cell its own full forward pass: patching edits the corrupted prompt
+    with the clean run's unit; ablation edits the clean prompt, zeroing the unit, replacing
+    it by its mean over the reference prompts, or by its value in the corrupted prompt.
+    Returns the raw matrix and the clean and corrupted values (None without a corrupted prompt)."""
+    records = {}
+    for name, ids in [("clean", clean), ("corrupted", corrupted)] + [(f"ref{i}", r) for i, r in enumerate(reference)]:
+        if ids is not None:
+            records[name] = {}
+            records[name]["last"] = model.forward(ids, record=records[name])[-1]
+    score = scorer(metric, records["clean"]["last"])
+    c = score(records["clean"]["last"])
+    k = score(records["corrupted"]["last"]) if corrupted is not None else None
+    target = clean if intervention == "ablate" else corrupted
+    source = "clean" if intervention == "patch" else "corrupted"
+    n = len(target)
+    site = {"residual": "resid_post", "mlp": "mlp_out", "heads": "z", "head_positions": "z"}[kind]
+    columns = {"residual": n, "mlp": n, "heads": model.heads, "head_positions": model.heads * n}[kind]
     values = []
     for l in range(model.layers):
         row = []
         for col in range(columns):
-            if kind == "residual":
-                logits = model.forward(corrupted, resid=(l, col, record[f"resid_post.{l}"][col]))[-1]
-            elif kind == "heads":
-                logits = model.forward(corrupted, head=(l, col, record[f"z.{l}"][:, col, :]))[-1]
-            else:  # head h at position t alone, column h * n + t
-                h, t = divmod(col, n)
-                z = corrupted_record[f"z.{l}"][:, h, :].copy()
-                z[t] = record[f"z.{l}"][t, h, :]
-                logits = model.forward(corrupted, head=(l, h, z))[-1]
-            value = score(logits)
-            row.append(float((value - k) / (c - k)) if normalized else float(value))
+            # The unit: (positions, head or None).
+            unit = {"residual": (slice(col, col + 1), None), "mlp": (slice(col, col + 1), None),
+                    "heads": (slice(None), col), "head_positions": (slice(col % n, col % n + 1), col // n)}[kind]
+
+            def part(value, unit=unit):
+                return value[unit[0]] if unit[1] is None else value[unit[0], unit[1]]
+
+            def replace(value, unit=unit, l=l):
+                if intervention == "ablate" and mode == "zero":
+                    new = np.zeros_like(part(value))
+                elif intervention == "ablate" and mode == "mean":
+                    new = np.mean([part(records[f"ref{i}"][f"{site}.{l}"]) for i in range(len(reference))], axis=0)
+                else:
+                    new = part(records[source][f"{site}.{l}"])
+                if unit[1] is None:
+                    value[unit[0]] = new
+                else:
+                    value[unit[0], unit[1]] = new
+                return value
+            row.append(float(score(model.forward(target, edit=(site, l, replace))[-1])))
         values.append(row)
-    return values, float(c), float(k)
+    return values, float(c), None if k is None else float(k)
+
+
+def normalize(values, c, k):
+    baseline = 0.0 if k is None else k
+    return [[(v - baseline) / (c - baseline) for v in row] for row in values]
 
 
 def top(logits, k):
@@ -174,7 +204,8 @@ def vectors():
         **ok, "protocol": PROTOCOL, "server": "loupe", "server_version": "", "instance": "", "started": "",
         "architectures": ["gpt2", "llama"],
         "interventions": [{"name": name} for name in INTERVENTIONS], "trace_ops": TRACE_OPS, "ops": OPS,
-        "sweep": {"kinds": ["residual", "heads", "head_positions"], "metrics": ["logit_diff", "logprob", "kl"]},
+        "sweep": {"kinds": ["residual", "heads", "head_positions", "mlp"], "metrics": ["logit_diff", "logprob", "kl"],
+                  "interventions": ["patch", "ablate"], "ablation_modes": ["zero", "mean", "resample"]},
         "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64}}, ["instance", "started"]
     yield "hello-version-mismatch", {"op": "hello", "protocol": 99}, error("version_mismatch", "protocol"), []
     yield "unknown-op", {"op": "models.frobnicate"}, error("unknown_op", "op"), []
@@ -238,7 +269,9 @@ def sweep_vectors(model, cases):
             ("sweep-residual-logprob", "residual", {"logprob": {"answer": 5}}, False),
             ("sweep-heads-kl", "heads", {"kl": {}}, False),
             ("sweep-head-positions-logit-diff", "head_positions", {"logit_diff": {"answer": 1, "wrong": 2}}, True)]:
-        values, c, k = sweep(model, clean, corrupted, kind, metric, normalized)
+        values, c, k = unit_sweep(model, clean, corrupted, kind, metric)
+        if normalized:
+            values = normalize(values, c, k)
         columns = {"residual": n, "heads": model.heads, "head_positions": model.heads * n}[kind]
         cols = {"residual": [f"{t}_{i}" for i, t in enumerate(clean)],
                 "heads": [f"Head {h}" for h in range(model.heads)],
@@ -251,6 +284,7 @@ def sweep_vectors(model, cases):
             "cols": cols, "col_axis": {"residual": "Position", "heads": "Head", "head_positions": "Head @ position"}[kind],
             "clean": c, "corrupted": k,
             "plain_token_layers": (2 + layers * columns) * n * layers}, variable
+    yield from ablation_and_pair_vectors(model, cases, clean, corrupted)
     base = {"op": "sweep", "model": "tiny", "clean": clean, "corrupted": corrupted,
             "metric": {"logit_diff": {"answer": 1, "wrong": 2}}}
     yield "sweep-lengths-differ", {**base, "corrupted": corrupted[:-1]}, error("bad_request", "corrupted"), []
@@ -263,6 +297,80 @@ def sweep_vectors(model, cases):
     yield "sweep-unknown-kind", {**base, "kind": "neurons"}, error("bad_request", "kind"), []
     yield "sweep-unknown-metric", {**base, "metric": {"accuracy": {}}}, error("bad_request", "metric"), []
     yield "sweep-unknown-model", {**base, "model": "nope"}, error("unknown_model", "model"), []
+
+
+def ablation_and_pair_vectors(model, cases, clean, corrupted):
+    """The mlp kind, ablation sweeps (zero, mean, resample) and a sweep over two pairs, with
+    their typed errors."""
+    n, layers = len(clean), model.layers
+    metric = {"logit_diff": {"answer": 1, "wrong": 2}}
+    cols = {"residual": [f"{t}_{i}" for i, t in enumerate(clean)], "mlp": [f"{t}_{i}" for i, t in enumerate(clean)],
+            "heads": [f"Head {h}" for h in range(model.heads)]}
+    axis = {"residual": "Position", "mlp": "Position", "heads": "Head"}
+    reference = [[(t * 3 + 1) % 512 for t in clean], [(t + 40) % 512 for t in clean]]
+    common = {"rows": [str(l) for l in range(layers)], "row_axis": "Layer", "seconds": 0.0, "token_layers": 0,
+              "job": 0, "timing": {}, "metric": metric, "normalized": True, "clean_tokens": clean}
+    variable = ["seconds", "token_layers"]
+    for name, kind, intervention, mode, with_corrupted in [
+            ("sweep-mlp-patch", "mlp", "patch", None, True),
+            ("sweep-ablate-heads-zero", "heads", "ablate", "zero", False),
+            ("sweep-ablate-residual-mean", "residual", "ablate", "mean", False),
+            ("sweep-ablate-mlp-resample", "mlp", "ablate", "resample", True)]:
+        refs = reference if mode == "mean" else ()
+        values, c, k = unit_sweep(model, clean, corrupted if with_corrupted else None, kind, metric, intervention, mode, refs)
+        columns = len(cols[kind])
+        request = {"op": "sweep", "model": "tiny", "clean": clean, "kind": kind, "metric": metric}
+        reply = {"status": "ok", **common, "kind": kind, "values": normalize(values, c, k), "cols": cols[kind],
+                 "col_axis": axis[kind], "clean": c, "corrupted": k, "intervention": intervention,
+                 "corrupted_tokens": corrupted if with_corrupted else None,
+                 "first_difference": 3 if with_corrupted else 0,
+                 "plain_token_layers": ((2 if with_corrupted else 1) + len(refs) + layers * columns) * n * layers}
+        if with_corrupted:
+            request["corrupted"] = corrupted
+        if intervention == "ablate":
+            request["intervention"] = "ablate"
+            request["params"] = {"mode": mode, **({"reference": refs} if mode == "mean" else {})}
+            reply["params"] = {"mode": mode}
+            if mode == "mean":
+                reply["reference_tokens"] = refs
+        yield name, request, reply, variable
+
+    # Two pairs with their own answers, of different lengths (a heads sweep takes them):
+    # each pair's matrix, and the mean of the raw metric normalised with the mean clean and corrupted values.
+    other = cases[2][:9]
+    other_corrupted = list(other)
+    other_corrupted[5] = 9
+    second = {"logit_diff": {"answer": 5, "wrong": 9}}
+    pairs, raws = [], []
+    for pair_clean, pair_corrupted, pair_metric in [(clean, corrupted, metric), (other, other_corrupted, second)]:
+        values, c, k = unit_sweep(model, pair_clean, pair_corrupted, "heads", pair_metric)
+        raws.append((values, c, k))
+        pairs.append({"values": normalize(values, c, k), "clean": c, "corrupted": k, "clean_tokens": pair_clean,
+                      "corrupted_tokens": pair_corrupted, "first_difference": pair_corrupted.index(next(
+                          b for a, b in zip(pair_clean, pair_corrupted) if a != b)), "metric": pair_metric})
+    mean = [[sum(r[0][l][h] for r in raws) / 2 for h in range(model.heads)] for l in range(layers)]
+    c, k = sum(r[1] for r in raws) / 2, sum(r[2] for r in raws) / 2
+    yield "sweep-pairs-heads", {
+        "op": "sweep", "model": "tiny", "kind": "heads", "metric": metric,
+        "pairs": [{"clean": clean, "corrupted": corrupted}, {"clean": other, "corrupted": other_corrupted, "metric": second}]}, {
+        "status": "ok", **common, "kind": "heads", "values": normalize(mean, c, k), "cols": cols["heads"], "col_axis": "Head",
+        "clean": c, "corrupted": k, "intervention": "patch", "corrupted_tokens": corrupted, "first_difference": 3,
+        "pairs": pairs, "plain_token_layers": sum((2 + layers * model.heads) * len(p) for p in (clean, other)) * layers}, variable
+
+    base = {"op": "sweep", "model": "tiny", "clean": clean, "corrupted": corrupted, "metric": metric}
+    yield "sweep-ablate-unknown-mode", {**base, "intervention": "ablate", "params": {"mode": "half"}}, \
+        error("bad_request", "params.mode"), []
+    yield "sweep-ablate-mean-without-reference", {**base, "intervention": "ablate", "params": {"mode": "mean"}}, \
+        error("bad_request", "params.reference"), []
+    yield "sweep-ablate-reference-length", {**base, "intervention": "ablate", "params": {"mode": "mean", "reference": [clean[:-1]]}}, \
+        error("shape_mismatch", "params.reference.0"), []
+    yield "sweep-ablate-resample-without-corrupted", {
+        "op": "sweep", "model": "tiny", "clean": clean, "metric": metric, "intervention": "ablate", "params": {"mode": "resample"}}, \
+        error("bad_request", "corrupted"), []
+    yield "sweep-pairs-of-different-lengths-by-position", {
+        "op": "sweep", "model": "tiny", "kind": "residual", "metric": metric,
+        "pairs": [{"clean": clean, "corrupted": corrupted}, {"clean": other, "corrupted": other_corrupted}]}, \
+        error("shape_mismatch", "pairs.1.clean"), []
 
 
 def trace_vectors(model, cases):

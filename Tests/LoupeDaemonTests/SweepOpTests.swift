@@ -136,7 +136,7 @@ final class SweepOpTests: XCTestCase {
         fields = request("gpt2", .residual, ["logprob": [:]], normalized: true)
         XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "metric.logprob.answer")
         fields = request("gpt2", .residual, metric, normalized: true)
-        fields["kind"] = "mlp"
+        fields["kind"] = "neurons"
         XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "kind")
         fields = request("gpt2", .residual, metric, normalized: true)
         fields.removeValue(forKey: "metric")
@@ -152,10 +152,149 @@ final class SweepOpTests: XCTestCase {
         try live.expectError(.tooLarge, "sweep", fields)
     }
 
+    private let references: [[Int]] = [[9, 14, 280, 41, 436, 98, 22, 61, 401], [226, 170, 30, 485, 80, 99, 3, 60, 258]]
+
+    /// Asserts a reply's matrix and values equal a plain-path result's.
+    private func assertEqual(_ reply: MessageValue, _ plain: PairSweep, _ context: String,
+                             file: StaticString = #filePath, line: UInt = #line) {
+        let got = Self.matrix(reply)
+        XCTAssertEqual(got.count, plain.values.count, context, file: file, line: line)
+        for (row, expected) in zip(got, plain.values) {
+            XCTAssertEqual(row.count, expected.count, context, file: file, line: line)
+            for (a, b) in zip(row, expected) { XCTAssertEqual(a, b, accuracy: 1e-4, context, file: file, line: line) }
+        }
+        XCTAssertEqual(Float(reply["clean"]?.doubleValue ?? .nan), plain.clean, accuracy: 1e-4, context, file: file, line: line)
+        if let corrupted = plain.corrupted {
+            XCTAssertEqual(Float(reply["corrupted"]?.doubleValue ?? .nan), corrupted, accuracy: 1e-4, context, file: file, line: line)
+        } else {
+            XCTAssertEqual(reply["corrupted"], .null, context, file: file, line: line)
+        }
+    }
+
+    func testAblationSweepsEqualThePlainPath() throws {
+        let live = try daemon()
+        let model = try LoadedModel.load(Fixtures.llamaTiny, registry: Fixtures.registry()).model
+        let metric = SweepMetric.logitDifference(answer: 1, wrong: 2)
+        let cases: [(SweepKind, AblationMethod, Bool)] = [(.heads, .zero, false), (.residual, .mean, false), (.mlp, .resample, true),
+                                                          (.headPositions, .zero, true)]
+        for (kind, method, withCorrupted) in cases {
+            var fields = request("llama", kind, ["logit_diff": ["answer": 1, "wrong": 2]], normalized: true)
+            if !withCorrupted { fields.removeValue(forKey: "corrupted") }
+            fields["intervention"] = "ablate"
+            var params: [String: MessageValue] = ["mode": .string(method.rawValue)]
+            if method == .mean { params["reference"] = .array(references.map { MessageValue($0) }) }
+            fields["params"] = .map(params)
+            let reply = try live.call("sweep", fields)
+            let plain = try PatchingSweep(model: model).runPlain(SweepRequest(
+                pairs: [SweepPair(clean: clean, corrupted: withCorrupted ? corrupted : nil, metric: metric)], kind: kind,
+                intervention: .ablate(method), reference: method == .mean ? references : []))
+            assertEqual(reply, plain.pairs[0], "\(kind) \(method)")
+            XCTAssertEqual(reply["intervention"], "ablate")
+            XCTAssertEqual(reply["params"], ["mode": .string(method.rawValue)])
+            XCTAssertEqual(reply["kind"], .string(kind.rawValue))
+            XCTAssertNil(reply["pairs"], "one pair given as clean and corrupted: no list of pairs")
+        }
+    }
+
+    /// Several pairs in one request: each pair's matrix is the plain path's for that pair,
+    /// `values` the mean (raw metric averaged, normalised with the averaged clean and corrupted values).
+    func testPairsEqualThePlainPath() throws {
+        let live = try daemon()
+        let model = try LoadedModel.load(Fixtures.gpt2Tiny, registry: Fixtures.registry()).model
+        var other = clean, otherCorrupted = clean
+        other[0] = 300
+        otherCorrupted[0] = 300
+        otherCorrupted[4] = 12
+        let pairs = [SweepPair(clean: clean, corrupted: corrupted, metric: .logitDifference(answer: 1, wrong: 2)),
+                     SweepPair(clean: other, corrupted: otherCorrupted, metric: .logitDifference(answer: 5, wrong: 9))]
+        let wirePairs: MessageValue = [
+            ["clean": MessageValue(clean), "corrupted": MessageValue(corrupted)],
+            ["clean": MessageValue(other), "corrupted": ["tokens": MessageValue(otherCorrupted)], "metric": ["logit_diff": ["answer": 5, "wrong": 9]]],
+        ]
+        for (kind, intervention) in [(SweepKind.residual, SweepIntervention.patch), (.heads, .ablate(.resample))] {
+            var fields: [String: MessageValue] = ["model": "gpt2", "kind": .string(kind.rawValue), "pairs": wirePairs,
+                                                  "metric": ["logit_diff": ["answer": 1, "wrong": 2]]]
+            if intervention != .patch { fields["intervention"] = "ablate"; fields["params"] = ["mode": "resample"] }
+            let reply = try live.call("sweep", fields)
+            let plain = try PatchingSweep(model: model).runPlain(SweepRequest(pairs: pairs, kind: kind, intervention: intervention))
+            let entries = try XCTUnwrap(reply["pairs"]?.arrayValue)
+            XCTAssertEqual(entries.count, 2)
+            for (index, entry) in entries.enumerated() {
+                assertEqual(entry, plain.pairs[index], "\(kind) pair \(index)")
+                XCTAssertEqual(entry["clean_tokens"], MessageValue(pairs[index].clean))
+            }
+            XCTAssertEqual(entries[1]["metric"], ["logit_diff": ["answer": 5, "wrong": 9]])
+            XCTAssertEqual(entries[1]["first_difference"], 4)
+            let mean = Self.matrix(reply)
+            for (row, expected) in zip(mean, plain.values) {
+                for (a, b) in zip(row, expected) { XCTAssertEqual(a, b, accuracy: 1e-4, "\(kind) mean") }
+            }
+            XCTAssertEqual(Float(reply["clean"]?.doubleValue ?? .nan), plain.clean, accuracy: 1e-4)
+            XCTAssertEqual(reply["first_difference"], 2, "the least over the pairs")
+        }
+    }
+
+    func testBadAblationAndPairFieldsAreTyped() throws {
+        let live = try daemon()
+        let metric: MessageValue = ["logit_diff": ["answer": 1, "wrong": 2]]
+        func expect(_ code: ErrorCode, _ field: String, _ edit: (inout [String: MessageValue]) -> Void,
+                    file: StaticString = #filePath, line: UInt = #line) throws {
+            var fields = request("gpt2", .residual, metric, normalized: true)
+            edit(&fields)
+            XCTAssertEqual(try live.expectError(code, "sweep", fields).field, field, file: file, line: line)
+        }
+        try expect(.badRequest, "intervention") { $0["intervention"] = "prune" }
+        try expect(.badRequest, "params.mode") { $0["intervention"] = "ablate"; $0["params"] = ["mode": "half"] }
+        try expect(.badRequest, "params.mode") { $0["intervention"] = "ablate"; $0["params"] = ["mode": 3] }
+        try expect(.badRequest, "params.layer") { $0["intervention"] = "ablate"; $0["params"] = ["layer": 1] }
+        try expect(.badRequest, "params.mode") { $0["params"] = ["mode": "zero"] }
+        try expect(.badRequest, "params") { $0["intervention"] = "ablate"; $0["params"] = "zero" }
+        try expect(.badRequest, "params.reference") { $0["intervention"] = "ablate"; $0["params"] = ["mode": "mean"] }
+        try expect(.badRequest, "params.reference") { $0["intervention"] = "ablate"; $0["params"] = ["mode": "zero", "reference": [[1, 2]]] }
+        try expect(.shapeMismatch, "params.reference.1") { fields in
+            fields["intervention"] = "ablate"
+            fields["params"] = ["mode": "mean", "reference": [MessageValue(self.clean), [1, 2, 3]]]
+        }
+        try expect(.indexOutOfRange, "params.reference.0.1") { fields in
+            fields["intervention"] = "ablate"
+            fields["params"] = ["mode": "mean", "reference": [[1, 99999]]]
+        }
+        try expect(.badRequest, "corrupted") { fields in
+            fields["intervention"] = "ablate"
+            fields["params"] = ["mode": "resample"]
+            fields.removeValue(forKey: "corrupted")
+        }
+        try expect(.badRequest, "corrupted") { $0.removeValue(forKey: "corrupted") }
+        // Pairs.
+        let pair: MessageValue = ["clean": MessageValue(clean), "corrupted": MessageValue(corrupted)]
+        try expect(.badRequest, "pairs") { $0["pairs"] = [pair] }
+        try expect(.badRequest, "pairs") { $0["pairs"] = []; $0.removeValue(forKey: "clean"); $0.removeValue(forKey: "corrupted") }
+        func pairs(_ list: MessageValue) -> (inout [String: MessageValue]) -> Void {
+            { fields in
+                fields["pairs"] = list
+                fields.removeValue(forKey: "clean")
+                fields.removeValue(forKey: "corrupted")
+            }
+        }
+        try expect(.badRequest, "pairs.1", pairs([pair, 7]))
+        try expect(.shapeMismatch, "pairs.1.clean", pairs([pair, ["clean": [1, 2, 3], "corrupted": [1, 2, 4]]]))
+        try expect(.badRequest, "pairs.1.corrupted", pairs([pair, ["clean": [1, 2, 3], "corrupted": [1, 2]]]))
+        try expect(.badRequest, "pairs.1.corrupted", pairs([pair, ["clean": [1, 2, 3]]]))
+        try expect(.indexOutOfRange, "pairs.0.corrupted.3", pairs([["clean": MessageValue(clean), "corrupted": [1, 2, 3, 99999]]]))
+        try expect(.indexOutOfRange, "pairs.1.metric.logit_diff.wrong", pairs([pair, ["clean": MessageValue(clean), "corrupted": MessageValue(corrupted),
+                                                                                       "metric": ["logit_diff": ["answer": 1, "wrong": 99999]]]]))
+        try expect(.badRequest, "pairs.0.metric") { fields in
+            pairs([pair])(&fields)
+            fields.removeValue(forKey: "metric")
+        }
+    }
+
     func testHelloListsSweepsTraceOpsAndInterventions() throws {
         let hello = try daemon().call("hello")
-        XCTAssertEqual(hello["sweep"]?["kinds"], ["residual", "heads", "head_positions"])
+        XCTAssertEqual(hello["sweep"]?["kinds"], ["residual", "heads", "head_positions", "mlp"])
         XCTAssertEqual(hello["sweep"]?["metrics"], ["logit_diff", "logprob", "kl"])
+        XCTAssertEqual(hello["sweep"]?["interventions"], ["patch", "ablate"])
+        XCTAssertEqual(hello["sweep"]?["ablation_modes"], ["zero", "mean", "resample"])
         let ops = hello["ops"]?.arrayValue ?? []
         XCTAssertTrue(ops.contains("sweep") && ops.contains("trace"))
         XCTAssertEqual(hello["interventions"]?.arrayValue?.compactMap { $0["name"]?.stringValue },
