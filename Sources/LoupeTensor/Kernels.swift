@@ -193,10 +193,13 @@ public func geluTanhInPlace(_ x: Tensor) {
     precondition(x.isContiguous)
     let p = x.data
     let c = Float((2.0 / Double.pi).squareRoot())
-    Parallel.forEachChunk(x.count, costPerItem: 16) { range in
-        for i in range {
-            let v = p[i]
-            p[i] = 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v)))
+    // 0.5·(1 + tanh(u)) = 1 / (1 + e^(-2u)): one vectorised exp instead of a scalar tanh.
+    // Past e^80 the quotient is v · 1e-35, zero for every purpose, so the exponent is capped
+    // to stay off exp's slow overflow path.
+    let cap = SIMD8<Float>(repeating: 80)
+    Parallel.forEachChunk(x.count, costPerItem: 4) { range in
+        mapVectors(p + range.lowerBound, p + range.lowerBound, count: range.count) { v in
+            v / (1 + exp(pointwiseMin(-2 * c * (v + 0.044715 * v * v * v), cap)))
         }
     }
 }
@@ -209,13 +212,13 @@ public func siluGated(_ gate: Tensor, _ up: Tensor?) -> Tensor {
     let (g, gStride) = rowMajorView(gate)
     let (u, uStride) = up.map(rowMajorView) ?? (g, gStride)
     precondition(up == nil || up!.shape == gate.shape, "gate \(gate.shape) and up \(up!.shape) differ")
-    Parallel.forEachChunk(gate.rowCount, costPerItem: width * 16) { rows in
+    let cap = SIMD8<Float>(repeating: 80)
+    Parallel.forEachChunk(gate.rowCount, costPerItem: width * 4) { rows in
         for row in rows {
             let gRow = g + row * gStride, uRow = u + row * uStride, out = output.data + row * width
-            if up == nil {
-                for i in 0..<width { out[i] = gRow[i] / (1 + expf(-gRow[i])) }
-            } else {
-                for i in 0..<width { out[i] = gRow[i] / (1 + expf(-gRow[i])) * uRow[i] }
+            mapVectors(gRow, out, count: width) { g in g / (1 + exp(pointwiseMin(-g, cap))) }  // as in GELU
+            if up != nil {
+                for i in 0..<width { out[i] *= uRow[i] }
             }
         }
     }
@@ -268,12 +271,11 @@ func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
         p.update(repeating: 0, count: n)
         return
     }
+    mapVectors(p, p, count: n) { exp($0 - maximum) }
+    // Summed in order, one by one: masked keys add exact zeros wherever the row's padding
+    // ends, so a row sums the same alone and in a padded batch.
     var sum: Float = 0
-    for i in 0..<n {
-        let e = expf(p[i] - maximum)
-        p[i] = e
-        sum += e
-    }
+    for i in 0..<n { sum += p[i] }
     let inverse = 1 / sum
     for i in 0..<n { p[i] *= inverse }
 }

@@ -100,6 +100,35 @@ final class KernelTests: XCTestCase {
         assertClose(product.toArray(), expected, 1e-5, "silu then * up")
     }
 
+    /// The vectorised exp behind GELU, SiLU and softmax at the edges of float32: masked keys
+    /// get exactly zero weight, NaN stays NaN (an injected NaN must not turn into a number),
+    /// tiny and huge arguments match libm.
+    func testActivationsAtTheEdgesOfFloat32() {
+        let row = Tensor(shape: [1, 11], values: [0, -.infinity, -100, -87.5, -87.2, -20, 3, -.infinity, 0.5, -95, 1])
+        let expected: [Double] = {
+            let v = row.toArray().map(Double.init)
+            let e = v.map { exp($0 - 3) }
+            let s = e.reduce(0, +)
+            return e.map { $0 / s }
+        }()
+        softmaxInPlace(row)
+        XCTAssertEqual(row[0, 1], 0)
+        XCTAssertEqual(row[0, 7], 0)
+        assertClose(row.toArray(), expected, 1e-7, "softmax across float32's range")
+        let withNaN = Tensor(shape: [1, 9], values: [0, 1, 2, .nan, 4, 5, 6, 7, 8])
+        softmaxInPlace(withNaN)
+        XCTAssertTrue(withNaN.toArray().contains { $0.isNaN }, "a NaN score must not vanish")
+        let extremes: [Float] = [-1e4, -200, -100, -30, 30, 100, 200, 1e4, .nan]
+        let gelu = Tensor(shape: [extremes.count], values: extremes)
+        geluTanhInPlace(gelu)
+        let silu = siluGated(Tensor(shape: [1, extremes.count], values: extremes), nil)
+        for (i, v) in extremes.enumerated() where !v.isNaN {
+            XCTAssertEqual(Double(gelu[i]), v < 0 ? 0 : Double(v), accuracy: 1e-6 * max(1, Double(abs(v))), "gelu(\(v))")
+            XCTAssertEqual(Double(silu[0, i]), Double(v) / (1 + exp(-Double(v))), accuracy: 1e-6 * max(1, Double(abs(v))), "silu(\(v))")
+        }
+        XCTAssertTrue(gelu[extremes.count - 1].isNaN && silu[0, extremes.count - 1].isNaN, "NaN in, NaN out")
+    }
+
     func testTransposeAndFusedLinear() {
         let a = random([130, 70]), b = random([40, 70]), biasA = random([130])
         let x = random([9, 70])
