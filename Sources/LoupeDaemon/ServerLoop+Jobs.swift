@@ -17,7 +17,8 @@ extension ServerLoop {
         nextJob += 1
         jobs[job.id] = job
         if mode != .detach { job.subscribers.append(Subscriber(requester: request.requester, streams: mode == .stream)) }
-        if mode != .wait { reply(to: request.requester, status: .accepted, ["job": MessageValue(job.id)]) }
+        // `instance` tells a client which daemon took the job, so it can tell a restart later.
+        if mode != .wait { reply(to: request.requester, status: .accepted, ["job": MessageValue(job.id), "instance": .string(instance)]) }
         logger.info("job", metadata: ["seq": "\(request.requester.sequence)", "job": "\(job.id)", "op": "\(op)", "model": "\(model)"])
         return job
     }

@@ -10,7 +10,7 @@ extension ServerLoop {
         }
         return [
             "protocol": MessageValue(WireProtocol.version), "server": "loupe", "server_version": .string(configuration.serverVersion),
-            "instance": .string(instance), "started": .string(started.formatted(.iso8601)),
+            "instance": .string(instance), "started": .string(started.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))),
             "architectures": MessageValue(registry.names), "interventions": MessageValue(trace: interventions.schema),
             "trace_ops": MessageValue(CompiledTrace.ops), "ops": MessageValue(ops),
             "sweep": SweepSpec.hello,

@@ -33,7 +33,8 @@ public enum ClientError: Error, Sendable, CustomStringConvertible {
 /// take as long as the job does.
 ///
 /// While a job runs, a silence of `livenessInterval` seconds sends a `hello`: a daemon that
-/// answers with another `instance` than the one that took the job has restarted, and `call`
+/// answers with another `instance` than the one that took the job (its `accepted` reply
+/// says which) has restarted, and `call`
 /// throws `daemonRestarted` instead of waiting forever. The socket keeps one routing id for
 /// its life, so after a dropped connection libzmq reconnects it under the same identity and
 /// the daemon's replies find it again.
@@ -99,10 +100,10 @@ public final class WireClient {
             }
             // A reply to an earlier request that timed out on this socket: not ours.
             guard reply.body["id"]?.intValue == Int(id) else { continue }
-            // A job was taken: learn which daemon took it, unless known.
-            if first && instanceAtStart == nil && reply.body["status"] == "accepted" {
-                try sendProbe()
-                probing = true
+            // `accepted` says which daemon took the job.
+            if reply.body["status"] == "accepted", let instance = reply.body["instance"]?.stringValue {
+                daemonInstance = instance
+                instanceAtStart = instance
             }
             first = false
             guard let status = reply.body["status"]?.stringValue.flatMap(ReplyStatus.init(rawValue:)) else {
