@@ -111,7 +111,20 @@ final class ZAPAuthenticator: Sendable {
 
     private func serve(_ socket: ZMQSocket) {
         while true {
-            guard let frames = try? socket.receive(), frames.count >= 6 else { continue }
+            let frames: [[UInt8]]
+            do {
+                guard let received = try socket.receive() else { continue } // interrupted
+                frames = received
+            } catch {
+                Thread.sleep(forTimeInterval: 0.1) // never spin on a failing socket
+                continue
+            }
+            // A REP socket must answer every request, even one it cannot read.
+            guard frames.count >= 6 else {
+                _ = try? socket.send([Array("1.0".utf8), frames.count > 1 ? frames[1] : [], Array("500".utf8),
+                                      Array("malformed ZAP request".utf8), [], []])
+                continue
+            }
             // version, request id, domain, address, routing id, mechanism, credentials...
             let (version, requestID) = (frames[0], frames[1])
             let domainName = String(decoding: frames[2], as: UTF8.self)
