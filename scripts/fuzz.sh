@@ -28,7 +28,7 @@ if ! swift build "${flags[@]}" > "$log" 2>&1; then
 fi
 rm -f "$log"
 binary="$(swift build "${flags[@]}" --show-bin-path)/loupe-fuzz"
-if [ ! -x "$binary" ] || ! nm "$binary" 2>/dev/null | grep -q LLVMFuzzerRunDriver; then
+if [ ! -x "$binary" ] || ! nm "$binary" 2>/dev/null | grep LLVMFuzzerRunDriver >/dev/null; then
     echo "fuzz: FAILED: no libFuzzer binary at $binary (does this Swift toolchain ship libclang_rt.fuzzer?)" >&2
     exit 1
 fi

@@ -27,6 +27,10 @@ if scripts/conformance_live.sh; then conformance_passed=1; conformance_failed=0;
 # loupe patch / loupe heads (JSON, SVG, HTML) against a real `loupe serve` process.
 if scripts/patch_live.sh; then patch_passed=1; patch_failed=0; else patch_passed=0; patch_failed=1; fi
 
+# The fuzz target over the request path, built here with libFuzzer: 60 s from the seed corpus
+# (RELIABILITY.md, "Hostile input"). A toolchain that cannot build it fails this step.
+if scripts/fuzz.sh 60; then fuzz_passed=1; fuzz_failed=0; else fuzz_passed=0; fuzz_failed=1; fi
+
 # The Python client (Clients/python): its pytest tests start and stop their own daemon.
 python3 -m pip install --quiet -e Clients/python 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages -e Clients/python || exit 1
@@ -40,7 +44,7 @@ python_failed=$(( $(echo "$pytest_summary" | sed -nE 's/.*\b([0-9]+) failed.*/\1
 rm -f "$log"
 if [ -z "$pytest_summary" ]; then echo "pytest printed no summary" >&2; python_failed=1; fi
 
-passed=$((executed - failed + conformance_passed + patch_passed + ${python_passed:-0}))
-failed=$((failed + conformance_failed + patch_failed + python_failed))
+passed=$((executed - failed + conformance_passed + patch_passed + fuzz_passed + ${python_passed:-0}))
+failed=$((failed + conformance_failed + patch_failed + fuzz_failed + python_failed))
 echo "tests: $passed passed, $failed failed"
 [ "$swift_status" -eq 0 ] && [ "$failed" -eq 0 ]
