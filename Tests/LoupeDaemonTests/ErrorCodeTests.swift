@@ -160,13 +160,17 @@ final class ErrorCodeTests: XCTestCase {
     func testNotFound() throws {
         try live.expectError(.notFound, "jobs.status", ["job": 999_999])
         try live.expectError(.notFound, "jobs.result", ["job": 999_999])
-        let source = try live.expectError(.notFound, "models.load", ["name": "ghost", "source": "/nonexistent/model.gguf"])
+        // Inside a model root (a path outside them is refused before it is looked for).
+        let source = try live.expectError(.notFound, "models.load", ["name": "ghost", "source": .string(Fixtures.modelsDirectory + "/nonexistent.gguf")])
         XCTAssertEqual(source.field, "source")
     }
 
     func testLoadFailed() throws {
-        // A directory that exists but holds no model.
-        let error = try live.expectError(.loadFailed, "models.load", ["name": "broken", "source": .string(Fixtures.repository + "/Protocol")])
+        // A directory in a model root that exists but holds no model.
+        let empty = NSTemporaryDirectory() + "loupe-empty-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: empty) }
+        let error = try live.expectError(.loadFailed, "models.load", ["name": "broken", "source": .string(empty)])
         XCTAssertTrue(error.message.contains("config.json"), error.message)
         try live.expectError(.unknownModel, "models.describe", ["name": "broken"])
     }
