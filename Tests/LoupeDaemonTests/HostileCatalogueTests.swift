@@ -1,6 +1,7 @@
 import CZMQ
 import Foundation
 import LoupeDaemon
+import LoupeModels
 import LoupeTestSupport
 import LoupeWire
 import XCTest
@@ -48,6 +49,9 @@ final class HostileCatalogueTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(cases.count, 40)
         XCTAssertEqual(Set(cases.map(\.name)).count, cases.count, "case names are unique")
 
+        // Twice: memory the first pass leaves the allocator holding must be reused by the second.
+        var afterPass = [Int]()
+        for _ in 1...2 {
         for entry in cases {
             let reply = try exchange(entry.frames)
             let status = reply["status"]?.stringValue
@@ -66,7 +70,10 @@ final class HostileCatalogueTests: XCTestCase {
             peak = max(peak, now)
             XCTAssertLessThan(now - baseline, Self.memoryBound, "\(entry.name): resident memory grew by \((now - baseline) >> 20) MiB")
         }
-        print("hostile catalogue: \(cases.count) cases, resident memory \(baseline >> 20) MiB at the start, \(peak >> 20) MiB at most, growth \((peak - baseline) >> 20) MiB")
+        afterPass.append(try rss(exchange))
+        }
+        XCTAssertLessThan(afterPass[1] - afterPass[0], 32 << 20, "the second pass grew resident memory from \(afterPass[0] >> 20) to \(afterPass[1] >> 20) MiB")
+        print("hostile catalogue: \(cases.count) cases twice, resident memory \(baseline >> 20) MiB at the start, \(peak >> 20) MiB at most (growth \((peak - baseline) >> 20) MiB), \(afterPass[0] >> 20) MiB after the first pass, \(afterPass[1] >> 20) MiB after the second")
     }
 
     private struct Timeout: Error {}
@@ -336,5 +343,33 @@ final class LimitTests: XCTestCase {
         for job in [first, second, third] { _ = try? client.call("jobs.result", ["job": MessageValue(job)]) }
         // Once they have ended the client may queue again.
         XCTAssertNotNil(try client.call("forward", ["model": "tiny", "tokens": [[1, 2, 3]]]).body["top"])
+    }
+}
+
+/// The fuzz target's path (`RequestCheck`) answers as the daemon does: every forward, sweep
+/// and trace request of the protocol vectors gets the vector's status and error code.
+final class RequestCheckTests: XCTestCase {
+    func testTheFuzzTargetAnswersTheVectorsAsTheDaemon() throws {
+        let model = try LoadedModel.load(Fixtures.gpt2Tiny, registry: Fixtures.registry())
+        var configuration = DaemonConfiguration()
+        configuration.modelsDirectory = Fixtures.modelsDirectory
+        configuration.modelRoots = [Fixtures.modelsDirectory]
+        let check = try RequestCheck(name: "tiny", model: model, configuration: configuration, interventions: Fixtures.interventions())
+        let vectors = Fixtures.repository + "/Protocol/vectors"
+        var compared = 0
+        for file in try FileManager.default.contentsOfDirectory(atPath: vectors).sorted() where file.hasSuffix(".request.msgpack") {
+            let request = try XCTUnwrap(FileManager.default.contents(atPath: vectors + "/" + file))
+            let reply = try MessageDecoder.decode(Array(try XCTUnwrap(FileManager.default.contents(
+                atPath: vectors + "/" + file.replacingOccurrences(of: ".request.", with: ".reply.")))))
+            guard let op = try MessageDecoder.decode(Array(request))["op"]?.stringValue, ["forward", "sweep", "trace"].contains(op) else { continue }
+            switch check.check([Array(request)], run: true) {
+            case .success:
+                XCTAssertEqual(reply["status"], "ok", "\(file): RequestCheck accepts what the daemon refuses: \(reply)")
+            case .failure(let error):
+                XCTAssertEqual(reply["error"]?["code"]?.stringValue, error.code.rawValue, "\(file): \(error.message)")
+            }
+            compared += 1
+        }
+        XCTAssertGreaterThanOrEqual(compared, 30)
     }
 }
