@@ -5,7 +5,8 @@ import LoupeWire
 /// The daemon's request path without a socket: a message's frames decoded, its op and
 /// fields read and checked against one loaded model by the code the server runs, and, when
 /// asked, a forward pass or trace run as its job would run and its reply encoded. The
-/// fuzzer (Sources/loupe-fuzz) drives it; nothing carries over from one message to the next.
+/// fuzzer (Sources/loupe-fuzz) drives it; nothing carries over from one message to the next
+/// but the model's trace runner, which holds no request's state.
 public final class RequestCheck {
     let configuration: DaemonConfiguration
     let interventions: InterventionRegistry
