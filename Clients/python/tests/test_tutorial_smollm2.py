@@ -3,10 +3,10 @@ import and model lines changed and Llama-3.1-8B's constants replaced by SmolLM2-
 (9 heads of 64, hidden 576; no BOS token, so an answer's id is at index 0, not 1), on
 SmolLM2. `remote = True` stays: the client accepts it.
 
-Against nnsight on the same weights: the tutorial's Lisa/Sarah prompts
-(Tests/Fixtures/python/tutorial-smollm2-heads-nnsight.json, scripts/make_tutorial_golden.py)
-and the seed's John/Mary pair (Tests/Fixtures/sweeps/smollm2-ioi-nnsight.json,
-scripts/nnsight_reference.py), which the daemon's own head sweep must give too."""
+The cells run on the tutorial's own Lisa/Sarah prompts against nnsight on the same weights
+(Tests/Fixtures/python/tutorial-smollm2-heads-nnsight.json, scripts/make_tutorial_golden.py);
+the daemon's sweeps run on the seed's John/Mary pair against nnsight's batched cells there
+(Tests/Fixtures/sweeps/smollm2-ioi-nnsight.json, scripts/nnsight_reference.py)."""
 import json
 
 import numpy as np
@@ -31,7 +31,7 @@ def llm(endpoint, smollm2):
 
 
 def cells_20_to_23(llm, prompts, answers):
-    """The cells after the prompts (cell 18) and answers (cell 19) are defined."""
+    """The cells after the prompts (cell 18) and answers (cell 19)."""
     from loupe import util, Proxy
 
     # [20]
@@ -160,33 +160,23 @@ def test_cells_18_to_23_match_nnsight(llm):
     assert got["x_labels"][:2] == ["Head 0", "Head 1"]
 
 
-def test_head_cells_on_the_seed_prompts_match_nnsight_and_the_sweep(llm):
-    prompts = [JOHN_MARY["clean_prompt"], JOHN_MARY["corrupted_prompt"]]
-    answers = [(" John", " Mary"), (" Mary", " John")]
-    got = cells_20_to_23(llm, prompts, answers)
-    heads = JOHN_MARY["heads"]
-    assert abs(got["clean_logit_diff"] - heads["clean_logit_diff"]) < TOLERANCE
-    assert abs(got["corrupted_logit_diff"] - heads["corrupted_logit_diff"]) < TOLERANCE
-    np.testing.assert_allclose(got["values"], heads["values"], atol=TOLERANCE)
-
-    sweep = llm.sweep(prompts[0], prompts[1], kind="heads", answer=" John", wrong=" Mary")
-    assert sweep.rows == [str(i) for i in range(30)] and sweep.cols == [f"Head {i}" for i in range(9)]
-    assert (sweep.row_axis, sweep.col_axis) == ("Layer", "Head")
-    np.testing.assert_allclose(sweep.values, got["values"], atol=TOLERANCE)
-    assert abs(sweep.clean - got["clean_logit_diff"]) < TOLERANCE
-
-
-def test_residual_sweep_matches_nnsight(llm):
-    residual = JOHN_MARY["residual"]
-    sweep = llm.sweep(JOHN_MARY["clean_prompt"], JOHN_MARY["corrupted_prompt"], answer=" John", wrong=" Mary")
+def test_sweeps_match_nnsight_with_a_progress_bar(llm, capsys):
+    """The daemon's residual and head sweeps on the seed's John/Mary pair against nnsight's
+    batched cells 13 and 22 on the same pair (smollm2-ioi-nnsight.json)."""
+    residual, heads = JOHN_MARY["residual"], JOHN_MARY["heads"]
+    sweep = llm.sweep(JOHN_MARY["clean_prompt"], JOHN_MARY["corrupted_prompt"], answer=" John", wrong=" Mary",
+                      progress=True)
     assert sweep.values.shape == (30, 16) and sweep.cols == JOHN_MARY["token_labels"]
+    assert (sweep.row_axis, sweep.col_axis) == ("Layer", "Position")
     np.testing.assert_allclose(sweep.values, residual["values"], atol=TOLERANCE)
     assert abs(sweep.clean - residual["clean_logit_diff"]) < TOLERANCE
     assert abs(sweep.corrupted - residual["corrupted_logit_diff"]) < TOLERANCE
-
-
-def test_sweep_draws_a_progress_bar_on_stderr(llm, capsys):
-    llm.sweep(JOHN_MARY["clean_prompt"], JOHN_MARY["corrupted_prompt"], kind="heads", answer=" John",
-              wrong=" Mary", progress=True)
     err = capsys.readouterr().err
-    assert "heads sweep:" in err and "30/30 layers" in err and "100%|" in err
+    assert "residual sweep:" in err and "30/30 layers" in err and "100%|" in err
+
+    sweep = llm.sweep(JOHN_MARY["clean_prompt"], JOHN_MARY["corrupted_prompt"], kind="heads", answer=" John",
+                      wrong=" Mary")
+    assert sweep.rows == [str(i) for i in range(30)] and sweep.cols == [f"Head {i}" for i in range(9)]
+    assert (sweep.row_axis, sweep.col_axis) == ("Layer", "Head")
+    np.testing.assert_allclose(sweep.values, heads["values"], atol=TOLERANCE)
+    assert abs(sweep.clean - heads["clean_logit_diff"]) < TOLERANCE
