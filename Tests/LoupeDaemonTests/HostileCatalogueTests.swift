@@ -373,3 +373,27 @@ final class RequestCheckTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(compared, 30)
     }
 }
+
+/// `--model-root`: what lies below the roots loads, links included when they stay inside.
+final class ModelRootTests: XCTestCase {
+    func testLinksThatStayInsideTheRootsLoadAndOthersAreRefused() throws {
+        let root = NSTemporaryDirectory() + "loupe-root-\(UUID().uuidString.prefix(8))"
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(atPath: root) }
+        // A link in one root to a model in another root: allowed, and the same weights as the model itself.
+        try fm.createSymbolicLink(atPath: root + "/tiny-link", withDestinationPath: Fixtures.gpt2Tiny)
+        let live = try LiveDaemon { $0.modelRoots = [root, Fixtures.modelsDirectory] }
+        defer { live.stop() }
+        let linked = try live.call("models.load", ["name": "linked", "source": .string(root + "/tiny-link")])
+        XCTAssertEqual(linked["path"]?.stringValue, try XCTUnwrap(URL(fileURLWithPath: Fixtures.gpt2Tiny).resolvingSymlinksInPath().path))
+        XCTAssertEqual(try live.call("models.load", ["name": "direct", "source": .string(Fixtures.gpt2Tiny)])["shared"], true)
+        // The models directory is not a root unless named: llama-tiny is refused when only root is.
+        let onlyTemp = try LiveDaemon { $0.modelRoots = [root] }
+        defer { onlyTemp.stop() }
+        let refused = try onlyTemp.expectError(.badRequest, "models.load", ["name": "llama", "source": "llama-tiny"])
+        XCTAssertEqual(refused.field, "source")
+        XCTAssertTrue(refused.message.contains("outside the model roots"), refused.message)
+        try onlyTemp.expectError(.badRequest, "models.load", ["name": "linked", "source": .string(root + "/tiny-link")])
+    }
+}
