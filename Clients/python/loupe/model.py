@@ -37,10 +37,7 @@ class Module:
                              f"(it has: {', '.join(children) or 'none'})")
 
     def __getitem__(self, index):
-        modules = list(self._children.values())
-        if isinstance(index, slice):
-            return modules[index]
-        return modules[index]
+        return list(self._children.values())[index]  # a module list's children are named 0, 1, ...
 
     def __len__(self):
         return len(self._children)

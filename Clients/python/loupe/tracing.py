@@ -478,10 +478,10 @@ class Tracer:
                 value._check_live("an operation")
                 return {"ref": value._id}
             value = value.value
-        if isinstance(value, (bool, np.bool_)):
+        if isinstance(value, (bool, np.bool_, float, np.floating)):
             return float(value)
-        if isinstance(value, (int, float, np.integer, np.floating)):
-            return float(value) if isinstance(value, (float, np.floating)) else int(value)
+        if isinstance(value, (int, np.integer)):
+            return int(value)
         return encode_tensor(value)
 
     def _current_invoker(self, what):
