@@ -20,12 +20,12 @@ extension ServerLoop {
                 control.setDone(done)
                 if control.shouldReport(every: interval) { inbox.post { loop in loop.reportProgress(jobID) } }
             }, cancelled: check)
-            return try Self.sweepReply(result, spec: spec, layers: layers)
+            return try Self.sweepReply(result, spec: spec, layers: spec.request.sweptLayers(loaded.model.dimensions))
         }
     }
 
     /// The reply's fields (PROTOCOL.md, `sweep`).
-    static func sweepReply(_ result: SweepResult, spec: SweepSpec, layers: Int) throws(ProtocolError) -> [String: MessageValue] {
+    static func sweepReply(_ result: SweepResult, spec: SweepSpec, layers: [Int]) throws(ProtocolError) -> [String: MessageValue] {
         let request = spec.request
         if request.normalized {
             // (edited - corrupted) / (clean - corrupted), with 0 for the corrupted value when there is no corrupted prompt.
@@ -42,7 +42,7 @@ extension ServerLoop {
             "metric": spec.metric,
             "normalized": .bool(request.normalized),
             "values": matrix(result.values),
-            "rows": MessageValue((0..<layers).map(String.init)),
+            "rows": MessageValue(layers.map(String.init)),
             "cols": MessageValue(spec.columns),
             "row_axis": "Layer",
             "col_axis": .string([SweepKind.residual: "Position", .mlp: "Position", .heads: "Head", .headPositions: "Head @ position"][request.kind]!),

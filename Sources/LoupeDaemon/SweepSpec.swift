@@ -78,8 +78,23 @@ struct SweepSpec: Sendable {
             throw ProtocolError(.tooLarge, "a prompt of \(longest) tokens exceeds the model's context of \(dimensions.context)", field: request.has("pairs") ? "pairs" : "clean")
         }
 
+        var layers: [Int]?
+        if request.has("layers") {
+            var chosen = [Int]()
+            for (index, item) in try request.array("layers").enumerated() {
+                guard let layer = item.intValue else {
+                    throw ProtocolError(.badRequest, "'layers.\(index)' must be a layer index, got \(item.typeName)", field: "layers.\(index)")
+                }
+                guard layer >= 0 && layer < dimensions.layers else {
+                    throw ProtocolError(.indexOutOfRange, "layer \(layer) is out of range: the model has \(dimensions.layers) layers", field: "layers.\(index)")
+                }
+                chosen.append(layer)
+            }
+            layers = chosen
+        }
         let normalized = try request.bool("normalized", default: true)
-        let sweep = SweepRequest(pairs: pairs, kind: kind, intervention: intervention, reference: reference, normalized: normalized)
+        let sweep = SweepRequest(pairs: pairs, kind: kind, intervention: intervention, reference: reference, layers: layers,
+                                 normalized: normalized)
         do { try sweep.validate(dimensions) } catch { throw error.protocolError(pairsField: request.has("pairs")) }
         // The edited runs' rows, stacked: each run computes from its first edited position to the end.
         let rows = sweep.stackedRowsBound(dimensions)
@@ -256,6 +271,8 @@ extension SweepError {
         func pairField(_ pair: Int, _ key: String) -> String { pairsField ? "pairs.\(pair).\(key)" : key }
         switch self {
         case .noPairs: return ProtocolError(.badRequest, description, field: "pairs")
+        case .noLayers, .repeatedLayer: return ProtocolError(.badRequest, description, field: "layers")
+        case .layerOutOfRange: return ProtocolError(.indexOutOfRange, description, field: "layers")
         case .emptyPrompt(let pair): return ProtocolError(.badRequest, description, field: pairField(pair, "clean"))
         case .lengthsDiffer(let pair, _, _), .identicalPrompts(let pair), .missingCorrupted(let pair):
             return ProtocolError(.badRequest, description, field: pairField(pair, "corrupted"))

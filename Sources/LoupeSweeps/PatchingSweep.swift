@@ -86,10 +86,10 @@ public struct PatchingSweep {
         }
 
         // Each pair's matrix: cells the edit leaves alone hold the unedited run's value.
-        let heads = model.dimensions.heads
+        let heads = model.dimensions.heads, rows = request.sweptLayers(model.dimensions).count
         var raw = request.pairs.indices.map { pair in
             Array(repeating: Array(repeating: unedited[pair], count: request.columns(length: request.pairs[pair].clean.count, heads: heads)),
-                  count: layers)
+                  count: rows)
         }
         for (run, value) in edited { raw[run.cell.pair][run.cell.row][run.cell.column] = value }
         let (cleanValues, corruptedValues) = request.intervention.editsClean ? (unedited, otherValues) : (otherValues!, unedited)
@@ -102,7 +102,7 @@ public struct PatchingSweep {
         // The plain batched path runs every prompt and one invocation per cell, in full.
         var plainSlots = request.reference.map(\.count).reduce(0, +)
         for pair in request.pairs {
-            let length = pair.clean.count, cellCount = layers * request.columns(length: length, heads: heads)
+            let length = pair.clean.count, cellCount = rows * request.columns(length: length, heads: heads)
             plainSlots += length * ((pair.corrupted == nil ? 1 : 2) + cellCount)
         }
         return Self.result(pairs: pairs, raw: raw, request: request, tokenLayers: tokenLayers,

@@ -8,11 +8,13 @@ extension PatchingSweep {
     /// pass over its prompts and one invocation per edited cell, every position of every
     /// layer, with full logits. Nothing is skipped or reused; `run` must give the same matrix.
     /// A patch is copied by hand here; an ablation is the cell's `ablate` step applied to its
-    /// invocation as a trace applies it. `layers` limits the rows computed (all when nil).
+    /// invocation as a trace applies it. `layers` limits the rows computed (those of the
+    /// request when nil).
     public func runPlain(_ request: SweepRequest, layers: [Int]? = nil, cancelled: CancellationCheck? = nil) throws -> SweepResult {
         let start = Date()
         let cells = try SweepCells(request, model: model)
-        let layers = layers ?? Array(0..<model.dimensions.layers)
+        let swept = request.sweptLayers(model.dimensions)
+        let layers = layers ?? swept
         var pairs: [PairSweep] = [], raw: [[[Float]]] = []
         var slots = 0
         for (index, pair) in request.pairs.enumerated() {
@@ -27,7 +29,7 @@ extension PatchingSweep {
                 hooks = CellPatches(sites: sites, columns: columns, positions: length, kind: request.kind, firstPatchedRow: prompts.count)
             } else {
                 let chosen = Set(layers)
-                let planned = cells.cells.filter { $0.pair == index && chosen.contains($0.row) }
+                let planned = cells.cells.filter { $0.pair == index && chosen.contains(swept[$0.row]) }
                 hooks = PlainSteps(planned.enumerated().map { (row: prompts.count + $0.offset, step: $0.element.step) },
                                    target: target, other: request.intervention.readsOther ? 1 - target : nil,
                                    references: Array(prompts.indices.suffix(request.reference.count)))

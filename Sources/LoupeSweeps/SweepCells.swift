@@ -13,6 +13,7 @@ enum EditStage {
 /// One cell of a sweep: the intervention step that edits its unit, and where it lands.
 struct SweepCell {
     let pair: Int
+    /// The matrix row (the index of the swept layer) and column.
     let row: Int
     let column: Int
     let step: InterventionStep
@@ -49,7 +50,7 @@ struct SweepCells {
             let lengths = [length] + (others.isEmpty ? [] : [others[pair].count]) + request.reference.map(\.count)
             // The built-in interventions plan from their arguments alone; none asks for a site's shape.
             let context = InterventionContext(node: 0, target: 0, dimensions: dimensions, lengths: lengths, siteInfo: { _ in nil })
-            for layer in 0..<dimensions.layers {
+            for (row, layer) in request.sweptLayers(dimensions).enumerated() {
                 for column in 0..<request.columns(length: length, heads: dimensions.heads) {
                     let (head, position): (Int?, Int?) = switch request.kind {
                     case .residual, .mlp: (nil, column)
@@ -65,7 +66,7 @@ struct SweepCells {
                     guard steps.count == 1, let step = steps.first, let (siteLayer, stage, firstLayer) = Self.placement(of: step.site) else {
                         throw SweepError.intervention("\(type.name) plans \(steps.count) steps at \(steps.map(\.site)) for one cell; a sweep cell is one step in one layer")
                     }
-                    cells.append(SweepCell(pair: pair, row: layer, column: column, step: step, layer: siteLayer, stage: stage, firstLayer: firstLayer))
+                    cells.append(SweepCell(pair: pair, row: row, column: column, step: step, layer: siteLayer, stage: stage, firstLayer: firstLayer))
                 }
             }
         }

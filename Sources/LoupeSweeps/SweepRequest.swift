@@ -81,19 +81,25 @@ public struct SweepRequest: Sendable {
     public var intervention: SweepIntervention
     /// For mean ablation: the prompts to average over, each as long as the pairs' prompts.
     public var reference: [[Int]]
+    /// The layers swept, one matrix row each, in this order; nil for every layer.
+    public var layers: [Int]?
     /// Report (edited - corrupted) / (clean - corrupted), as the tutorial does, instead of
     /// the raw metric. Without a corrupted prompt (zero or mean ablation) the baseline is 0:
     /// edited / clean.
     public var normalized: Bool
 
     public init(pairs: [SweepPair], kind: SweepKind, intervention: SweepIntervention = .patch, reference: [[Int]] = [],
-                normalized: Bool = true) {
+                layers: [Int]? = nil, normalized: Bool = true) {
         self.pairs = pairs
         self.kind = kind
         self.intervention = intervention
         self.reference = reference
+        self.layers = layers
         self.normalized = normalized
     }
+
+    /// The layers swept, one matrix row each.
+    public func sweptLayers(_ dimensions: ModelDimensions) -> [Int] { layers ?? Array(0..<dimensions.layers) }
 
     /// A patching sweep of one pair.
     public init(clean: [Int], corrupted: [Int], kind: SweepKind, metric: SweepMetric, normalized: Bool = true) {
@@ -118,14 +124,15 @@ public struct SweepRequest: Sendable {
     /// from its first edited position to the end (the first difference when it copies from
     /// the other prompt, any position when it zeroes or averages).
     public func stackedRowsBound(_ dimensions: ModelDimensions) -> Int {
-        pairs.map { pair in
+        let layerCount = sweptLayers(dimensions).count
+        return pairs.map { pair in
             let first = intervention.readsOther ? pair.firstDifference ?? 0 : 0
             let changed = pair.clean.count - first
             let suffixes = changed * (changed + 1) / 2  // a run from each edited position to the end
             switch kind {
-            case .residual, .mlp: return dimensions.layers * suffixes
-            case .heads: return dimensions.layers * dimensions.heads * changed
-            case .headPositions: return dimensions.layers * dimensions.heads * suffixes
+            case .residual, .mlp: return layerCount * suffixes
+            case .heads: return layerCount * dimensions.heads * changed
+            case .headPositions: return layerCount * dimensions.heads * suffixes
             }
         }.reduce(0, +)
     }
@@ -133,6 +140,11 @@ public struct SweepRequest: Sendable {
     /// Checks the request against the model before any compute.
     public func validate(_ dimensions: ModelDimensions) throws(SweepError) {
         guard !pairs.isEmpty else { throw .noPairs }
+        if let layers {
+            guard !layers.isEmpty else { throw .noLayers }
+            if let bad = layers.first(where: { !(0..<dimensions.layers).contains($0) }) { throw .layerOutOfRange(bad, layers: dimensions.layers) }
+            if Set(layers).count != layers.count { throw .repeatedLayer }
+        }
         for (index, pair) in pairs.enumerated() {
             guard !pair.clean.isEmpty else { throw .emptyPrompt(pair: index) }
             if let corrupted = pair.corrupted {
@@ -172,6 +184,9 @@ extension SweepPair {
 
 public enum SweepError: Error, Sendable, Equatable, CustomStringConvertible {
     case noPairs
+    case noLayers
+    case layerOutOfRange(Int, layers: Int)
+    case repeatedLayer
     case emptyPrompt(pair: Int)
     case lengthsDiffer(pair: Int, clean: Int, corrupted: Int)
     case identicalPrompts(pair: Int)
@@ -187,6 +202,9 @@ public enum SweepError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .noPairs: return "a sweep needs at least one clean prompt"
+        case .noLayers: return "layers is empty: leave it out to sweep every layer"
+        case .layerOutOfRange(let layer, let layers): return "layer \(layer) is out of range: the model has \(layers) layers"
+        case .repeatedLayer: return "layers names a layer twice"
         case .emptyPrompt(let pair): return "pair \(pair): the clean prompt has no tokens"
         case .lengthsDiffer(let pair, let clean, let corrupted):
             return "pair \(pair): the clean prompt has \(clean) tokens and the corrupted \(corrupted): a sweep edits position by position and needs equal lengths"
@@ -207,7 +225,7 @@ public enum SweepError: Error, Sendable, Equatable, CustomStringConvertible {
 
 /// One pair's matrix and metric values.
 public struct PairSweep: Sendable {
-    /// One row per layer; a column per position (residual, mlp), per head (heads), or per head
+    /// One row per swept layer; a column per position (residual, mlp), per head (heads), or per head
     /// and position (head_positions: column head · positions + position).
     public let values: [[Float]]
     /// The metric on the clean run, and on the corrupted run when there is one.

@@ -6,11 +6,25 @@ import LoupeWire
 struct PatchOptions: ParsableArguments {
     @Argument(help: "A loaded model's name (loupe load NAME SOURCE).") var name: String
     @Option(help: "The clean prompt (with --ids: token ids).") var clean: String
-    @Option(help: "The corrupted prompt: the same number of tokens as the clean one.") var corrupt: String
+    @Option(help: "The corrupted prompt: the same number of tokens as the clean one (optional with --ablate zero or mean, where it is only the normalisation's baseline).") var corrupt: String?
     @Option(help: "The right answer, one token with its leading space: \" John\" (with --ids: a token id).") var answer: String
     @Option(help: "The wrong answer: \" Mary\".") var wrong: String
     @Flag(help: "--clean, --corrupt, --answer and --wrong are token ids (for models without a tokenizer).") var ids = false
-    @Flag(help: "The raw logit difference instead of the normalized (patched - corrupted) / (clean - corrupted).") var raw = false
+    @Flag(help: "The raw logit difference instead of the normalized (edited - corrupted) / (clean - corrupted).") var raw = false
+    @Option(help: "Ablate each unit of the clean run instead of patching: zero, mean (over the --reference prompts) or resample (from --corrupt).") var ablate: String?
+    @Option(help: "For --ablate mean: a prompt to average over, as long as the clean one (repeat for more).") var reference: [String] = []
+
+    func validate() throws {
+        if let ablate, !["zero", "mean", "resample"].contains(ablate) {
+            throw ValidationError("--ablate is zero, mean or resample, not '\(ablate)'")
+        }
+        if corrupt == nil && (ablate == nil || ablate == "resample") {
+            throw ValidationError("--corrupt is needed to patch or to resample (only --ablate zero or mean can do without)")
+        }
+        if (ablate == "mean") != !reference.isEmpty {
+            throw ValidationError(ablate == "mean" ? "--ablate mean needs --reference prompts to average over" : "--reference is for --ablate mean")
+        }
+    }
     @Option(help: "Write the heatmap as a self-contained SVG file.") var svg: String?
     @Option(help: "Write the heatmap as a self-contained HTML page (no script, nothing fetched).") var html: String?
     @Option(help: "Colours in the terminal: auto, always or never.") var color = "auto"
@@ -19,17 +33,17 @@ struct PatchOptions: ParsableArguments {
 
 struct Patch: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Patch the clean run into the corrupted one at every layer and position (or head) and show the heatmap.",
-        discussion: "Runs the tutorial's activation-patching sweep on the daemon. With --json prints one object: clean_logit_diff, corrupted_logit_diff, rows, cols, values (rows = layers), seconds.")
+        abstract: "Patch the clean run into the corrupted one at every layer and position (or head, or MLP) and show the heatmap.",
+        discussion: "Runs the tutorial's activation-patching sweep on the daemon; with --ablate, an ablation sweep of the clean run instead. With --json prints one object: clean_logit_diff, corrupted_logit_diff (null without --corrupt), rows, cols, values (rows = layers), seconds.")
     @OptionGroup var client: ClientOptions
     @OptionGroup var patch: PatchOptions
-    @Option(help: "What to patch: resid (the residual stream per layer and position), heads (each attention head at every position) or head-positions (each head at each position).") var site = "resid"
+    @Option(help: "What to patch: resid (the residual stream per layer and position), heads (each attention head at every position), head-positions (each head at each position) or mlp (each MLP's output per position).") var site = "resid"
 
     static let kinds = ["resid": "residual", "residual": "residual", "heads": "heads",
-                        "head-positions": "head_positions", "head_positions": "head_positions"]
+                        "head-positions": "head_positions", "head_positions": "head_positions", "mlp": "mlp"]
 
     func validate() throws {
-        guard Self.kinds[site] != nil else { throw ValidationError("--site is resid, heads or head-positions, not '\(site)'") }
+        guard Self.kinds[site] != nil else { throw ValidationError("--site is resid, heads, head-positions or mlp, not '\(site)'") }
     }
 
     func run() throws { try PatchRun(client: client, options: patch, kind: Self.kinds[site]!).run() }
@@ -53,7 +67,9 @@ struct PatchRun {
     func run() throws {
         var standardError = FileHandle.standardError
         let fields = try request()
-        let progress = ProgressBar(enabled: isatty(STDERR_FILENO) != 0, label: kind == "residual" ? "patching the residual stream" : "patching heads")
+        let verb = options.ablate == nil ? "patching" : "ablating"
+        let unit = ["residual": "the residual stream", "mlp": "MLPs"][kind] ?? "heads"
+        let progress = ProgressBar(enabled: isatty(STDERR_FILENO) != 0, label: "\(verb) \(unit)")
         let reply: MessageValue
         do {
             let connection = try client.connect()
@@ -72,26 +88,28 @@ struct PatchRun {
         let values = (reply["values"]?.arrayValue ?? []).map { ($0.arrayValue ?? []).map { $0.doubleValue ?? .nan } }
         let rows = (reply["rows"]?.arrayValue ?? []).compactMap(\.stringValue)
         let cols = (reply["cols"]?.arrayValue ?? []).compactMap(\.stringValue)
-        let clean = reply["clean"]?.doubleValue ?? .nan, corrupted = reply["corrupted"]?.doubleValue ?? .nan
+        let clean = reply["clean"]?.doubleValue ?? .nan, corrupted = reply["corrupted"]?.doubleValue
         let seconds = reply["seconds"]?.doubleValue ?? 0
         if client.json {
-            let object: MessageValue = ["clean_logit_diff": .double(clean), "corrupted_logit_diff": .double(corrupted),
+            let object: MessageValue = ["clean_logit_diff": .double(clean), "corrupted_logit_diff": corrupted.map { .double($0) } ?? .null,
                                         "rows": MessageValue(rows), "cols": MessageValue(cols),
                                         "values": .array(values.map { .array($0.map { .double($0) }) }), "seconds": .double(seconds)]
             print(object.jsonText(pretty: false))
         }
 
-        let what = ["residual": "Residual Stream", "heads": "Attention Heads", "head_positions": "Attention Heads by Position"][kind] ?? kind
+        let what = ["residual": "Residual Stream", "heads": "Attention Heads", "head_positions": "Attention Heads by Position",
+                    "mlp": "MLP Outputs"][kind] ?? kind
+        let how = options.ablate.map { "\($0.prefix(1).uppercased() + $0.dropFirst())-ablating" } ?? "Patching"
         let heatmap = Heatmap(
-            title: options.title ?? "Patching \(options.name) \(what) on the IOI task",
+            title: options.title ?? "\(how) \(options.name) \(what) on the IOI task",
             rowLabels: rows, columnLabels: cols, values: values,
             rowAxis: reply["row_axis"]?.stringValue ?? "Layer",
-            columnAxis: reply["col_axis"]?.stringValue ?? (kind == "residual" ? "Position" : "Head"),
+            columnAxis: reply["col_axis"]?.stringValue ?? (kind == "residual" || kind == "mlp" ? "Position" : "Head"),
             colorAxis: options.raw ? "Logit Diff" : "Norm. Logit Diff")
-        let summary = [String(format: "Clean logit difference: %.3f", clean),
-                       String(format: "Corrupted logit difference: %.3f", corrupted)]
+        let summary = [String(format: "Clean logit difference: %.3f", clean)]
+            + (corrupted.map { [String(format: "Corrupted logit difference: %.3f", $0)] } ?? [])
         let work = String(format: "%d layers x %d %@ in %.2f s (%@ token-layers computed; the batched trace computes %@)",
-                          rows.count, cols.count, ["residual": "positions", "heads": "heads"][kind] ?? "head-positions", seconds,
+                          rows.count, cols.count, ["residual": "positions", "mlp": "positions", "heads": "heads"][kind] ?? "head-positions", seconds,
                           grouped(reply["token_layers"]?.intValue ?? 0), grouped(reply["plain_token_layers"]?.intValue ?? 0))
         if !client.json {
             summary.forEach { print($0) }
@@ -128,10 +146,18 @@ struct PatchRun {
             guard let id = Int(text.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("--ids needs a token id for \(option)") }
             return MessageValue(id)
         }
-        return ["model": .string(options.name), "clean": try tokens(options.clean, "--clean"),
-                "corrupted": try tokens(options.corrupt, "--corrupt"), "kind": .string(kind),
-                "metric": ["logit_diff": ["answer": try answer(options.answer, "--answer"), "wrong": try answer(options.wrong, "--wrong")]],
-                "normalized": .bool(!options.raw), "protocol": MessageValue(WireProtocol.version)]
+        var fields: [String: MessageValue] = [
+            "model": .string(options.name), "clean": try tokens(options.clean, "--clean"), "kind": .string(kind),
+            "metric": ["logit_diff": ["answer": try answer(options.answer, "--answer"), "wrong": try answer(options.wrong, "--wrong")]],
+            "normalized": .bool(!options.raw), "protocol": MessageValue(WireProtocol.version)]
+        if let corrupt = options.corrupt { fields["corrupted"] = try tokens(corrupt, "--corrupt") }
+        if let ablate = options.ablate {
+            fields["intervention"] = "ablate"
+            var params: [String: MessageValue] = ["mode": .string(ablate)]
+            if !options.reference.isEmpty { params["reference"] = .array(try options.reference.map { try tokens($0, "--reference") }) }
+            fields["params"] = .map(params)
+        }
+        return fields
     }
 
     private func write(_ text: String, to path: String) throws {

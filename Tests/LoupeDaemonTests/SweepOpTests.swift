@@ -194,6 +194,14 @@ final class SweepOpTests: XCTestCase {
             XCTAssertEqual(reply["kind"], .string(kind.rawValue))
             XCTAssertNil(reply["pairs"], "one pair given as clean and corrupted: no list of pairs")
         }
+        // Chosen layers: those rows, labelled with their layers.
+        var fields = request("llama", .heads, ["logit_diff": ["answer": 1, "wrong": 2]], normalized: true)
+        fields["layers"] = [1]
+        let some = try live.call("sweep", fields)
+        XCTAssertEqual(some["rows"], ["1"])
+        let all = try live.call("sweep", request("llama", .heads, ["logit_diff": ["answer": 1, "wrong": 2]], normalized: true))
+        XCTAssertEqual(Self.matrix(some).count, 1)
+        for (a, b) in zip(Self.matrix(some)[0], Self.matrix(all)[1]) { XCTAssertEqual(a, b, accuracy: 1e-5) }
     }
 
     /// Several pairs in one request: each pair's matrix is the plain path's for that pair,
@@ -265,6 +273,10 @@ final class SweepOpTests: XCTestCase {
             fields.removeValue(forKey: "corrupted")
         }
         try expect(.badRequest, "corrupted") { $0.removeValue(forKey: "corrupted") }
+        try expect(.indexOutOfRange, "layers.1") { $0["layers"] = [0, 2] }
+        try expect(.badRequest, "layers.0") { $0["layers"] = ["0"] }
+        try expect(.badRequest, "layers") { $0["layers"] = [1, 1] }
+        try expect(.badRequest, "layers") { $0["layers"] = [] }
         // Pairs.
         let pair: MessageValue = ["clean": MessageValue(clean), "corrupted": MessageValue(corrupted)]
         try expect(.badRequest, "pairs") { $0["pairs"] = [pair] }

@@ -24,16 +24,18 @@ final class AblationSweepTests: XCTestCase {
     func check(_ model: any LanguageModel, _ request: SweepRequest, layers: [Int]? = nil, tolerance: Float = 1e-4,
                file: StaticString = #filePath, line: UInt = #line) throws -> SweepResult {
         let result = try PatchingSweep(model: model).run(request)
-        let layers = layers ?? Array(0..<model.dimensions.layers)
+        let swept = request.sweptLayers(model.dimensions)
+        let layers = layers ?? swept
         let plain = try PatchingSweep(model: model).runPlain(request, layers: layers)
         let context = "\(model.architecture) \(request.kind) \(request.intervention) \(request.metric) normalized \(request.normalized)"
         XCTAssertEqual(result.pairs.count, request.pairs.count, file: file, line: line)
         func compare(_ got: [[Float]], _ expected: [[Float]], clean: Float, corrupted: Float?, _ what: String) {
             let scale = request.normalized ? abs(clean - (corrupted ?? 0)) : 1
             for (index, layer) in layers.enumerated() {
-                XCTAssertEqual(got[layer].count, expected[index].count, file: file, line: line)
+                let row = swept.firstIndex(of: layer)!
+                XCTAssertEqual(got[row].count, expected[index].count, file: file, line: line)
                 for (column, value) in expected[index].enumerated() {
-                    XCTAssertEqual(got[layer][column] * scale, value * scale, accuracy: tolerance,
+                    XCTAssertEqual(got[row][column] * scale, value * scale, accuracy: tolerance,
                                    "\(context) \(what): layer \(layer), column \(column)", file: file, line: line)
                 }
             }
@@ -214,6 +216,35 @@ final class AblationSweepTests: XCTestCase {
         }
     }
 
+    /// A sweep of chosen layers gives those rows of the full sweep, in the order asked.
+    func testChosenLayersAreRowsOfTheFullSweep() throws {
+        let model = try model("llama-tiny")
+        let layers = model.dimensions.layers
+        for (kind, intervention) in [(SweepKind.residual, SweepIntervention.patch), (.heads, .ablate(.zero)), (.headPositions, .patch)] {
+            let pair = SweepPair(clean: clean, corrupted: corrupted, metric: metric)
+            let full = try PatchingSweep(model: model).run(SweepRequest(pairs: [pair], kind: kind, intervention: intervention))
+            let chosen = [layers - 1, 0]
+            let some = try check(model, SweepRequest(pairs: [pair], kind: kind, intervention: intervention, layers: chosen))
+            XCTAssertEqual(some.values.count, 2)
+            for (row, layer) in chosen.enumerated() {
+                for (a, b) in zip(some.values[row], full.values[layer]) { XCTAssertEqual(a, b, accuracy: 1e-5, "\(kind) layer \(layer)") }
+            }
+            let last = try PatchingSweep(model: model).run(SweepRequest(pairs: [pair], kind: kind, intervention: intervention, layers: [layers - 1]))
+            XCTAssertLessThan(last.tokenLayers, full.tokenLayers, "\(kind): only the chosen layers' runs are computed")
+        }
+        let sweep = PatchingSweep(model: model)
+        let pair = SweepPair(clean: clean, corrupted: corrupted, metric: metric)
+        XCTAssertThrowsError(try sweep.run(SweepRequest(pairs: [pair], kind: .heads, layers: [layers]))) {
+            XCTAssertEqual($0 as? SweepError, .layerOutOfRange(layers, layers: layers))
+        }
+        XCTAssertThrowsError(try sweep.run(SweepRequest(pairs: [pair], kind: .heads, layers: [0, 0]))) {
+            XCTAssertEqual($0 as? SweepError, .repeatedLayer)
+        }
+        XCTAssertThrowsError(try sweep.run(SweepRequest(pairs: [pair], kind: .heads, layers: []))) {
+            XCTAssertEqual($0 as? SweepError, .noLayers)
+        }
+    }
+
     func testBadAblationRequests() throws {
         let sweep = PatchingSweep(model: try model("gpt2-tiny"))
         let alone = SweepPair(clean: clean, corrupted: nil, metric: metric)
@@ -236,23 +267,32 @@ final class AblationSweepTests: XCTestCase {
         XCTAssertThrowsError(try sweep.run(SweepRequest(pairs: [], kind: .heads))) { XCTAssertEqual($0 as? SweepError, .noPairs) }
     }
 
-    /// Sampled layers of SmolLM2: a whole-head zero ablation, a mean ablation of the residual
-    /// stream and an MLP resample, each cell against its own full invocation.
+    /// Sampled layers of SmolLM2 (the sweep asked for those layers only: a debug build is
+    /// slow): a whole-head zero ablation, a mean ablation of the residual stream, an MLP
+    /// resample and a resample of one head at one position, each cell against its own full
+    /// invocation.
     func testSmolLM2AblationsMatchThePlainPath() throws {
         let loaded = try LoadedModel.load(try fetchedModel("SmolLM2-135M-Instruct.Q4_1.gguf"), registry: testRegistry)
         let tokenizer = try XCTUnwrap(loaded.tokenizer)
         let clean = tokenizer.encode("After John and Mary went to the store, Mary gave a bottle of milk to")
         let corrupted = tokenizer.encode("After John and Mary went to the store, John gave a bottle of milk to")
-        let references = ["After Anna and Tom went to the park, Anna gave a bunch of red flowers to",
-                          "When Lisa and Mark sat in the garden, Mark handed a cup of hot tea to"].map(tokenizer.encode)
+        let references = ["After Lisa and Mark went to the park, Mark gave a cup of tea to",
+                          "When Sarah and David sat in the garden, David handed a glass of water to"].map(tokenizer.encode)
         XCTAssertEqual(references.map(\.count), [clean.count, clean.count], "the references must be as long as the prompt")
         let metric = SweepMetric.logitDifference(answer: 2322, wrong: 5099)
         try check(loaded.model, SweepRequest(pairs: [SweepPair(clean: clean, corrupted: nil, metric: metric)], kind: .heads,
-                                             intervention: .ablate(.zero)), layers: [0, 29])
+                                             intervention: .ablate(.zero), layers: [0, 29]))
         try check(loaded.model, SweepRequest(pairs: [SweepPair(clean: clean, corrupted: nil, metric: metric)], kind: .residual,
-                                             intervention: .ablate(.mean), reference: references), layers: [3, 20])
+                                             intervention: .ablate(.mean), reference: references, layers: [20]))
         try check(loaded.model, SweepRequest(pairs: [SweepPair(clean: clean, corrupted: corrupted, metric: metric)], kind: .mlp,
-                                             intervention: .ablate(.resample)), layers: [0, 29])
+                                             intervention: .ablate(.resample), layers: [0, 29]))
+        // One head at one position: every cell of the plain path is a full invocation, so a short prompt.
+        let short = tokenizer.encode("Then Mary gave the milk to"), shortCorrupted = tokenizer.encode("Then John gave the milk to")
+        XCTAssertEqual(short.count, shortCorrupted.count)
+        try check(loaded.model, SweepRequest(pairs: [SweepPair(clean: short, corrupted: shortCorrupted, metric: metric)], kind: .headPositions,
+                                             intervention: .ablate(.resample), layers: [12]))
+        try check(loaded.model, SweepRequest(pairs: [SweepPair(clean: short, corrupted: nil, metric: metric)], kind: .headPositions,
+                                             intervention: .ablate(.zero), layers: [7]))
     }
 }
 
