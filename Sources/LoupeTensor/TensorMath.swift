@@ -1,15 +1,13 @@
 import Foundation
-import LoupeTensor
 
-// Tensor arithmetic the trace language needs beyond LoupeTensor's kernels: numpy-style
+// Tensor arithmetic beyond the kernels, as the trace language needs it: numpy-style
 // broadcasting, element-wise ops, reductions over dims, softmax over any dim, batched
-// matmul, cat/stack and top-k. Written for the small values a trace computes (a row of
-// hidden states, a logit); every op takes strided views and returns a fresh contiguous
-// tensor. These are general enough to move into LoupeTensor later.
+// matmul, cat/stack and top-k. Written for small values (a row of hidden states, a logit);
+// every op takes strided views and returns a fresh contiguous tensor.
 
-enum TensorMath {
+public enum TensorMath {
     /// The numpy broadcast of two shapes, or nil when they are incompatible.
-    static func broadcastShape(_ a: [Int], _ b: [Int]) -> [Int]? {
+    public static func broadcastShape(_ a: [Int], _ b: [Int]) -> [Int]? {
         let rank = max(a.count, b.count)
         var out = [Int](repeating: 1, count: rank)
         for i in 0..<rank {
@@ -21,12 +19,12 @@ enum TensorMath {
     }
 
     /// True when `from` broadcasts to exactly `to` (assignment: the value may not grow the target).
-    static func broadcasts(_ from: [Int], to: [Int]) -> Bool {
+    public static func broadcasts(_ from: [Int], to: [Int]) -> Bool {
         broadcastShape(from, to) == to
     }
 
     /// A view of `t` broadcast to `shape` (stride 0 along expanded dims).
-    static func broadcast(_ t: Tensor, to shape: [Int]) -> Tensor {
+    public static func broadcast(_ t: Tensor, to shape: [Int]) -> Tensor {
         let extra = shape.count - t.rank
         var strides = [Int](repeating: 0, count: shape.count)
         for i in 0..<t.rank where !(t.shape[i] == 1 && shape[extra + i] != 1) {
@@ -36,7 +34,7 @@ enum TensorMath {
     }
 
     /// Offsets into `t.storage` of its elements in row-major order.
-    static func offsets(_ t: Tensor) -> [Int] {
+    public static func offsets(_ t: Tensor) -> [Int] {
         let n = t.count
         guard n > 0 else { return [] }
         var out = [Int](repeating: 0, count: n)
@@ -58,17 +56,17 @@ enum TensorMath {
         return out
     }
 
-    static func scalar(_ value: Float) -> Tensor { Tensor(shape: [], values: [value]) }
+    public static func scalar(_ value: Float) -> Tensor { Tensor(shape: [], values: [value]) }
 
     /// A view with a new axis of size 1 at `axis`.
-    static func unsqueeze(_ t: Tensor, _ axis: Int) -> Tensor {
+    public static func unsqueeze(_ t: Tensor, _ axis: Int) -> Tensor {
         var shape = t.shape, strides = t.strides
         shape.insert(1, at: axis)
         strides.insert(0, at: axis)
         return Tensor(storage: t.storage, shape: shape, strides: strides, offset: t.offset)
     }
 
-    static func binary(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
+    public static func binary(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
         let shape = broadcastShape(a.shape, b.shape)!
         let out = Tensor(zeros: shape)
         let ao = offsets(broadcast(a, to: shape)), bo = offsets(broadcast(b, to: shape))
@@ -77,7 +75,7 @@ enum TensorMath {
         return out
     }
 
-    static func unary(_ a: Tensor, _ f: (Float) -> Float) -> Tensor {
+    public static func unary(_ a: Tensor, _ f: (Float) -> Float) -> Tensor {
         Tensor(shape: a.shape, values: a.toArray().map(f))
     }
 
@@ -89,10 +87,10 @@ enum TensorMath {
         return (moved.toArray(), keptAxes.map { t.shape[$0] }, dims.map { t.shape[$0] }.reduce(1, *))
     }
 
-    enum Reduction: String, CaseIterable { case sum, mean, max, min, argmax, argmin }
+    public enum Reduction: String, CaseIterable, Sendable { case sum, mean, max, min, argmax, argmin }
 
     /// Reduces over `dims` (normalized, distinct; nil: all dims).
-    static func reduce(_ t: Tensor, _ kind: Reduction, dims: [Int]?, keepdim: Bool) -> Tensor {
+    public static func reduce(_ t: Tensor, _ kind: Reduction, dims: [Int]?, keepdim: Bool) -> Tensor {
         let axes = (dims ?? Array(0..<t.rank)).sorted()
         let (values, kept, inner) = moveToEnd(t, axes)
         let outer = inner == 0 ? kept.reduce(1, *) : values.count / inner
@@ -123,7 +121,7 @@ enum TensorMath {
     }
 
     /// Softmax (or log-softmax) along `dim`.
-    static func softmax(_ t: Tensor, dim: Int, log: Bool) -> Tensor {
+    public static func softmax(_ t: Tensor, dim: Int, log: Bool) -> Tensor {
         let (values, kept, inner) = moveToEnd(t, [dim])
         var out = values
         let outer = inner == 0 ? 0 : values.count / inner
@@ -150,7 +148,7 @@ enum TensorMath {
     }
 
     /// The k largest (or smallest) entries along `dim`, best first; NaN sorts last.
-    static func topk(_ t: Tensor, k: Int, dim: Int, largest: Bool, indices: Bool) -> Tensor {
+    public static func topk(_ t: Tensor, k: Int, dim: Int, largest: Bool, indices: Bool) -> Tensor {
         let (values, kept, inner) = moveToEnd(t, [dim])
         let outer = inner == 0 ? kept.reduce(1, *) : values.count / inner
         var out = [Float]()
@@ -169,7 +167,7 @@ enum TensorMath {
     }
 
     /// numpy's matmul shape rule, or nil.
-    static func matmulShape(_ a: [Int], _ b: [Int]) -> [Int]? {
+    public static func matmulShape(_ a: [Int], _ b: [Int]) -> [Int]? {
         guard !a.isEmpty, !b.isEmpty else { return nil }
         let a2 = a.count == 1 ? [1] + a : a, b2 = b.count == 1 ? b + [1] : b
         guard a2[a2.count - 1] == b2[b2.count - 2] else { return nil }
@@ -180,7 +178,7 @@ enum TensorMath {
         return shape
     }
 
-    static func matmul(_ a: Tensor, _ b: Tensor) -> Tensor {
+    public static func matmul(_ a: Tensor, _ b: Tensor) -> Tensor {
         let result = matmulShape(a.shape, b.shape)!
         let a2 = a.rank == 1 ? a.reshaped([1] + a.shape) : a
         let b2 = b.rank == 1 ? b.reshaped(b.shape + [1]) : b
@@ -198,7 +196,7 @@ enum TensorMath {
         return out.reshaped(result)
     }
 
-    static func cat(_ parts: [Tensor], dim: Int) -> Tensor {
+    public static func cat(_ parts: [Tensor], dim: Int) -> Tensor {
         var shape = parts[0].shape
         shape[dim] = parts.map { $0.shape[dim] }.reduce(0, +)
         let out = Tensor(zeros: shape)
@@ -211,27 +209,7 @@ enum TensorMath {
         return out
     }
 
-    static func stack(_ parts: [Tensor], dim: Int) -> Tensor {
+    public static func stack(_ parts: [Tensor], dim: Int) -> Tensor {
         cat(parts.map { unsqueeze($0, dim) }, dim: dim)
     }
-}
-
-/// The element-wise helpers interventions need, for plugins outside this module.
-public enum TraceMath {
-    /// a + scale·b, with numpy broadcasting, as a new tensor.
-    public static func add(_ a: Tensor, _ b: Tensor, scale: Float = 1) -> Tensor {
-        TensorMath.binary(a, b) { $0 + scale * $1 }
-    }
-
-    /// The element-wise mean of tensors of one shape.
-    public static func mean(_ tensors: [Tensor]) -> Tensor {
-        precondition(!tensors.isEmpty, "mean of no tensors")
-        var total = tensors[0].copy()
-        for t in tensors.dropFirst() { total = TensorMath.binary(total, t, +) }
-        let n = Float(tensors.count)
-        return TensorMath.unary(total) { $0 / n }
-    }
-
-    /// True when `from` broadcasts to `to` without growing it.
-    public static func broadcasts(_ from: [Int], to: [Int]) -> Bool { TensorMath.broadcasts(from, to: to) }
 }
