@@ -50,6 +50,10 @@ def is_tensor(value):
     return isinstance(value, dict) and set(value) >= {"dtype", "shape", "data"}
 
 
+def _short(instance):
+    return f"pid {instance[0]}" if isinstance(instance, tuple) else str(instance)[:12]
+
+
 def _attach(value, frames):
     """Replaces every {frame: N} with the bytes of attachment N."""
     if isinstance(value, dict):
@@ -92,9 +96,17 @@ class Connection:
             raise
 
     def _instance(self):
-        """(pid, start time) of the daemon process: what tells a restart from a slow reply."""
+        """Which daemon process answers: `hello`'s `instance` where the daemon reports one,
+        else (pid, start time) from server.stats. A change means the daemon restarted."""
+        if self.server.get("instance") is not None:
+            return self.server["instance"]
         stats = self.request("server.stats", {}, timeout=HEARTBEAT_SECONDS)
         return stats.get("pid"), round(time.time() - stats.get("uptime_seconds", 0.0))
+
+    def _restarted(self, now, op):
+        known, self.instance = self.instance, now
+        return DaemonUnavailable(f"the Loupe daemon on {self.endpoint} restarted (instance {_short(known)} -> "
+                                 f"{_short(now)}) while {op} waited; its job was lost, and models must be loaded again")
 
     def _send(self, op, fields, job):
         rid = next(self.ids)
@@ -145,6 +157,8 @@ class Connection:
                 if reply.get("id") != rid:
                     continue  # a late reply to an earlier request that gave up
                 status = reply.get("status")
+                if status == "accepted" and reply.get("instance") not in (None, self.instance):
+                    raise self._restarted(reply["instance"], op)
                 if status == "ok":
                     return reply
                 if status == "error":
@@ -154,18 +168,20 @@ class Connection:
                 if on_reply is not None:
                     on_reply(reply)
 
-    def _check_same_instance(self, stats, op):
-        instance = (stats.get("pid"), round(time.time() - stats.get("uptime_seconds", 0.0)))
-        known = getattr(self, "instance", None)
-        if known is not None and (instance[0] != known[0] or abs(instance[1] - known[1]) > 2):
-            self.instance = instance
-            raise DaemonUnavailable(f"the Loupe daemon on {self.endpoint} restarted (pid {known[0]} -> {instance[0]}) "
-                                    f"while {op} waited; its job was lost, and models must be loaded again")
+    def _check_same_instance(self, reply, op):
+        """Raises DaemonUnavailable if a hello or server.stats reply comes from another daemon process."""
+        if isinstance(self.instance, tuple):
+            now = (reply.get("pid"), round(time.time() - reply.get("uptime_seconds", 0.0)))
+            if now[0] is not None and (now[0] != self.instance[0] or abs(now[1] - self.instance[1]) > 2):
+                raise self._restarted(now, op)
+        elif reply.get("instance") not in (None, self.instance):
+            raise self._restarted(reply["instance"], op)
 
     def check_restart(self):
         """Raises DaemonUnavailable if the daemon is a different process than when we connected."""
         with self.lock:
-            self._check_same_instance(self.request("server.stats", {}, timeout=HEARTBEAT_SECONDS), "this request")
+            op = "server.stats" if isinstance(self.instance, tuple) else "hello"
+            self._check_same_instance(self.request(op, {}, timeout=HEARTBEAT_SECONDS), "this request")
 
     def close(self):
         with Connection._shared_lock:

@@ -204,7 +204,7 @@ def test_no_daemon_and_a_restarted_daemon_are_reported_plainly(loupe_binary, tmp
             before = tiny.lm_head.output.save()
         daemon.stop()
         daemon.start()  # a new process on the same endpoint, without the model
-        with pytest.raises(DaemonUnavailable, match=r"restarted \(pid \d+ -> \d+\)"):
+        with pytest.raises(DaemonUnavailable, match=r"restarted \(instance \S+ -> \S+\)"):
             with tiny.trace([1, 2, 3]):
                 tiny.lm_head.output.save()
         assert before.value.shape == (1, 3, tiny.config.vocab)
