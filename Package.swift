@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "Llama", dependencies: ["LoupeModels"], path: "Plugins/Llama"),
 
         // Traces: the IR, its validation and executor, the intervention-plugin protocol.
-        .target(name: "LoupeTrace", dependencies: ["LoupeModels", "LoupeTensor"]),
+        .target(name: "LoupeTrace", dependencies: ["LoupeModels", "LoupeTensor"], exclude: ["TRACE.md"]),
         // Intervention plugins: each registers itself through one call.
         .target(name: "Interventions", dependencies: ["LoupeTrace", "LoupeModels", "LoupeTensor"], path: "Plugins/Interventions"),
 

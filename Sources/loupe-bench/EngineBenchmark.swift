@@ -32,6 +32,9 @@ struct EngineBenchmark: ParsableCommand {
     @Flag(help: "Also time the tutorial's patching sweeps (the IOI pair) against the plain batched pass.")
     var sweeps = false
 
+    @Option(help: "The sweep kinds to time with --sweeps, comma-separated (default: all).")
+    var sweepKinds: String?
+
     func run() throws {
         Parallel.configureBLAS()
         let registry = ArchitectureRegistry()
@@ -83,7 +86,13 @@ struct EngineBenchmark: ParsableCommand {
         let (clean, corrupted, answer, wrong) = try ioiTokens(loaded)
         let sweep = PatchingSweep(model: loaded.model)
         let nnsight = nnsightSeconds()
-        for kind in SweepKind.allCases {
+        let kinds = try sweepKinds.map { names in
+            try names.split(separator: ",").map { name in
+                guard let kind = SweepKind(rawValue: String(name)) else { throw ValidationError("no sweep kind \(name)") }
+                return kind
+            }
+        } ?? SweepKind.allCases
+        for kind in kinds {
             let request = SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: .logitDifference(answer: answer, wrong: wrong))
             var result: SweepResult?
             let seconds = median(repeats) { result = try! sweep.run(request) }
@@ -92,9 +101,9 @@ struct EngineBenchmark: ParsableCommand {
             var line = String(format: "%@ sweep %dx%d: %.3f s; plain batched pass %.2f s (%.1fx); token-layers %d vs %d (%.1fx fewer); max |difference| %.1e",
                               kind.rawValue, result!.values.count, result!.values[0].count, seconds, plain.seconds, plain.seconds / seconds,
                               result!.tokenLayers, result!.plainTokenLayers, Double(result!.plainTokenLayers) / Double(result!.tokenLayers), worst)
-            // nnsight times the tutorial's two cells; head_positions has no tutorial cell.
-            if kind != .headPositions {
-                if let reference = nnsight?[kind == .residual ? "residual_s" : "heads_s"] {
+            // nnsight times the tutorial's two cells; the other kinds have no tutorial cell.
+            if let cell = [SweepKind.residual: "residual_s", .heads: "heads_s"][kind] {
+                if let reference = nnsight?[cell] {
                     line += String(format: "; nnsight %.2f s (%.1fx)", reference, reference / seconds)
                 } else {
                     line += "; nnsight: not installed"
