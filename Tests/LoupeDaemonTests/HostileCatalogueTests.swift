@@ -27,14 +27,17 @@ final class HostileCatalogueTests: XCTestCase {
         let roots = NSTemporaryDirectory() + "loupe-roots-\(UUID().uuidString.prefix(8))"
         try makeRootWithLinks(roots)
         defer { try? FileManager.default.removeItem(atPath: roots) }
-        let live = try LiveDaemon { $0.modelRoots = [Fixtures.modelsDirectory, roots] }
-        defer { live.stop() }
-        try live.call("models.load", ["name": "tiny", "source": .string(Fixtures.gpt2Tiny)])
+        // A daemon process of its own: the memory measured is the daemon's alone, not that of a
+        // test process that has held other tests' models.
+        let daemon = try DaemonProcess(["--model-root", Fixtures.modelsDirectory, "--model-root", roots])
+        defer { daemon.stop() }
+        let loaded = try WireClient(endpoint: daemon.endpoint, timeout: 60).call("models.load", ["name": "tiny", "source": .string(Fixtures.gpt2Tiny)])
+        XCTAssertEqual(loaded.body["status"]?.stringValue, "ok", "\(loaded.body)")
 
         let socket = try ZMQSocket(.dealer)
         try socket.setOption(ZMQ_RCVTIMEO, Int32(60_000))
         try socket.setOption(ZMQ_LINGER, Int32(0))
-        try socket.connect(live.endpoint)
+        try socket.connect(daemon.endpoint)
         func exchange(_ frames: [[UInt8]]) throws -> MessageValue {
             try socket.send(frames)
             guard let reply = try socket.receive() else { throw Timeout() }
