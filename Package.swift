@@ -68,7 +68,7 @@ let package = Package(
         // The fuzz target over the daemon's request path (scripts/fuzz.sh builds it with libFuzzer).
         .executableTarget(
             name: "loupe-fuzz",
-            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeTrace", "GPT2", "Interventions"]),
+            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeFormats", "LoupeTokenizers", "LoupeTrace", "GPT2", "Llama", "Interventions"]),
 
         // Fixture paths, the plugin registry and comparisons every test target shares.
         .target(name: "LoupeTestSupport", dependencies: ["LoupeModels", "GPT2", "Llama"], path: "Tests/LoupeTestSupport"),

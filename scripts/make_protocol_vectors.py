@@ -251,6 +251,8 @@ def vectors():
     yield "models-unload", {"op": "models.unload", "name": "tiny"}, {**ok, "name": "tiny", "freed": True}, []
     yield "models-load-not-found", {"op": "models.load", "name": "ghost", "source": "no-such-model.gguf"}, \
         error("not_found", "source"), ["job"]
+    # An id of a type PROTOCOL.md does not give it: refused, and the reply's id is nil.
+    yield "id-wrong-type", {"id": [1], "op": "hello"}, {"id": None, **error("bad_request", "id")}, []
 
 
 def sweep_vectors(model, cases):

@@ -45,20 +45,24 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
 
     init(config: HFConfig, weights source: any WeightSource) throws {
         let file = config.path
-        let layers = try config.requireInt("n_layer")
-        let hidden = try config.requireInt("n_embd")
-        let heads = try config.requireInt("n_head")
-        let vocabulary = try config.requireInt("vocab_size")
-        let context = try config.requireInt("n_positions")
-        let inner = config.int("n_inner") ?? 4 * hidden
-        guard heads > 0, hidden % heads == 0 else {
+        func size(_ key: String, _ range: ClosedRange<Int>, default fallback: Int? = nil) throws -> Int {
+            let value = try fallback.map { try config.int(key) ?? $0 } ?? config.requireInt(key)
+            return try ConfigCheck.size(value, range, key: key, file: file)
+        }
+        let layers = try size("n_layer", ConfigCheck.layers)
+        let hidden = try size("n_embd", ConfigCheck.width)
+        let heads = try size("n_head", ConfigCheck.heads)
+        let vocabulary = try size("vocab_size", ConfigCheck.vocabulary)
+        let context = try size("n_positions", ConfigCheck.context)
+        let inner = try size("n_inner", ConfigCheck.width, default: 4 * hidden)
+        guard hidden % heads == 0 else {
             throw ModelError.badConfig(file: file, key: "n_head", "n_embd \(hidden) is not divisible by n_head \(heads)")
         }
         let activation = config.string("activation_function") ?? "gelu_new"
         guard ["gelu_new", "gelu_pytorch_tanh"].contains(activation) else {
             throw ModelError.badConfig(file: file, key: "activation_function", "'\(activation)' is not supported (GPT-2 uses gelu_new)")
         }
-        let configEpsilon = config.double("layer_norm_epsilon") ?? 1e-5
+        let configEpsilon = try ConfigCheck.positive(config.double("layer_norm_epsilon") ?? 1e-5, key: "layer_norm_epsilon", file: file)
         epsilon = Float(configEpsilon)
         let headDim = hidden / heads
         dimensions = ModelDimensions(layers: layers, hidden: hidden, heads: heads, keyValueHeads: heads,
@@ -67,8 +71,8 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         let w = WeightReader(source, optionalPrefix: "transformer.")
         tokenEmbedding = try w("transformer.wte.weight", [vocabulary, hidden])
         positionEmbedding = try w("transformer.wpe.weight", [context, hidden])
-        let scaleByHeadDim = config.bool("scale_attn_weights") ?? true
-        let scaleByLayer = config.bool("scale_attn_by_inverse_layer_idx") ?? false
+        let scaleByHeadDim = try config.bool("scale_attn_weights") ?? true
+        let scaleByLayer = try config.bool("scale_attn_by_inverse_layer_idx") ?? false
         blocks = try (0..<layers).map { l in
             let p = "transformer.h.\(l)."
             var scale: Float = scaleByHeadDim ? 1 / Float(headDim).squareRoot() : 1
@@ -88,7 +92,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         }
         finalNormWeights = (try w("transformer.ln_f.weight", [hidden]), try w("transformer.ln_f.bias", [hidden]))
         // HF ties lm_head to wte unless the config says otherwise and the checkpoint has its own.
-        if !config.tieWordEmbeddings, w.has("lm_head.weight") {
+        if try !config.tieWordEmbeddings, w.has("lm_head.weight") {
             unembedding = Linear(weight: try w("lm_head.weight", [vocabulary, hidden]), layout: .outputMajor).inputMajor()
         } else {
             unembedding = Linear(weight: tokenEmbedding, layout: .outputMajor)

@@ -237,20 +237,23 @@ extension LlamaModel.Settings {
         hidden = try c.requireInt("hidden_size")
         layers = try c.requireInt("num_hidden_layers")
         heads = try c.requireInt("num_attention_heads")
-        keyValueHeads = c.int("num_key_value_heads") ?? heads
-        headDim = c.int("head_dim") ?? hidden / max(heads, 1)
+        keyValueHeads = try c.int("num_key_value_heads") ?? heads
+        headDim = try c.int("head_dim") ?? Self.headDim(hidden: hidden, heads: heads, file: c.path, key: "num_attention_heads")
         intermediate = try c.requireInt("intermediate_size")
         vocabulary = try c.requireInt("vocab_size")
-        context = c.int("max_position_embeddings") ?? 2048
-        epsilon = c.double("rms_norm_eps") ?? 1e-6
-        ropeTheta = c.ropeTheta ?? 10_000
-        tied = c.tieWordEmbeddings
-        attentionBias = c.bool("attention_bias") ?? false
-        mlpBias = c.bool("mlp_bias") ?? false
+        context = try c.int("max_position_embeddings") ?? 2048
+        epsilon = try c.double("rms_norm_eps") ?? 1e-6
+        ropeTheta = try c.ropeTheta ?? 10_000
+        tied = try c.tieWordEmbeddings
+        attentionBias = try c.bool("attention_bias") ?? false
+        mlpBias = try c.bool("mlp_bias") ?? false
         if c.values["rope_scaling"].map({ $0 != .null }) ?? false {
             throw ModelError.badConfig(file: c.path, key: "rope_scaling", "scaled RoPE (Llama 3.1's long-context form) is not supported yet")
         }
-        try check(key: "num_key_value_heads")
+        try check(keys: ["layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+                         "keyValueHeads": "num_key_value_heads", "headDim": try c.int("head_dim") == nil ? "num_attention_heads" : "head_dim",
+                         "intermediate": "intermediate_size", "vocabulary": "vocab_size", "context": "max_position_embeddings",
+                         "epsilon": "rms_norm_eps", "ropeTheta": "rope_theta"])
     }
 
     /// From GGUF metadata (llama.cpp's `llama.*` keys).
@@ -266,7 +269,8 @@ extension LlamaModel.Settings {
         layers = try int("block_count")
         heads = try int("attention.head_count")
         keyValueHeads = (try? int("attention.head_count_kv")) ?? heads
-        headDim = (try? int("attention.key_length")) ?? hidden / max(heads, 1)
+        headDim = try f.metadata["llama.attention.key_length"]?.intValue
+            ?? Self.headDim(hidden: hidden, heads: heads, file: f.path, key: "llama.attention.head_count")
         intermediate = try int("feed_forward_length")
         vocabulary = f.shape(of: "token_embd.weight")?.first ?? f.metadata["tokenizer.ggml.tokens"]?.arrayValue?.count ?? 0
         context = try int("context_length")
@@ -277,12 +281,39 @@ extension LlamaModel.Settings {
         tied = f.shape(of: "output.weight") == nil
         attentionBias = f.shape(of: "blk.0.attn_q.bias") != nil
         mlpBias = false
-        try check(key: "llama.attention.head_count_kv")
+        try check(keys: ["layers": "llama.block_count", "hidden": "llama.embedding_length", "heads": "llama.attention.head_count",
+                         "keyValueHeads": "llama.attention.head_count_kv", "headDim": "llama.attention.key_length",
+                         "intermediate": "llama.feed_forward_length", "vocabulary": "token_embd.weight",
+                         "context": "llama.context_length", "epsilon": "llama.attention.layer_norm_rms_epsilon",
+                         "ropeTheta": "llama.rope.freq_base"])
     }
 
-    private func check(key: String) throws {
-        guard heads > 0, keyValueHeads > 0, heads % keyValueHeads == 0, headDim % 2 == 0 else {
-            throw ModelError.badConfig(file: source, key: key,
+    /// hidden / heads, when no head dimension is given: then the heads must divide the hidden size.
+    private static func headDim(hidden: Int, heads: Int, file: String, key: String) throws -> Int {
+        guard heads > 0, hidden % heads == 0 else {
+            throw ModelError.badConfig(file: file, key: key, "\(heads) heads do not divide the hidden size \(hidden)")
+        }
+        return hidden / heads
+    }
+
+    /// Every size in range and the heads consistent, before anything is allocated; `keys`
+    /// names the config key each setting came from, for the error.
+    private func check(keys: [String: String]) throws {
+        func size(_ value: Int, _ range: ClosedRange<Int>, _ field: String) throws {
+            try ConfigCheck.size(value, range, key: keys[field] ?? field, file: source)
+        }
+        try size(layers, ConfigCheck.layers, "layers")
+        try size(hidden, ConfigCheck.width, "hidden")
+        try size(heads, ConfigCheck.heads, "heads")
+        try size(keyValueHeads, ConfigCheck.heads, "keyValueHeads")
+        try size(headDim, ConfigCheck.headDim, "headDim")
+        try size(intermediate, ConfigCheck.width, "intermediate")
+        try size(vocabulary, ConfigCheck.vocabulary, "vocabulary")
+        try size(context, ConfigCheck.context, "context")
+        try ConfigCheck.positive(epsilon, key: keys["epsilon"] ?? "epsilon", file: source)
+        try ConfigCheck.positive(ropeTheta, key: keys["ropeTheta"] ?? "ropeTheta", file: source)
+        guard heads % keyValueHeads == 0, headDim % 2 == 0 else {
+            throw ModelError.badConfig(file: source, key: keys["keyValueHeads"] ?? "keyValueHeads",
                                        "\(heads) attention heads cannot share \(keyValueHeads) key/value heads of dimension \(headDim)")
         }
     }

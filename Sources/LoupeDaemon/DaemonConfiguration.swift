@@ -26,6 +26,9 @@ public struct DaemonConfiguration: Sendable {
     public var maxSavedBytes = 256 << 20
     /// Seconds one job may run before it is stopped with `too_large`; 0: no limit.
     public var maxJobSeconds: Double = 3600
+    /// The float32 bytes one model's weights may declare: a larger model is refused from its
+    /// headers, before anything is read. Three quarters of the machine's memory.
+    public var maxModelBytes = Int(ProcessInfo.processInfo.physicalMemory / 4 * 3)
     /// Jobs one client (one connection) may have queued or running at once.
     public var maxClientJobs = 64
     /// Models are read only below these directories, symlinks and `..` resolved; empty:

@@ -14,6 +14,8 @@ extension ProtocolError {
             return ProtocolError(.notFound, "cannot load '\(source)': \(format.message)", field: "source")
         case let format as FormatError where format.kind == .notFound:
             return ProtocolError(.notFound, "cannot load '\(source)': \(format.message)", field: "source")
+        case ModelError.modelTooLarge:
+            return ProtocolError(.tooLarge, "cannot load '\(source)': \(error)", field: "source")
         default:
             return ProtocolError(.loadFailed, "cannot load '\(source)': \(error)", field: "source")
         }

@@ -26,6 +26,37 @@ struct Request {
     let fields: [String: MessageValue]
     let attachments: [[UInt8]]
 
+    init(requester: Requester, op: String, fields: [String: MessageValue], attachments: [[UInt8]]) {
+        self.requester = requester
+        self.op = op
+        self.fields = fields
+        self.attachments = attachments
+    }
+
+    /// The request a decoded message holds, its envelope (`id`, `op`, `frames`) checked against
+    /// the types PROTOCOL.md gives them. `requester` takes the id, when it is one, before
+    /// anything else is checked, so that an error about the rest still echoes it.
+    init(_ message: WireMessage, requester: inout Requester) throws(ProtocolError) {
+        let fields = message.body.mapValue ?? [:]
+        let id = fields["id"] ?? .null
+        switch id {
+        case .null, .int, .uint, .string: break
+        default: throw ProtocolError(.badRequest, "'id' must be an integer or a string, got \(id.typeName)", field: "id")
+        }
+        requester = Requester(identity: requester.identity, delimited: requester.delimited, id: id,
+                              wantsFrames: false, sequence: requester.sequence)
+        guard let op = fields["op"]?.stringValue else {
+            throw ProtocolError(.badRequest, "a request needs 'op' (a string)", field: "op")
+        }
+        let frames = fields["frames"] ?? .null
+        guard frames == .null || frames.boolValue != nil else {
+            throw ProtocolError(.badRequest, "'frames' must be a boolean, got \(frames.typeName)", field: "frames")
+        }
+        requester = Requester(identity: requester.identity, delimited: requester.delimited, id: id,
+                              wantsFrames: frames.boolValue ?? false, sequence: requester.sequence)
+        self.init(requester: requester, op: op, fields: fields, attachments: message.attachments)
+    }
+
     func has(_ key: String) -> Bool { fields[key] != nil && fields[key] != .null }
 
     func string(_ key: String) throws(ProtocolError) -> String {

@@ -32,13 +32,9 @@ public final class RequestCheck {
         do { message = try WireMessage(frames: frames, limits: configuration.limits) } catch {
             return .failure(ProtocolError(error))
         }
-        guard let op = message.body["op"]?.stringValue else {
-            return .failure(ProtocolError(.badRequest, "a request needs 'op' (a string)", field: "op"))
-        }
-        let requester = Requester(identity: [], delimited: false, id: message.body["id"] ?? .null,
-                                  wantsFrames: message.body["frames"]?.boolValue ?? false, sequence: 0)
-        let request = Request(requester: requester, op: op, fields: message.body.mapValue ?? [:], attachments: message.attachments)
+        var requester = Requester(identity: [], delimited: false, id: .null, wantsFrames: false, sequence: 0)
         do throws(ProtocolError) {
+            let request = try Request(message, requester: &requester)
             try request.checkProtocolVersion()
             let reply = try check(request, run: run)
             // What the server would send: the reply encoded, tensors in frames if asked.

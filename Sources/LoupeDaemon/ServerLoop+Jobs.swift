@@ -148,14 +148,18 @@ extension ServerLoop {
         }
     }
 
-    /// Stops running jobs past `maxJobSeconds` (loads, which cannot stop midway, excepted);
-    /// they end with `too_large` within a layer.
+    /// Stops running jobs past `maxJobSeconds`: they end with `too_large` within a layer, a
+    /// load at once.
     func stopOverdueJobs(now: Date) {
         guard configuration.maxJobSeconds > 0 else { return }
-        for job in jobs.values where job.state == .running && !job.timedOut && job.op != "models.load" {
+        for job in jobs.values where job.state == .running && !job.timedOut {
             guard let started = job.started, now.timeIntervalSince(started) > configuration.maxJobSeconds else { continue }
             job.timedOut = true
-            cancelRunning(job)
+            if job.op == "models.load" {
+                stopLoad(job, ProtocolError(.tooLarge, "the load ran longer than the \(configuration.maxJobSeconds) s one job may run (loupe serve --max-job-seconds) and was stopped"))
+            } else {
+                cancelRunning(job)
+            }
         }
     }
 
@@ -191,6 +195,8 @@ extension ServerLoop {
         case .queued:
             for instance in instances.values { instance.pending.removeAll { $0 === job } }
             finish(job, .failure(ProtocolError(.cancelled, "cancelled before it started")))
+        case .running where job.op == "models.load":
+            stopLoad(job, ProtocolError(.cancelled, "the load was cancelled"))
         case .running:
             cancelRunning(job)
         default:
@@ -215,7 +221,7 @@ extension ServerLoop {
         let job = try makeJob(op: request.op, model: "", for: request)
         start(job)
         let (inbox, jobID) = (self.inbox, job.id)
-        loader.async {
+        DispatchQueue.global().async {
             inbox.post { loop in
                 guard let job = loop.jobs[jobID] else { return }
                 loop.finish(job, .failure(ProtocolError.running(Unexpected())))

@@ -1,4 +1,5 @@
 import Foundation
+import LoupeFormats
 import LoupeModels
 import LoupeWire
 
@@ -22,7 +23,8 @@ extension ServerLoop {
         guard !source.isEmpty else { throw ProtocolError(.badRequest, "'source' is empty", field: "source") }
         let keepAlive = try request.optionalDouble("keep_alive")
         if let keepAlive, keepAlive < 0 { throw ProtocolError(.badRequest, "'keep_alive' must be 0 or more seconds", field: "keep_alive") }
-        let key = try resolver.key(for: source)
+        let stalls = configuration.debugOps && source == Self.stallingSource
+        let key = stalls ? source : try resolver.key(for: source)
 
         if let instance = models[name] {
             guard instance.key == key else {
@@ -49,14 +51,44 @@ extension ServerLoop {
         inFlight.waiting.append((job, name, keepAlive))
         loads[key] = inFlight
         loadingNames[name] = inFlight
-        let (inbox, registry) = (self.inbox, self.registry)
-        loader.async {
+        // A thread of its own: a load that stalls (a file on a hung mount, say) holds up no
+        // other load, and nothing here waits for it.
+        let (inbox, registry, control, maxBytes) = (self.inbox, self.registry, inFlight.control, configuration.maxModelBytes)
+        let thread = Thread {
+            // With --debug-ops, a read that never returns, as on a hung mount: for tests.
+            if stalls { while true { sleep(3600) } }
             let result = Result<LoadResult, any Error> {
-                let loaded = try LoadedModel.load(key, registry: registry)
+                let loaded = try LoadedModel.load(key, registry: registry, maxBytes: maxBytes, control: control)
                 return LoadResult(loaded: loaded, sites: try loaded.model.discoverSites())
             }
-            inbox.post { loop in loop.loadEnded(key: key, result) }
+            inbox.post { loop in loop.loadEnded(key: key, control: control, result) }
         }
+        thread.name = "loupe.load"
+        thread.start()
+    }
+
+    /// With `--debug-ops`, the source whose load never ends and never looks at its control.
+    static let stallingSource = "debug:stall"
+
+    /// Ends a running load's job now (cancelled, or past its time), without waiting for the
+    /// reading thread; the load itself stops once no job waits for it.
+    func stopLoad(_ job: Job, _ error: ProtocolError) {
+        finish(job, .failure(error))
+        guard let inFlight = loads.values.first(where: { $0.waiting.contains { $0.job === job } }) else { return }
+        inFlight.waiting.removeAll { $0.job === job }
+        for (name, pending) in loadingNames where pending === inFlight && !inFlight.waiting.contains(where: { $0.name == name }) {
+            loadingNames[name] = nil
+        }
+        if inFlight.waiting.isEmpty { abandon(inFlight) }
+        stopIfIdle()
+    }
+
+    /// Forgets a load nobody waits for and tells its thread to stop; whatever it still
+    /// delivers is dropped, and a new load of the same source starts afresh.
+    func abandon(_ inFlight: LoadInFlight) {
+        inFlight.control.cancel()
+        if loads[inFlight.key] === inFlight { loads[inFlight.key] = nil }
+        for (name, pending) in loadingNames where pending === inFlight { loadingNames[name] = nil }
     }
 
     /// `--preload NAME=SOURCE`: a load nobody waits for.
@@ -69,8 +101,10 @@ extension ServerLoop {
         }
     }
 
-    private func loadEnded(key: String, _ result: Result<LoadResult, any Error>) {
-        guard let inFlight = loads.removeValue(forKey: key) else { return }
+    /// The end of the load that `control` belongs to, unless it was abandoned meanwhile.
+    private func loadEnded(key: String, control: LoadControl, _ result: Result<LoadResult, any Error>) {
+        guard let inFlight = loads[key], inFlight.control === control else { return }
+        loads[key] = nil
         for entry in inFlight.waiting where loadingNames[entry.name] === inFlight { loadingNames[entry.name] = nil }
         switch result {
         case .failure(let error):
@@ -88,11 +122,8 @@ extension ServerLoop {
                                                         "seconds": "\(String(format: "%.2f", loaded.loaded.loadSeconds))"])
             }
             var first = existing == nil
+            // Jobs cancelled meanwhile have left `waiting` already (`stopLoad`).
             for entry in inFlight.waiting {
-                if entry.job.control.isCancelled {
-                    finish(entry.job, .failure(ProtocolError(.cancelled, "the load was cancelled")))
-                    continue
-                }
                 bind(entry.name, to: instance, keepAlive: entry.keepAlive)
                 finish(entry.job, .success(loadReply(entry.name, instance, seconds: first ? loaded.loaded.loadSeconds : 0, shared: !first)))
                 first = false

@@ -19,7 +19,8 @@ extension ServerLoop {
                        "max_queue": MessageValue(configuration.maxQueue),
                        "max_saved_bytes": MessageValue(configuration.maxSavedBytes),
                        "max_job_seconds": MessageValue(configuration.maxJobSeconds),
-                       "max_client_jobs": MessageValue(configuration.maxClientJobs)],
+                       "max_client_jobs": MessageValue(configuration.maxClientJobs),
+                       "max_model_bytes": MessageValue(configuration.maxModelBytes)],
         ]
     }
 

@@ -28,8 +28,6 @@ final class ServerLoop {
     let instance: String
     /// The ZAP domain that checks CURVE clients, while the socket is open (nil without CURVE).
     private let access: ZAPAuthenticator.Registration?
-    /// Loads run one at a time, apart from the models' own queues.
-    let loader = DispatchQueue(label: "loupe.loader", qos: .userInitiated)
 
     var requestsServed = 0
     var sequence = 0
@@ -123,13 +121,14 @@ final class ServerLoop {
             logger.info("undecodable message", metadata: ["seq": "\(sequence)", "error": "\(error.message)"])
             return reply(to: requester, error: ProtocolError(error))
         }
-        let body = message.body
-        requester = Requester(identity: requester.identity, delimited: delimited, id: body["id"] ?? .null,
-                              wantsFrames: body["frames"]?.boolValue ?? false, sequence: sequence)
-        guard let op = body["op"]?.stringValue else {
-            return reply(to: requester, error: ProtocolError(.badRequest, "a request needs 'op' (a string)", field: "op"))
+        let request: Request
+        do throws(ProtocolError) {
+            request = try Request(message, requester: &requester)
+        } catch {
+            logger.info("malformed request", metadata: ["seq": "\(sequence)", "error": "\(error.message)"])
+            return reply(to: requester, error: error)
         }
-        let request = Request(requester: requester, op: op, fields: body.mapValue ?? [:], attachments: message.attachments)
+        let op = request.op
         logger.debug("request", metadata: ["seq": "\(sequence)", "op": "\(op)", "id": "\(requester.id.jsonText())"])
         do throws(ProtocolError) {
             try request.checkProtocolVersion()
@@ -233,7 +232,11 @@ final class ServerLoop {
             for job in waiting { finish(job, .failure(ProtocolError(.cancelled, "cancelled: the server is shutting down"))) }
             if let running = instance.running { cancelRunning(running) }
         }
-        for load in loads.values { for entry in load.waiting { entry.job.control.cancel() } }
+        // A load may be stuck in a read that never returns: its jobs end now, its thread is left behind.
+        for load in Array(loads.values) {
+            for entry in load.waiting { finish(entry.job, .failure(ProtocolError(.cancelled, "cancelled: the server is shutting down"))) }
+            abandon(load)
+        }
         stopIfIdle()
     }
 

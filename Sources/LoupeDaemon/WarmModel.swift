@@ -1,3 +1,4 @@
+import LoupeFormats
 import Dispatch
 import Foundation
 import LoupeModels
@@ -56,6 +57,8 @@ final class LoadInFlight {
     let source: String
     /// Each waiting job with the name it loads.
     var waiting: [(job: Job, name: String, keepAlive: Double?)] = []
+    /// Stops the reading thread between two tensors once no job waits for it.
+    let control = LoadControl()
 
     init(key: String, source: String) {
         self.key = key

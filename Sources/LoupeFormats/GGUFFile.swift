@@ -27,9 +27,10 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
     /// nesting from exhausting the stack.
     private static let maximumNesting = 8
 
-    public init(path: String) throws {
+    /// `control`: the load reading it, checked before each tensor is converted.
+    public init(path: String, control: LoadControl? = nil) throws {
         self.path = path
-        file = try MappedFile(path: path)
+        file = try MappedFile(path: path, control: control)
         var reader = ByteReader(file.bytes, file: path)
 
         reader.item = "magic"
@@ -105,6 +106,7 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         // Tensor data starts at the next multiple of the alignment after the tensor table.
         let dataStart = (reader.offset + alignment - 1) / alignment * alignment
         var index: [String: Int] = [:]
+        var extents: [(name: String, range: Range<Int>)] = []
         for i in infos.indices {
             reader.item = infos[i].name
             guard index.updateValue(i, forKey: infos[i].name) == nil else { throw reader.error(.badValue, "duplicate tensor name") }
@@ -116,7 +118,14 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
                 guard offset <= file.count, size <= file.count - offset else {
                     throw reader.error(.truncated, "data (\(size) bytes at offset \(offset)) runs past the end of the file (\(file.count) bytes)")
                 }
+                if size > 0 { extents.append((infos[i].name, offset..<(offset + size))) }
             }
+        }
+        // Two tensors sharing bytes is no file a writer makes: a crafted one, refused.
+        extents.sort { ($0.range.lowerBound, $0.range.upperBound) < ($1.range.lowerBound, $1.range.upperBound) }
+        for (previous, next) in zip(extents, extents.dropFirst()) where next.range.lowerBound < previous.range.upperBound {
+            reader.item = next.name
+            throw reader.error(.badValue, "data overlaps that of \(previous.name)")
         }
         self.infos = infos
         self.index = index
@@ -200,6 +209,6 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
             let what = info.type.map { "tensor type \($0.name)" } ?? "unknown tensor type id \(info.typeID)"
             throw FormatError(.unknownDType, file: path, item: name, "Loupe cannot convert \(what) to float32")
         }
-        return converter.tensor(shape: info.shape, at: info.offset, in: file)
+        return try file.tensor(name, shape: info.shape, at: info.offset, converter: converter)
     }
 }

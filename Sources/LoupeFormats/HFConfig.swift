@@ -5,12 +5,10 @@ public struct HFConfig: Sendable {
     public let path: String
     public let values: [String: JSONValue]
 
-    /// Reads and parses the file: `.io` if it cannot be read, `.badValue` if it is not a JSON object.
+    /// Reads and parses the file: `.io` if it cannot be read or is no regular file, `.badValue` if
+    /// it is not a JSON object.
     public init(path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw FormatError(.io, file: path, "cannot read the config file")
-        }
-        try self.init(value: data.withUnsafeBytes { try JSONValue.parse($0, file: path) }, path: path)
+        try self.init(value: JSONValue.parse(contentsOf: path), path: path)
     }
 
     public init(json: String, path: String) throws {
@@ -27,32 +25,28 @@ public struct HFConfig: Sendable {
 
     public func string(_ key: String) -> String? { values[key]?.stringValue }
 
-    /// nil if absent or null (or not an integral number).
-    public func int(_ key: String) -> Int? { values[key]?.intValue }
+    /// nil if absent or null; a value of another kind (a string, 1.5) is `.badValue`, not a default.
+    public func int(_ key: String) throws -> Int? { try optional(key, "an integer") { $0.intValue } }
 
-    public func double(_ key: String) -> Double? { values[key]?.doubleValue }
+    public func double(_ key: String) throws -> Double? { try optional(key, "a number") { $0.doubleValue } }
 
-    public func bool(_ key: String) -> Bool? { values[key]?.boolValue }
+    public func bool(_ key: String) throws -> Bool? { try optional(key, "true or false") { $0.boolValue } }
 
-    public func requireInt(_ key: String) throws -> Int {
-        let value = try require(key)
-        guard let int = value.intValue else {
-            throw FormatError(.badValue, file: path, item: key, "expected an integer, found \(value)")
+    private func optional<T>(_ key: String, _ expected: String, _ convert: (JSONValue) -> T?) throws -> T? {
+        guard let value = values[key], !value.isNull else { return nil }
+        guard let converted = convert(value) else {
+            throw FormatError(.badValue, file: path, item: key, "expected \(expected), found \(value)")
         }
-        return int
+        return converted
     }
 
-    public func requireDouble(_ key: String) throws -> Double {
-        let value = try require(key)
-        guard let double = value.doubleValue else {
-            throw FormatError(.badValue, file: path, item: key, "expected a number, found \(value)")
-        }
-        return double
-    }
+    public func requireInt(_ key: String) throws -> Int { try require(key, int) }
 
-    /// The value at `key`, treating null as absent (HF writes null for unset optional fields).
-    private func require(_ key: String) throws -> JSONValue {
-        guard let value = values[key], !value.isNull else {
+    public func requireDouble(_ key: String) throws -> Double { try require(key, double) }
+
+    /// A key that must be present and not null.
+    private func require<T>(_ key: String, _ read: (String) throws -> T?) throws -> T {
+        guard let value = try read(key) else {
             throw FormatError(.missingKey, file: path, item: key, "required key is missing")
         }
         return value
@@ -62,13 +56,15 @@ public struct HFConfig: Sendable {
     /// (`rope_parameters: {rope_theta: ...}`, possibly one entry per layer type, in which case
     /// full attention's is taken, else the first layer type's in name order); nil if neither.
     public var ropeTheta: Double? {
-        if let theta = double("rope_theta") { return theta }
-        guard let parameters = values["rope_parameters"]?.objectValue else { return nil }
-        if let theta = parameters["rope_theta"]?.doubleValue { return theta }
-        if let theta = parameters["full_attention"]?["rope_theta"]?.doubleValue { return theta }
-        return parameters.keys.sorted().lazy.compactMap { parameters[$0]?["rope_theta"]?.doubleValue }.first
+        get throws {
+            if let theta = try double("rope_theta") { return theta }
+            guard let parameters = values["rope_parameters"]?.objectValue else { return nil }
+            if let theta = parameters["rope_theta"]?.doubleValue { return theta }
+            if let theta = parameters["full_attention"]?["rope_theta"]?.doubleValue { return theta }
+            return parameters.keys.sorted().lazy.compactMap { parameters[$0]?["rope_theta"]?.doubleValue }.first
+        }
     }
 
     /// `tie_word_embeddings`, defaulting as HF does (true) when absent.
-    public var tieWordEmbeddings: Bool { bool("tie_word_embeddings") ?? true }
+    public var tieWordEmbeddings: Bool { get throws { try bool("tie_word_embeddings") ?? true } }
 }

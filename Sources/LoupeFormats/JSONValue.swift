@@ -16,12 +16,10 @@ public enum JSONValue: Sendable, Equatable {
         return try text.withUTF8 { try parse(UnsafeRawBufferPointer($0), file: file) }
     }
 
-    /// Reads and parses a JSON file: `.io` if it cannot be read, `.badValue` if it is not JSON.
+    /// Reads and parses a JSON file: `.io` if it cannot be read or is no regular file, `.badValue`
+    /// if it is not JSON.
     public static func parse(contentsOf path: String) throws -> JSONValue {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw FormatError(.io, file: path, "cannot read the file")
-        }
-        return try data.withUnsafeBytes { try parse($0, file: path) }
+        try readRegularFile(path).withUnsafeBytes { try parse($0, file: path) }
     }
 
     public subscript(key: String) -> JSONValue? {
@@ -69,8 +67,15 @@ private struct JSONParser {
     let file: String
     var position = 0
     var depth = 0
-    /// Deeper nesting than any real config needs; hostile input could otherwise exhaust the stack.
-    static let maximumDepth = 512
+    /// Values parsed so far, counted against `maximumValues`.
+    var values = 0
+    /// Deeper nesting than any real file needs (tokenizer.json nests six deep, a config four);
+    /// hostile input could otherwise exhaust the stack, here or where the tree is compared or freed.
+    static let maximumDepth = 128
+    /// More values than any real file holds (a tokenizer.json of 262,144 tokens and 500,000
+    /// merges has about two million): a parsed value takes tens of bytes for each byte of text,
+    /// so a huge file of `[0,0,0,...]` would otherwise become gigabytes of tree.
+    static let maximumValues = 1 << 24
 
     init(bytes: UnsafeRawBufferPointer, file: String) {
         self.bytes = bytes
@@ -95,13 +100,20 @@ private struct JSONParser {
     mutating func parseDocument() throws -> JSONValue {
         // A UTF-8 byte-order mark is tolerated, as Python's json.load does with utf-8-sig.
         if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { position = 3 }
-        let value = try parseValue()
+        let value: JSONValue
+        do {
+            value = try parseValue()
+        } catch let duplicate as DuplicateKey {
+            throw duplicate.formatError
+        }
         skipWhitespace()
         guard position == bytes.count else { throw error("unexpected text after the value") }
         return value
     }
 
     mutating func parseValue() throws -> JSONValue {
+        values += 1
+        guard values <= JSONParser.maximumValues else { throw error("more than \(JSONParser.maximumValues) values") }
         skipWhitespace()
         guard let byte = current else { throw error("unexpected end of input") }
         switch byte {
@@ -144,7 +156,18 @@ private struct JSONParser {
             skipWhitespace()
             guard current == UInt8(ascii: ":") else { throw error("expected ':'") }
             position += 1
-            members[key] = try parseValue()
+            let value: JSONValue
+            do {
+                value = try parseValue()
+            } catch var duplicate as DuplicateKey {
+                duplicate.path.insert(.key(key), at: 0)
+                throw duplicate
+            }
+            // Readers that take the last (Python) and the first of a repeated key would see
+            // different files: a key repeated is refused, naming where it is.
+            guard members.updateValue(value, forKey: key) == nil else {
+                throw DuplicateKey(key: key, path: [], error: error("the key \"\(key)\" appears twice in one object"))
+            }
             skipWhitespace()
             switch current {
             case UInt8(ascii: ","): position += 1
@@ -162,7 +185,12 @@ private struct JSONParser {
         skipWhitespace()
         if current == UInt8(ascii: "]") { position += 1; return .array(elements) }
         while true {
-            elements.append(try parseValue())
+            do {
+                elements.append(try parseValue())
+            } catch var duplicate as DuplicateKey {
+                duplicate.path.insert(.index(elements.count), at: 0)
+                throw duplicate
+            }
             skipWhitespace()
             switch current {
             case UInt8(ascii: ","): position += 1
@@ -283,5 +311,30 @@ private struct JSONParser {
         let text = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
         guard let value = Double(text) else { throw error("bad number") }
         return value
+    }
+}
+
+/// A key repeated in an object, on its way out of the parser: each enclosing object and array
+/// adds its key or index, so the error names the entry (`model.vocab["a"]`).
+private struct DuplicateKey: Error {
+    enum Component {
+        case key(String), index(Int)
+    }
+
+    let key: String
+    /// The keys and indices of the containers around the object, outermost first.
+    var path: [Component]
+    let error: FormatError
+
+    var formatError: FormatError {
+        var item = ""
+        for component in path {
+            switch component {
+            case .key(let key): item += item.isEmpty ? key : "." + key
+            case .index(let index): item += "[\(index)]"
+            }
+        }
+        item += item.isEmpty ? "\"\(key)\"" : "[\"\(key)\"]"
+        return FormatError(error.kind, file: error.file, item: item, error.message)
     }
 }

@@ -44,9 +44,10 @@ public final class SafetensorsFile: WeightSource, @unchecked Sendable {
     private let file: MappedFile
     private let entries: [String: Entry]
 
-    public init(path: String) throws {
+    /// `control`: the load reading it, checked before each tensor is converted.
+    public init(path: String, control: LoadControl? = nil) throws {
         self.path = path
-        file = try MappedFile(path: path)
+        file = try MappedFile(path: path, control: control)
         var reader = ByteReader(file.bytes, file: path)
         reader.item = "header length"
         let headerLength = try reader.read(UInt64.self)
@@ -118,7 +119,7 @@ public final class SafetensorsFile: WeightSource, @unchecked Sendable {
         guard let converter = entry.dtype.converter else {
             throw FormatError(.unknownDType, file: path, item: name, "Loupe reads F32, F16 and BF16 tensors, not \(entry.dtype.rawValue)")
         }
-        return converter.tensor(shape: entry.shape, at: entry.offset, in: file)
+        return try file.tensor(name, shape: entry.shape, at: entry.offset, converter: converter)
     }
 }
 
@@ -130,7 +131,7 @@ public final class SafetensorsDirectory: WeightSource, @unchecked Sendable {
     private let shards: [SafetensorsFile]
     private let shardOf: [String: Int]
 
-    public init(directory: String) throws {
+    public init(directory: String, control: LoadControl? = nil) throws {
         self.directory = directory
         let fm = FileManager.default
         let single = "\(directory)/model.safetensors"
@@ -148,6 +149,10 @@ public final class SafetensorsDirectory: WeightSource, @unchecked Sendable {
                 guard let name = shard.stringValue else {
                     throw FormatError(.badValue, file: indexPath, item: tensor, "the shard name is not a string")
                 }
+                // A shard lies in the directory itself: a path could reach any file on the machine.
+                guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
+                    throw FormatError(.badValue, file: indexPath, item: tensor, "shard '\(name)' is not a file name in the model's directory")
+                }
                 names.insert(name)
             }
             shardNames = names.sorted()
@@ -158,7 +163,7 @@ public final class SafetensorsDirectory: WeightSource, @unchecked Sendable {
                               "no model.safetensors or model.safetensors.index.json in the directory")
         }
 
-        shards = try shardNames.map { try SafetensorsFile(path: "\(directory)/\($0)") }
+        shards = try shardNames.map { try SafetensorsFile(path: "\(directory)/\($0)", control: control) }
         var shardOf: [String: Int] = [:]
         var names: [String] = []
         for (i, shard) in shards.enumerated() {

@@ -227,9 +227,17 @@ public struct WeightReader {
 
     public func has(_ name: String) -> Bool { resolve(name) != nil }
 
-    /// The tensor `name`, checked to be `shape`.
+    /// The tensor `name`, checked to be `shape` and finite: a NaN or infinity in a weight (or in
+    /// a quantized block's scale, which spreads to its block) would make every result NaN,
+    /// silently, so the load is refused instead, naming the tensor and the element.
     public func callAsFunction(_ name: String, _ shape: [Int]) throws -> Tensor {
-        try source.tensor(resolve(name) ?? name, shape: shape)
+        let stored = resolve(name) ?? name
+        let tensor = try source.tensor(stored, shape: shape)
+        if let bad = firstNonFinite(tensor) {
+            throw ModelError.format(FormatError(.badValue, file: source.description, item: stored,
+                                                "element \(bad) of shape \(shape) is \(tensor.data[bad]): a weight must be finite"))
+        }
+        return tensor
     }
 
     private func resolve(_ name: String) -> String? {

@@ -24,30 +24,45 @@ public final class LoadedModel: Sendable {
 
     /// Loads a GGUF file, an HF directory (config.json + safetensors), or an HF id found in
     /// the local HF cache (never the network), with whichever registered architecture runs it.
-    public static func load(_ source: String, registry: ArchitectureRegistry) throws -> LoadedModel {
+    /// A model whose tensors, as float32, would take more than `maxBytes` is refused from its
+    /// headers, before any weight is read; `control` can stop the load between two tensors.
+    public static func load(_ source: String, registry: ArchitectureRegistry, maxBytes: Int = .max,
+                            control: LoadControl? = nil) throws -> LoadedModel {
         let start = Date()
         do {
             let path = try resolve(source)
             let checkpoint: Checkpoint
-            let tokenizer: Tokenizer?
+            let weights: any WeightSource
             if path.hasSuffix(".gguf") {
-                let file = try GGUFFile(path: path)
-                checkpoint = .gguf(file)
-                tokenizer = try Tokenizer.load(ggufMetadata: file.metadata, file: path)
+                let file = try GGUFFile(path: path, control: control)
+                (checkpoint, weights) = (.gguf(file), file)
             } else {
                 let config = try HFConfig(path: path + "/config.json")
-                checkpoint = .huggingFace(config: config, weights: try SafetensorsDirectory(directory: path))
-                tokenizer = hasTokenizerFiles(path) ? try Tokenizer.load(directory: path) : nil
+                let directory = try SafetensorsDirectory(directory: path, control: control)
+                (checkpoint, weights) = (.huggingFace(config: config, weights: directory), directory)
+            }
+            let bytes = weights.declaredFloat32Bytes
+            guard let bytes, bytes <= maxBytes else { throw ModelError.modelTooLarge(file: path, bytes: bytes, limit: maxBytes) }
+            let tokenizer: Tokenizer?
+            switch checkpoint {
+            case .gguf(let file): tokenizer = try Tokenizer.load(ggufMetadata: file.metadata, file: path)
+            case .huggingFace: tokenizer = hasTokenizerFiles(path) ? try Tokenizer.load(directory: path) : nil
             }
             guard let type = checkpoint.modelType else {
                 throw ModelError.format(FormatError(.missingKey, file: path, item: "model_type", "the checkpoint does not say its model type"))
             }
+            try control?.check()
             let model = try registry.adapter(forModelType: type).load(checkpoint)
             releaseFreedMemory()
             return LoadedModel(source: source, resolvedPath: path, model: model, tokenizer: tokenizer,
                                loadSeconds: Date().timeIntervalSince(start))
         } catch let error as FormatError {
+            releaseFreedMemory()
             throw ModelError.format(error)
+        } catch {
+            // What a refused or cancelled load had read goes back to the system too.
+            releaseFreedMemory()
+            throw error
         }
     }
 

@@ -8,6 +8,9 @@ public enum ModelError: Error, Sendable, CustomStringConvertible, Equatable {
     case unknownArchitecture(String, known: [String])
     /// A config value the architecture cannot run with (file, key, what is wrong).
     case badConfig(file: String, key: String, String)
+    /// A model whose weights, as float32, would take more than the limit (nil: more than
+    /// an integer counts).
+    case modelTooLarge(file: String, bytes: Int?, limit: Int)
     /// A token id outside the vocabulary.
     case tokenOutOfRange(Int, vocabulary: Int)
     /// A sequence longer than the model's context.
@@ -24,6 +27,9 @@ public enum ModelError: Error, Sendable, CustomStringConvertible, Equatable {
         case .unknownArchitecture(let name, let known):
             return "no architecture registered for model type '\(name)' (registered: \(known.joined(separator: ", ")))"
         case .badConfig(let file, let key, let message): return "\(file) (\(key)): \(message)"
+        case .modelTooLarge(let file, let bytes, let limit):
+            let size = bytes.map { "\($0 >> 20) MiB" } ?? "more than an integer counts"
+            return "\(file): its weights would take \(size) as float32, over the limit of \(limit >> 20) MiB (loupe serve --max-model-mb)"
         case .tokenOutOfRange(let id, let vocabulary): return "token id \(id) is outside the vocabulary of \(vocabulary)"
         case .tooLong(let length, let limit): return "sequence of \(length) tokens exceeds the model's context of \(limit)"
         case .emptyInput: return "empty input: a batch needs at least one non-empty sequence"

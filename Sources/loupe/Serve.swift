@@ -39,6 +39,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Seconds one forward pass, sweep or trace may run before it is stopped (0: no limit).")
     var maxJobSeconds: Double = 3600
 
+    @Option(help: "The float32 size of one model's weights, in MiB, past which a load is refused before any weight is read (default: three quarters of the machine's memory).")
+    var maxModelMB: Int?
+
     @Option(help: "Jobs one client may have queued or running at once.")
     var maxClientJobs = 64
 
@@ -85,6 +88,10 @@ struct Serve: ParsableCommand {
         settings.maxSavedBytes = maxSavedMB << 20
         settings.maxJobSeconds = maxJobSeconds
         settings.maxClientJobs = maxClientJobs
+        if let maxModelMB {
+            guard maxModelMB > 0 else { throw ValidationError("--max-model-mb takes a size above 0") }
+            settings.maxModelBytes = maxModelMB << 20
+        }
         settings.modelRoots = modelRoot
         settings.debugOps = debugOps
         settings.insecure = insecure

@@ -10,13 +10,15 @@ final class HFConfigTests: XCTestCase {
             """, path: "config.json")
         XCTAssertEqual(config.path, "config.json")
         XCTAssertEqual(config.string("model_type"), "gpt2")
-        XCTAssertEqual(config.int("n_layer"), 12)
-        XCTAssertEqual(config.double("n_layer"), 12)
-        XCTAssertEqual(config.double("layer_norm_epsilon"), 1e-5)
-        XCTAssertEqual(config.bool("scale_attn_weights"), true)
-        XCTAssertNil(config.int("bos_token_id"))
-        XCTAssertNil(config.int("half"), "not integral")
-        XCTAssertNil(config.int("absent"))
+        XCTAssertEqual(try config.int("n_layer"), 12)
+        XCTAssertEqual(try config.double("n_layer"), 12)
+        XCTAssertEqual(try config.double("layer_norm_epsilon"), 1e-5)
+        XCTAssertEqual(try config.bool("scale_attn_weights"), true)
+        XCTAssertNil(try config.int("bos_token_id"))
+        XCTAssertNil(try config.int("absent"))
+        // A value of the wrong kind is an error naming the key, not a silent default.
+        XCTAssertThrowsError(try config.int("half")) { XCTAssertEqual(($0 as? FormatError)?.item, "half") }
+        XCTAssertThrowsError(try config.bool("n_layer")) { XCTAssertEqual(($0 as? FormatError)?.kind, .badValue) }
         XCTAssertEqual(config.values["architectures"], .array([.string("GPT2LMHeadModel")]))
         XCTAssertEqual(try config.requireInt("n_layer"), 12)
         XCTAssertEqual(try config.requireDouble("layer_norm_epsilon"), 1e-5)

@@ -80,6 +80,101 @@ final class LoadErrorTests: XCTestCase {
     func testNothingThere() {
         assertFormatError("/nonexistent/model", .notFound, item: nil)
     }
+
+    func assertBadConfig(_ source: String, key expected: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try LoadedModel.load(source, registry: testRegistry), file: file, line: line) { error in
+            guard case ModelError.badConfig(let path, let key, _) = error else {
+                return XCTFail("expected a config error naming \(expected), got \(error)", file: file, line: line)
+            }
+            XCTAssertEqual(key, expected, "\(error)", file: file, line: line)
+            XCTAssertTrue(path.hasSuffix("config.json"), path, file: file, line: line)
+        }
+    }
+
+    /// Sizes no model has are refused before anything is allocated (a layer count of 10^12
+    /// once reserved an array that size and aborted the process), naming the key and value.
+    func testAbsurdSizesAreRefusedNamingTheKey() throws {
+        for (key, value) in [("n_layer", 1_000_000_000_000), ("n_layer", -1), ("n_layer", 0), ("n_embd", 1 << 40),
+                             ("n_head", 0), ("n_positions", Int(Int32.max)), ("vocab_size", -5), ("n_inner", 1 << 30)] {
+            assertBadConfig(try checkpoint("gpt2-tiny") { $0[key] = value }, key: key)
+        }
+        for (key, value) in [("num_hidden_layers", 1_000_000_000_000), ("hidden_size", -64), ("num_attention_heads", 0),
+                             ("num_key_value_heads", -2), ("head_dim", 1 << 20), ("intermediate_size", 0),
+                             ("vocab_size", 1 << 40), ("max_position_embeddings", 1 << 40)] {
+            assertBadConfig(try checkpoint("llama-tiny") { $0[key] = value }, key: key)
+        }
+        // Heads that do not divide the hidden size, with no head_dim to say otherwise.
+        assertBadConfig(try checkpoint("llama-tiny") { $0["num_attention_heads"] = 5; $0["head_dim"] = nil }, key: "num_attention_heads")
+        assertBadConfig(try checkpoint("gpt2-tiny") { $0["n_head"] = 5 }, key: "n_head")
+    }
+
+    /// A config whose values could only make every result NaN does not load.
+    func testValuesThatOnlyMakeNaNAreRefused() throws {
+        for (key, value) in [("rms_norm_eps", -1e-6), ("rms_norm_eps", 0.0), ("rope_theta", -10_000.0)] {
+            assertBadConfig(try checkpoint("llama-tiny") { $0[key] = value }, key: key)
+        }
+        assertBadConfig(try checkpoint("gpt2-tiny") { $0["layer_norm_epsilon"] = -1e-5 }, key: "layer_norm_epsilon")
+        // NaN and Infinity as Python's json.dump writes them.
+        for (fixture, key, value) in [("gpt2-tiny", "layer_norm_epsilon", "NaN"), ("llama-tiny", "rope_theta", "Infinity"),
+                                      ("llama-tiny", "rms_norm_eps", "NaN")] {
+            let directory = try checkpoint(fixture) { $0[key] = nil }
+            let config = try String(contentsOfFile: directory + "/config.json", encoding: .utf8)
+            try config.replacingOccurrences(of: "{", with: #"{"\#(key)": \#(value), "#)
+                .write(toFile: directory + "/config.json", atomically: true, encoding: .utf8)
+            assertBadConfig(directory, key: key)
+        }
+    }
+
+    /// A value of the wrong kind is an error naming the key, not a silent default.
+    func testWrongTypesAreRefused() throws {
+        assertFormatError(try checkpoint("llama-tiny") { $0["num_key_value_heads"] = "two" }, .badValue, item: "num_key_value_heads")
+        assertFormatError(try checkpoint("gpt2-tiny") { $0["scale_attn_weights"] = 1.5 }, .badValue, item: "scale_attn_weights")
+        assertFormatError(try checkpoint("llama-tiny") { $0["tie_word_embeddings"] = "yes" }, .badValue, item: "tie_word_embeddings")
+    }
+
+    /// A NaN or infinity in a weight is refused naming the tensor.
+    func testNonFiniteWeightsAreRefused() throws {
+        for (fixture, tensor) in [("gpt2-tiny", "transformer.h.1.ln_2.weight"), ("llama-tiny", "model.norm.weight")] {
+            for bad in [Float.nan, -Float.infinity] {
+                let directory = try checkpoint(fixture) { _ in }
+                try poke(directory + "/model.safetensors", tensor: tensor, element: 3, bad)
+                assertFormatError(directory, .badValue, item: tensor)
+            }
+        }
+    }
+
+    /// Writes `value` over one float32 element of a safetensors file's tensor.
+    private func poke(_ path: String, tensor: String, element: Int, _ value: Float) throws {
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let headerLength = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+        let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + headerLength))) as! [String: Any]
+        let entry = header[tensor] as! [String: Any]
+        XCTAssertEqual(entry["dtype"] as? String, "F32")
+        let begin = (entry["data_offsets"] as! [Int])[0]
+        let offset = 8 + headerLength + begin + 4 * element
+        withUnsafeBytes(of: value.bitPattern.littleEndian) { data.replaceSubrange(offset..<(offset + 4), with: $0) }
+        try data.write(to: URL(fileURLWithPath: path))
+    }
+
+    /// A model larger than the limit is refused from its headers, before a weight is read.
+    func testModelOverTheLimitIsRefusedFromItsHeaders() throws {
+        let source = fixturesDirectory + "/models/llama-tiny"
+        XCTAssertThrowsError(try LoadedModel.load(source, registry: testRegistry, maxBytes: 64 << 10)) { error in
+            guard case ModelError.modelTooLarge(_, let bytes, let limit) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(limit, 64 << 10)
+            XCTAssertGreaterThan(bytes ?? 0, 64 << 10)
+        }
+        XCTAssertNoThrow(try LoadedModel.load(source, registry: testRegistry, maxBytes: 64 << 20))
+    }
+
+    /// A cancelled load stops at its next tensor.
+    func testCancelledLoadStops() throws {
+        let control = LoadControl()
+        control.cancel()
+        XCTAssertThrowsError(try LoadedModel.load(fixturesDirectory + "/models/gpt2-tiny", registry: testRegistry, control: control)) {
+            XCTAssertTrue($0 is LoadCancelled, "\($0)")
+        }
+    }
 }
 
 /// A model named by its HF id loads from the local HF cache, with no network.
