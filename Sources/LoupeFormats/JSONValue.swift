@@ -7,7 +7,23 @@ public enum JSONValue: Sendable, Equatable {
     /// Parses UTF-8 JSON text. Python's `NaN`, `Infinity` and `-Infinity`, which `json.dump`
     /// writes into HF configs, are accepted. Syntax errors are `FormatError(.badValue)` naming `file`.
     public static func parse(_ bytes: UnsafeRawBufferPointer, file: String) throws -> JSONValue {
-        var parser = JSONParser(bytes: bytes, file: file)
+        try parse(bytes, file: file, maximumValues: maximumValues)
+    }
+
+    /// More values than any real file holds (a tokenizer.json of 262,144 tokens and 500,000
+    /// merges has about two million): a parsed value takes tens of bytes for each byte of text,
+    /// so a huge file of `[0,0,0,...]` would otherwise become gigabytes of tree. More is a
+    /// `.badValue` error, raised as the count is passed.
+    public static let maximumValues = 1 << 24
+
+    /// Deeper nesting than any real file needs (tokenizer.json nests six deep, a config four);
+    /// hostile input could otherwise exhaust the stack, here or where the tree is compared or
+    /// freed. Deeper is a `.badValue` error.
+    public static let maximumDepth = 128
+
+    /// `parse` with another bound on the values (tests use a small one).
+    static func parse(_ bytes: UnsafeRawBufferPointer, file: String, maximumValues: Int) throws -> JSONValue {
+        var parser = JSONParser(bytes: bytes, file: file, maximumValues: maximumValues)
         return try parser.parseDocument()
     }
 
@@ -69,17 +85,13 @@ private struct JSONParser {
     var depth = 0
     /// Values parsed so far, counted against `maximumValues`.
     var values = 0
-    /// Deeper nesting than any real file needs (tokenizer.json nests six deep, a config four);
-    /// hostile input could otherwise exhaust the stack, here or where the tree is compared or freed.
-    static let maximumDepth = 128
-    /// More values than any real file holds (a tokenizer.json of 262,144 tokens and 500,000
-    /// merges has about two million): a parsed value takes tens of bytes for each byte of text,
-    /// so a huge file of `[0,0,0,...]` would otherwise become gigabytes of tree.
-    static let maximumValues = 1 << 24
+    let maximumValues: Int
+    static let maximumDepth = JSONValue.maximumDepth
 
-    init(bytes: UnsafeRawBufferPointer, file: String) {
+    init(bytes: UnsafeRawBufferPointer, file: String, maximumValues: Int) {
         self.bytes = bytes
         self.file = file
+        self.maximumValues = maximumValues
     }
 
     func error(_ message: String) -> FormatError {
@@ -113,7 +125,7 @@ private struct JSONParser {
 
     mutating func parseValue() throws -> JSONValue {
         values += 1
-        guard values <= JSONParser.maximumValues else { throw error("more than \(JSONParser.maximumValues) values") }
+        guard values <= maximumValues else { throw error("more than \(maximumValues) values") }
         skipWhitespace()
         guard let byte = current else { throw error("unexpected end of input") }
         switch byte {
