@@ -26,6 +26,14 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
     /// Arrays inside arrays are legal; real files nest one deep. The cap keeps hostile
     /// nesting from exhausting the stack.
     private static let maximumNesting = 8
+    /// More metadata values (keys and array elements) than any real file holds: a vocabulary
+    /// of 262,144 tokens with its scores and types and 500,000 merges is about 1.3 million.
+    /// Each takes 24 bytes in memory however few it took in the file (a bool array, one byte
+    /// each), so a hostile count would otherwise cost gigabytes.
+    static let maximumMetadataValues = 1 << 24
+    /// More tensors than any real model has (thousands; a mixture of experts with one tensor
+    /// per expert tens of thousands).
+    static let maximumTensors = 1 << 20
 
     /// `control`: the load reading it, checked before each tensor is converted.
     public init(path: String, control: LoadControl? = nil) throws {
@@ -52,16 +60,24 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         let tensorCount = try reader.read(UInt64.self)
         reader.item = "metadata count"
         let metadataCount = try reader.read(UInt64.self)
+        guard tensorCount <= UInt64(Self.maximumTensors) else {
+            reader.item = "tensor count"
+            throw reader.error(.badValue, "\(tensorCount) tensors is more than the \(Self.maximumTensors) Loupe reads")
+        }
+        guard metadataCount <= UInt64(Self.maximumMetadataValues) else {
+            throw reader.error(.badValue, "\(metadataCount) keys is more than the \(Self.maximumMetadataValues) metadata values Loupe reads")
+        }
 
         var metadata: [String: GGUFValue] = [:]
         // A key-value pair is at least 8 (key length) + 4 (type) + 1 (value) bytes.
         metadata.reserveCapacity(Int(min(metadataCount, UInt64(reader.remaining / 13))))
+        var values = Int(metadataCount)
         for i in 0..<metadataCount {
             reader.item = "metadata key #\(i)"
             let key = try reader.readString()
             reader.item = key
             let type = try reader.read(UInt32.self)
-            let value = try Self.readValue(type: type, from: &reader, depth: 0)
+            let value = try Self.readValue(type: type, from: &reader, depth: 0, values: &values)
             guard metadata.updateValue(value, forKey: key) == nil else { throw reader.error(.badValue, "duplicate metadata key") }
         }
         self.metadata = metadata
@@ -143,7 +159,9 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         return size
     }
 
-    private static func readValue(type: UInt32, from reader: inout ByteReader, depth: Int) throws -> GGUFValue {
+    /// One value of `type`; `values` counts the array elements read so far, against
+    /// `maximumMetadataValues`, before any memory is reserved for them.
+    private static func readValue(type: UInt32, from reader: inout ByteReader, depth: Int, values: inout Int) throws -> GGUFValue {
         switch type {
         case 0: return .uint8(try reader.read(UInt8.self))
         case 1: return .int8(try reader.read(Int8.self))
@@ -161,9 +179,13 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
             guard depth < maximumNesting else { throw reader.error(.badValue, "arrays nested deeper than \(maximumNesting)") }
             let elementType = try reader.read(UInt32.self)
             let count = try reader.readCount(minimumSize: minimumSize(ofType: elementType))
+            values += count
+            guard values <= maximumMetadataValues else {
+                throw reader.error(.badValue, "an array of \(count) brings the metadata past the \(maximumMetadataValues) values Loupe reads")
+            }
             var elements: [GGUFValue] = []
             elements.reserveCapacity(count)
-            for _ in 0..<count { elements.append(try readValue(type: elementType, from: &reader, depth: depth + 1)) }
+            for _ in 0..<count { elements.append(try readValue(type: elementType, from: &reader, depth: depth + 1, values: &values)) }
             return .array(elements)
         case 10: return .uint64(try reader.read(UInt64.self))
         case 11: return .int64(try reader.read(Int64.self))

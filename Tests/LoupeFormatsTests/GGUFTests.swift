@@ -199,13 +199,41 @@ final class GGUFTests: XCTestCase {
         }).bytes)
         assertFormatError(.truncated, file: array, item: "tokenizer.ggml.tokens", try GGUFFile(path: array))
 
-        var header = Bytes()
-        header.u32(0x4655_4747)
-        header.u32(3)
-        header.u64(1 << 40)
-        header.u64(0)
-        let tensors = try writeTemporaryFile(self, header.bytes, name: "count.gguf")
-        assertFormatError(.truncated, file: tensors, item: "tensor info #0", try GGUFFile(path: tensors))
+        func header(tensors: UInt64, metadata: UInt64) -> [UInt8] {
+            var header = Bytes()
+            header.u32(0x4655_4747)
+            header.u32(3)
+            header.u64(tensors)
+            header.u64(metadata)
+            return header.bytes
+        }
+        // More tensors than any model has: refused from the count alone.
+        let tensors = try writeTemporaryFile(self, header(tensors: 1 << 40, metadata: 0), name: "count.gguf")
+        assertFormatError(.badValue, file: tensors, item: "tensor count", try GGUFFile(path: tensors), message: "1099511627776 tensors")
+        // A count within bounds that the file does not hold: the first tensor info is missing.
+        let missing = try writeTemporaryFile(self, header(tensors: 1 << 20, metadata: 0), name: "missing.gguf")
+        assertFormatError(.truncated, file: missing, item: "tensor info #0", try GGUFFile(path: missing))
+        let keys = try writeTemporaryFile(self, header(tensors: 0, metadata: 1 << 40), name: "keys.gguf")
+        assertFormatError(.badValue, file: keys, item: "metadata count", try GGUFFile(path: keys), message: "1099511627776 keys")
+    }
+
+    func testMetadataValuesAreBounded() throws {
+        // An array of two bool arrays that together hold more values than Loupe reads (2^24):
+        // each element is one byte in the file and 24 in memory, so a large file of them would
+        // otherwise cost gigabytes. Refused at the second array's count, before it is read.
+        let half = 1 << 23
+        let path = try writeTemporaryFile(self, makeGGUF(metadata: { b in
+            b.string("nested")
+            b.u32(9)
+            b.u32(9)
+            b.u64(2)
+            for fill in [UInt8(1), 0] {
+                b.u32(7)
+                b.u64(UInt64(half))
+                b.bytes += [UInt8](repeating: fill, count: half)
+            }
+        }).bytes)
+        assertFormatError(.badValue, file: path, item: "nested", try GGUFFile(path: path), message: "past the 16777216 values")
     }
 
     func testDeeplyNestedArraysAreRejected() throws {
