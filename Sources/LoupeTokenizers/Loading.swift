@@ -20,32 +20,39 @@ extension Tokenizer {
         }
         try file.expect(json["normalizer"], "normalizer", toBe: [.null], "normalizers are not implemented")
 
-        var vocabulary = Vocabulary()
         let vocab = try file.require(model["vocab"], "model.vocab", "an object of token -> id", \.objectValue)
-        for (token, id) in vocab {
+        let addedList = try file.optional(json["added_tokens"], "added_tokens", "an array", \.arrayValue) ?? []
+        var vocabulary = try Vocabulary(expecting: vocab.count + addedList.count, file: path, item: "model.vocab")
+        // In id order, so that of two entries at fault the error names the same one every time.
+        for (token, id) in vocab.sorted(by: { ($0.value.doubleValue ?? 0, $0.key) < ($1.value.doubleValue ?? 0, $1.key) }) {
             let item = "model.vocab[\(quoted(token))]"
             try vocabulary.add(token, id: file.require(id, item, "an integer id", \.intValue), file: path, item: item)
         }
         let mergeList = try file.require(model["merges"], "model.merges", "an array", \.arrayValue)
+        guard mergeList.count <= Tokenizer.maximumMerges else {
+            throw file.bad("model.merges", "\(mergeList.count) merges is more than the \(Tokenizer.maximumMerges) a tokenizer may have")
+        }
         let merges = try mergeList.enumerated().map { i, merge in
             // HF writes merges as "a b" (before tokenizers 0.20) or as ["a", "b"].
             let item = "model.merges[\(i)]"
             if let text = merge.stringValue { return try splitMerge(text, file: path, item: item) }
-            guard let pair = merge.arrayValue?.compactMap(\.stringValue), pair.count == 2 else {
-                throw file.bad(item, "expected \"a b\" or [\"a\", \"b\"], found \(describe(merge))")
+            guard let pair = merge.arrayValue?.compactMap(\.stringValue), pair.count == 2, merge.arrayValue?.count == 2,
+                  !pair[0].isEmpty, !pair[1].isEmpty else {
+                throw file.bad(item, "expected \"a b\" or [\"a\", \"b\"] (two tokens), found \(describe(merge))")
             }
             return (pair[0], pair[1])
         }
 
         var added: [(content: String, id: Int)] = []
-        for (i, entry) in (json["added_tokens"]?.arrayValue ?? []).enumerated() {
+        for (i, entry) in addedList.enumerated() {
             let item = "added_tokens[\(i)]"
             let content = try file.require(entry["content"], "\(item).content", "a string", \.stringValue)
+            guard !content.isEmpty else { throw file.bad("\(item).content", "an added token's content is empty") }
             let id = try file.require(entry["id"], "\(item).id", "an integer", \.intValue)
             for flag in ["lstrip", "rstrip", "single_word"] where entry[flag]?.boolValue == true {
                 throw file.unsupported("\(item).\(flag)", "added token \(quoted(content)) sets \(flag), which Loupe does not implement")
             }
-            try vocabulary.add(content, id: id, file: path, item: item)
+            try vocabulary.add(content, id: id, file: path, item: "\(item).id")
             added.append((content, id))
         }
 
@@ -61,10 +68,16 @@ extension Tokenizer {
 
         var definition = TokenizerDefinition(
             file: path, vocabulary: vocabulary, merges: merges, mergeItem: { "model.merges[\($0)]" }, rules: rules,
-            addedTokens: added, ignoresMerges: model["ignore_merges"]?.boolValue ?? false,
-            unknownToken: model["unk_token"]?.stringValue, fusesUnknown: model["fuse_unk"]?.boolValue ?? false)
-        if let processor = json["post_processor"], let bos = leadingSpecialToken(processor, vocabulary: vocabulary) {
-            definition.bos = bos
+            addedTokens: added,
+            ignoresMerges: try file.optional(model["ignore_merges"], "model.ignore_merges", "a boolean", \.boolValue) ?? false,
+            unknownToken: try file.optional(model["unk_token"], "model.unk_token", "a token string", \.stringValue),
+            fusesUnknown: try file.optional(model["fuse_unk"], "model.fuse_unk", "a boolean", \.boolValue) ?? false)
+        definition.vocabularyItem = "model.vocab"
+        definition.mergesItem = "model.merges"
+        if let processor = json["post_processor"],
+           let bos = try leadingSpecialToken(processor, item: "post_processor", file: file, vocabulary: vocabulary) {
+            definition.bos = bos.id
+            definition.bosItem = bos.item
             definition.addsBOS = true
         }
         try applyTokenizerConfig(besides: path, to: &definition)
@@ -96,6 +109,10 @@ extension Tokenizer {
         }
         func strings(_ key: String) throws -> [String] {
             guard let values = metadata[key]?.arrayValue else { throw fail(.missingKey, key, "missing, or not an array") }
+            // Counted before anything is made of them: the limits are the same for tokens and merges.
+            guard values.count <= Vocabulary.maximumCount else {
+                throw fail(.badValue, key, "\(values.count) entries is more than the \(Vocabulary.maximumCount) a tokenizer may have")
+            }
             return try values.enumerated().map { i, value in
                 guard let text = value.stringValue else { throw fail(.badValue, "\(key)[\(i)]", "expected a string, found \(value)") }
                 return text
@@ -117,18 +134,30 @@ extension Tokenizer {
         default: throw fail(.unsupported, preKey, "pre-tokenizer \"\(pre)\" is not one Loupe implements (gpt2, default, smollm, llama-bpe)")
         }
 
-        let tokens = try strings("tokenizer.ggml.tokens")
+        let tokensKey = "tokenizer.ggml.tokens"
+        let tokens = try strings(tokensKey)
         let mergesKey = "tokenizer.ggml.merges"
-        let merges = try strings(mergesKey).enumerated().map { i, text in
+        let mergeTexts = try strings(mergesKey)
+        guard mergeTexts.count <= Tokenizer.maximumMerges else {
+            throw fail(.badValue, mergesKey, "\(mergeTexts.count) merges is more than the \(Tokenizer.maximumMerges) a tokenizer may have")
+        }
+        let merges = try mergeTexts.enumerated().map { i, text in
             try splitMerge(text, file: file, item: "\(mergesKey)[\(i)]")
         }
         var definition = TokenizerDefinition(
-            file: file, vocabulary: Vocabulary(list: tokens), merges: merges, mergeItem: { "\(mergesKey)[\($0)]" }, rules: rules)
+            file: file, vocabulary: try Vocabulary(list: tokens, file: file, item: tokensKey), merges: merges,
+            mergeItem: { "\(mergesKey)[\($0)]" }, rules: rules)
+        definition.vocabularyItem = tokensKey
+        definition.mergesItem = mergesKey
 
         let typesKey = "tokenizer.ggml.token_type"
         if let types = metadata[typesKey] {
-            guard let kinds = types.intArray, kinds.count == tokens.count else {
-                throw fail(.badValue, typesKey, "expected \(tokens.count) integers")
+            guard let values = types.arrayValue, values.count == tokens.count else {
+                throw fail(.badValue, typesKey, "expected an array of \(tokens.count) integers, one per token, found \(types.arrayValue.map { "an array of \($0.count)" } ?? "\(types)")")
+            }
+            let kinds = try values.enumerated().map { i, value in
+                guard let kind = value.intValue else { throw fail(.badValue, "\(typesKey)[\(i)]", "expected an integer, found \(value)") }
+                return kind
             }
             // Control (3) and user-defined (4) tokens are matched whole, as transformers' GGUF
             // loader adds them; one not spelled in the byte alphabet is a llama.cpp mislabel
@@ -137,12 +166,18 @@ extension Tokenizer {
                 definition.addedTokens.append((tokens[id], id))
             }
         }
-        for (key, slot) in [("tokenizer.ggml.bos_token_id", \TokenizerDefinition.bos), ("tokenizer.ggml.eos_token_id", \.eos)] {
+        for (key, slot, itemSlot) in [("tokenizer.ggml.bos_token_id", \TokenizerDefinition.bos, \TokenizerDefinition.bosItem),
+                                      ("tokenizer.ggml.eos_token_id", \.eos, \.eosItem)] {
+            definition[keyPath: itemSlot] = key
             guard let value = metadata[key] else { continue }
-            guard let id = value.intValue else { throw fail(.badValue, key, "expected an integer, found \(value)") }
+            guard let id = value.intValue else { throw fail(.badValue, key, "expected an integer id, found \(value)") }
             definition[keyPath: slot] = id
         }
-        definition.addsBOS = metadata["tokenizer.ggml.add_bos_token"]?.boolValue ?? false
+        let addBOSKey = "tokenizer.ggml.add_bos_token"
+        if let value = metadata[addBOSKey] {
+            guard let adds = value.boolValue else { throw fail(.badValue, addBOSKey, "expected a bool, found \(value)") }
+            definition.addsBOS = adds
+        }
         return try Tokenizer(definition)
     }
 
@@ -178,14 +213,15 @@ extension Tokenizer {
     private static func loadVocabularyAndMerges(_ vocabPath: String, _ mergesPath: String) throws -> Tokenizer {
         let json = try translatingFormatErrors { try JSONValue.parse(contentsOf: vocabPath) }
         let file = JSONFile(path: vocabPath)
-        var vocabulary = Vocabulary()
-        for (token, id) in try file.require(json, "top level", "an object of token -> id", \.objectValue) {
+        let vocab = try file.require(json, "top level", "an object of token -> id", \.objectValue)
+        var vocabulary = try Vocabulary(expecting: vocab.count, file: vocabPath, item: "top level")
+        guard !vocab.isEmpty else { throw file.bad("top level", "the vocabulary has no tokens") }
+        // In id order, so that of two entries at fault the error names the same one every time.
+        for (token, id) in vocab.sorted(by: { ($0.value.doubleValue ?? 0, $0.key) < ($1.value.doubleValue ?? 0, $1.key) }) {
             let item = quoted(token)
             try vocabulary.add(token, id: file.require(id, item, "an integer id", \.intValue), file: vocabPath, item: item)
         }
-        guard let data = FileManager.default.contents(atPath: mergesPath) else {
-            throw TokenizerError(.io, file: mergesPath, "cannot read the file")
-        }
+        let data = try translatingFormatErrors { try readRegularFile(mergesPath) }
         // One merge a line; a "#version" header and blank lines are skipped. Error messages
         // give 1-based line numbers, so the merges remember theirs.
         var merges: [(left: String, right: String)] = []
@@ -193,11 +229,16 @@ extension Tokenizer {
         for (i, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = line.hasSuffix("\r") ? line.dropLast() : line
             if line.isEmpty || line.hasPrefix("#version") { continue }
+            guard merges.count < Tokenizer.maximumMerges else {
+                throw TokenizerError(.badValue, file: mergesPath, item: "line \(i + 1)",
+                                     "more than the \(Tokenizer.maximumMerges) merges a tokenizer may have")
+            }
             merges.append(try splitMerge(String(line), file: mergesPath, item: "line \(i + 1)"))
             lines.append(i + 1)
         }
         var definition = TokenizerDefinition(
             file: mergesPath, vocabulary: vocabulary, merges: merges, mergeItem: { "line \(lines[$0])" }, rules: [.gpt2])
+        definition.vocabularyItem = "top level"
         // HF's GPT2Tokenizer matches <|endoftext|> whole in text.
         if let id = vocabulary.ids["<|endoftext|>"] { definition.addedTokens.append(("<|endoftext|>", id)) }
         try applyTokenizerConfig(besides: vocabPath, to: &definition)
@@ -226,6 +267,9 @@ extension Tokenizer {
             return
         }
         let config = try translatingFormatErrors { try JSONValue.parse(contentsOf: configPath) }
+        guard config.objectValue != nil else {
+            throw TokenizerError(.badValue, file: configPath, item: "top level", "expected an object")
+        }
         func id(_ key: String) throws -> Int? {
             guard let value = config[key], !value.isNull else { return nil }
             guard let token = value.stringValue ?? value["content"]?.stringValue else {
@@ -236,8 +280,12 @@ extension Tokenizer {
             }
             return id
         }
-        if !definition.addsBOS { definition.bos = try id("bos_token") }
+        if !definition.addsBOS {
+            definition.bos = try id("bos_token")
+            definition.bosItem = "tokenizer_config.json bos_token"
+        }
         definition.eos = try id("eos_token")
+        definition.eosItem = "tokenizer_config.json eos_token"
     }
 
     /// Appends the split rules of a tokenizer.json pre-tokenizer, noting its ByteLevel step.
@@ -287,14 +335,30 @@ extension Tokenizer {
         throw file.unsupported(item, "decoder \(type.map(quoted) ?? "null"); Loupe implements the ByteLevel decoder only")
     }
 
-    /// The id of the special token a TemplateProcessing post-processor puts before the text.
-    private static func leadingSpecialToken(_ json: JSONValue, vocabulary: Vocabulary) -> Int? {
+    /// The id of the special token a TemplateProcessing post-processor puts before the text,
+    /// and the entry it comes from.
+    private static func leadingSpecialToken(_ json: JSONValue, item: String, file: JSONFile,
+                                            vocabulary: Vocabulary) throws -> (id: Int, item: String)? {
         switch json["type"]?.stringValue {
         case "Sequence":
-            return (json["processors"]?.arrayValue ?? []).lazy.compactMap { leadingSpecialToken($0, vocabulary: vocabulary) }.first
+            for (i, processor) in (json["processors"]?.arrayValue ?? []).enumerated() {
+                if let found = try leadingSpecialToken(processor, item: "\(item).processors[\(i)]", file: file, vocabulary: vocabulary) {
+                    return found
+                }
+            }
+            return nil
         case "TemplateProcessing":
             guard let name = json["single"]?.arrayValue?.first?["SpecialToken"]?["id"]?.stringValue else { return nil }
-            return json["special_tokens"]?[name]?["ids"]?.arrayValue?.first?.intValue ?? vocabulary.ids[name]
+            let idsItem = "\(item).special_tokens[\(quoted(name))].ids"
+            if let ids = json["special_tokens"]?[name]?["ids"], !ids.isNull {
+                let first = try file.require(ids.arrayValue?.first, "\(idsItem)[0]", "an integer id", \.intValue)
+                return (first, "\(idsItem)[0]")
+            }
+            guard let id = vocabulary.ids[name] else {
+                throw TokenizerError(.unknownToken, file: file.path, item: "\(item).single[0]",
+                                     "the special token \(quoted(name)) is not in the vocabulary")
+            }
+            return (id, "\(item).single[0]")
         default:
             return nil
         }
@@ -322,6 +386,13 @@ private struct JSONFile {
     /// A key that must be present and hold what `convert` accepts, described as `expected`.
     func require<T>(_ value: JSONValue?, _ item: String, _ expected: String, _ convert: (JSONValue) -> T?) throws -> T {
         let value = try require(value, item)
+        guard let converted = convert(value) else { throw bad(item, "expected \(expected), found \(describe(value))") }
+        return converted
+    }
+
+    /// A key that may be absent or null, else must hold what `convert` accepts.
+    func optional<T>(_ value: JSONValue?, _ item: String, _ expected: String, _ convert: (JSONValue) -> T?) throws -> T? {
+        guard let value, !value.isNull else { return nil }
         guard let converted = convert(value) else { throw bad(item, "expected \(expected), found \(describe(value))") }
         return converted
     }

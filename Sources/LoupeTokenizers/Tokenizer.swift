@@ -26,6 +26,13 @@ public final class Tokenizer: Sendable {
             return id
         }
 
+        guard !vocabulary.tokens.isEmpty else {
+            throw TokenizerError(.badValue, file: file, item: definition.vocabularyItem, "the vocabulary has no tokens")
+        }
+        guard definition.merges.count <= Self.maximumMerges else {
+            throw TokenizerError(.badValue, file: file, item: definition.mergesItem,
+                                 "\(definition.merges.count) merges is more than the \(Self.maximumMerges) a tokenizer may have")
+        }
         var merges: [UInt64: BytePairModel.Merge] = [:]
         merges.reserveCapacity(definition.merges.count)
         for (rank, merge) in definition.merges.enumerated() {
@@ -47,13 +54,17 @@ public final class Tokenizer: Sendable {
             byteTokens: ByteLevel.characters.map { vocabulary.ids[String($0)] },
             merges: merges, wholeTokens: wholeTokens, unknownToken: unknown, fusesUnknown: definition.fusesUnknown)
 
-        for (name, id) in [("bos", definition.bos), ("eos", definition.eos)] {
-            if let id, !vocabulary.tokens.indices.contains(id) {
-                throw TokenizerError(.unknownToken, file: file, item: "\(name) token", "id \(id) is outside the vocabulary of \(vocabulary.tokens.count)")
+        for (role, id, item) in [("BOS", definition.bos, definition.bosItem), ("EOS", definition.eos, definition.eosItem)] {
+            guard let id else { continue }
+            guard vocabulary.tokens.indices.contains(id) else {
+                throw TokenizerError(.unknownToken, file: file, item: item, "the \(role) token's id \(id) is outside the vocabulary of \(vocabulary.tokens.count)")
+            }
+            guard vocabulary.tokens[id] != nil else {
+                throw TokenizerError(.unknownToken, file: file, item: item, "the \(role) token's id \(id) is one the vocabulary skips: no token has it")
             }
         }
         if definition.addsBOS, definition.bos == nil {
-            throw TokenizerError(.missingKey, file: file, item: "bos token", "the tokenizer adds a BOS token but names none")
+            throw TokenizerError(.missingKey, file: file, item: definition.bosItem, "the tokenizer adds a BOS token but names none")
         }
         self.vocabulary = vocabulary
         rules = definition.rules
@@ -131,31 +142,65 @@ public final class Tokenizer: Sendable {
 
     /// One more than the largest id (added tokens included).
     public var vocabularySize: Int { vocabulary.tokens.count }
+
+    /// More merges than any real tokenizer has (the largest have about 500,000).
+    static let maximumMerges = 1 << 22
 }
 
 /// Tokens by id and ids by token.
 struct Vocabulary: Sendable {
     private(set) var tokens: [String?] = []
     private(set) var ids: [String: Int] = [:]
+    /// Ids run below this: the tokens listed plus `maximumHoles`.
+    private(set) var idLimit = 0
+
+    /// More tokens than any real vocabulary has (the largest hold about 262,144): a hostile
+    /// file could otherwise ask for any amount of memory.
+    static let maximumCount = 1 << 22
+    /// Ids may skip some numbers (HF loads such a vocabulary, with a warning), but no more
+    /// than this many: an id far past the tokens listed would only make a huge table.
+    static let maximumHoles = 1 << 16
 
     /// From a list indexed by id. A token listed twice maps to its last id, as in the dict
-    /// transformers builds from a GGUF list.
-    init(list: [String]) {
+    /// transformers builds from a GGUF list (some published GGUF files repeat tokens; the
+    /// earlier ids still decode).
+    init(list: [String], file: String, item: String) throws {
+        try Self.checkCount(list.count, file: file, item: item)
         tokens = list
+        idLimit = list.count
         ids.reserveCapacity(list.count)
         for (id, token) in list.enumerated() { ids[token] = id }
     }
 
-    init() {}
+    /// An empty vocabulary that will be given `count` tokens with `add`.
+    init(expecting count: Int, file: String, item: String) throws {
+        try Self.checkCount(count, file: file, item: item)
+        idLimit = count + Self.maximumHoles
+        ids.reserveCapacity(count)
+    }
 
-    /// Adds `token` as `id`; an id given to two different tokens is an error naming `item`.
+    private static func checkCount(_ count: Int, file: String, item: String) throws {
+        guard count <= maximumCount else {
+            throw TokenizerError(.badValue, file: file, item: item, "\(count) tokens is more than the \(maximumCount) a vocabulary may hold")
+        }
+    }
+
+    /// Adds `token` as `id`. An id out of range, an id given to two different tokens, or a
+    /// token given two ids is an error naming `item`.
     mutating func add(_ token: String, id: Int, file: String, item: String) throws {
-        guard id >= 0, id < 1 << 31 else {
-            throw TokenizerError(.badValue, file: file, item: item, "id \(id) is out of range")
+        guard id >= 0 else {
+            throw TokenizerError(.badValue, file: file, item: item, "id \(id) of \"\(token)\" is negative")
+        }
+        guard id < idLimit else {
+            throw TokenizerError(.badValue, file: file, item: item,
+                                 "id \(id) of \"\(token)\" is out of range: the file lists \(idLimit - Self.maximumHoles) tokens, so ids run below \(idLimit)")
         }
         if id >= tokens.count { tokens += [String?](repeating: nil, count: id + 1 - tokens.count) }
         if let existing = tokens[id], existing != token {
             throw TokenizerError(.badValue, file: file, item: item, "id \(id) is given to both \"\(existing)\" and \"\(token)\"")
+        }
+        if let existing = ids[token], existing != id {
+            throw TokenizerError(.badValue, file: file, item: item, "\"\(token)\" is given both id \(existing) and id \(id)")
         }
         tokens[id] = token
         ids[token] = id
@@ -169,6 +214,11 @@ struct TokenizerDefinition {
     var merges: [(left: String, right: String)]
     /// Names merge `i` in error messages ("vocab.bpe line 5", "model.merges[3]").
     var mergeItem: (Int) -> String
+    /// Name the vocabulary, the merges, and where the BOS and EOS ids come from, in errors.
+    var vocabularyItem = "vocabulary"
+    var mergesItem = "merges"
+    var bosItem = "bos token"
+    var eosItem = "eos token"
     var rules: [SplitRule]
     var addedTokens: [(content: String, id: Int)] = []
     var ignoresMerges = false
