@@ -27,9 +27,13 @@ if scripts/conformance_live.sh; then conformance_passed=1; conformance_failed=0;
 # loupe patch / loupe heads (JSON, SVG, HTML) against a real `loupe serve` process.
 if scripts/patch_live.sh; then patch_passed=1; patch_failed=0; else patch_passed=0; patch_failed=1; fi
 
-# The fuzz target over the request path, built here with libFuzzer: 60 s from the seed corpus
-# (RELIABILITY.md, "Hostile input"). A toolchain that cannot build it fails this step.
-if scripts/fuzz.sh 60; then fuzz_passed=1; fuzz_failed=0; else fuzz_passed=0; fuzz_failed=1; fi
+# The fuzz targets, built here with libFuzzer, each from its seed corpus: the request path for
+# 60 s (RELIABILITY.md, "Hostile input"), then the model readers for 20 s each ("Model files").
+# Each target counts as one test; a toolchain that cannot build the fuzzer fails them all.
+fuzz_passed=0; fuzz_failed=0
+for run in "60 request" "20 gguf" "20 safetensors" "20 tokenizer"; do
+    if scripts/fuzz.sh $run; then fuzz_passed=$((fuzz_passed + 1)); else fuzz_failed=$((fuzz_failed + 1)); fi
+done
 
 # The Python client (Clients/python): its pytest tests start and stop their own daemon, the
 # release build (as `make run` uses): the tutorial's cells run about four times faster there
