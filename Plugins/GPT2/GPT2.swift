@@ -22,24 +22,35 @@ public enum GPT2Architecture: ArchitectureAdapter {
 
 final class GPT2Model: LanguageModel, @unchecked Sendable {
     let architecture = GPT2Architecture.name
+    let canonicalSites = Set(CanonicalSite.Kind.allCases)
     let dimensions: ModelDimensions
     let moduleTree: ModuleNode
     let weightBytes: Int
+    let head: LinearModule
 
     private let epsilon: Float
-    private let tokenEmbedding: Tensor      // wte [vocab, hidden]; also the unembedding
-    private let positionEmbedding: Tensor   // wpe [context, hidden]
+    private let base: ModulePath
+    private let wte: EmbeddingModule      // also the unembedding
+    private let wpe: EmbeddingModule
+    private let drop: ModulePath
     private let blocks: [Block]
-    private let finalNormWeights: (weight: Tensor, bias: Tensor)
-    let unembedding: Linear
+    private let lnF: NormModule
 
+    /// One `GPT2Block`.
     struct Block {
-        let norm1: (weight: Tensor, bias: Tensor)
-        let qkv: Linear          // c_attn: the three projections side by side
-        let attentionOut: Linear // attn.c_proj
-        let norm2: (weight: Tensor, bias: Tensor)
-        let up: Linear           // mlp.c_fc
-        let down: Linear         // mlp.c_proj
+        let module: ModulePath
+        let ln1: NormModule
+        let attention: ModulePath
+        let cAttn: LinearModule     // the three projections side by side
+        let cProj: LinearModule
+        let attentionDropout: ModulePath
+        let residualDropout: ModulePath
+        let ln2: NormModule
+        let mlp: ModulePath
+        let cFC: LinearModule
+        let mlpProj: LinearModule
+        let activation: ModulePath
+        let mlpDropout: ModulePath
         let attentionScale: Float
     }
 
@@ -67,158 +78,103 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         let headDim = hidden / heads
         dimensions = ModelDimensions(layers: layers, hidden: hidden, heads: heads, keyValueHeads: heads,
                                      headDim: headDim, intermediate: inner, vocabulary: vocabulary, context: context)
-
-        let w = WeightReader(source, optionalPrefix: "transformer.")
-        tokenEmbedding = try w("transformer.wte.weight", [vocabulary, hidden])
-        positionEmbedding = try w("transformer.wpe.weight", [context, hidden])
         let scaleByHeadDim = try config.bool("scale_attn_weights") ?? true
         let scaleByLayer = try config.bool("scale_attn_by_inverse_layer_idx") ?? false
+        let normExtra = "(\(hidden),), eps=\(configEpsilon), elementwise_affine=True"
+        let dropout = "p=0.1, inplace=False"
+
+        // The modules in the order GPT2LMHeadModel registers them.
+        let weights = WeightReader(source, optionalPrefix: "transformer.")
+        let root = ModuleScope(root: "GPT2LMHeadModel", weights: weights)
+        let transformer = root.child("transformer", "GPT2Model")
+        base = transformer.module
+        wte = try transformer.embedding("wte", count: vocabulary, width: hidden)
+        wpe = try transformer.embedding("wpe", count: context, width: hidden)
+        drop = transformer.leaf("drop", "Dropout", extra: dropout)
+        let list = transformer.child("h", "ModuleList")
         blocks = try (0..<layers).map { l in
-            let p = "transformer.h.\(l)."
+            let block = list.child("\(l)", "GPT2Block")
+            let ln1 = try block.norm("ln_1", "LayerNorm", width: hidden, bias: true, extra: normExtra)
+            let attention = block.child("attn", "GPT2Attention")
+            let cAttn = try attention.conv1D("c_attn", in: hidden, out: 3 * hidden)
+            let cProj = try attention.conv1D("c_proj", in: hidden, out: hidden)
+            let attentionDropout = attention.leaf("attn_dropout", "Dropout", extra: dropout)
+            let residualDropout = attention.leaf("resid_dropout", "Dropout", extra: dropout)
+            let ln2 = try block.norm("ln_2", "LayerNorm", width: hidden, bias: true, extra: normExtra)
+            let mlp = block.child("mlp", "GPT2MLP")
             var scale: Float = scaleByHeadDim ? 1 / Float(headDim).squareRoot() : 1
             if scaleByLayer { scale /= Float(l + 1) }
-            return Block(
-                norm1: (try w(p + "ln_1.weight", [hidden]), try w(p + "ln_1.bias", [hidden])),
-                qkv: Linear(weight: try w(p + "attn.c_attn.weight", [hidden, 3 * hidden]),
-                            bias: try w(p + "attn.c_attn.bias", [3 * hidden]), layout: .inputMajor),
-                attentionOut: Linear(weight: try w(p + "attn.c_proj.weight", [hidden, hidden]),
-                                     bias: try w(p + "attn.c_proj.bias", [hidden]), layout: .inputMajor),
-                norm2: (try w(p + "ln_2.weight", [hidden]), try w(p + "ln_2.bias", [hidden])),
-                up: Linear(weight: try w(p + "mlp.c_fc.weight", [hidden, inner]),
-                           bias: try w(p + "mlp.c_fc.bias", [inner]), layout: .inputMajor),
-                down: Linear(weight: try w(p + "mlp.c_proj.weight", [inner, hidden]),
-                             bias: try w(p + "mlp.c_proj.bias", [hidden]), layout: .inputMajor),
-                attentionScale: scale)
+            return Block(module: block.module, ln1: ln1, attention: attention.module, cAttn: cAttn, cProj: cProj,
+                         attentionDropout: attentionDropout, residualDropout: residualDropout, ln2: ln2, mlp: mlp.module,
+                         cFC: try mlp.conv1D("c_fc", in: hidden, out: inner), mlpProj: try mlp.conv1D("c_proj", in: inner, out: hidden),
+                         activation: mlp.leaf("act", "NewGELUActivation"), mlpDropout: mlp.leaf("dropout", "Dropout", extra: dropout),
+                         attentionScale: scale)
         }
-        finalNormWeights = (try w("transformer.ln_f.weight", [hidden]), try w("transformer.ln_f.bias", [hidden]))
+        lnF = try transformer.norm("ln_f", "LayerNorm", width: hidden, bias: true, extra: normExtra)
         // HF ties lm_head to wte unless the config says otherwise and the checkpoint has its own.
-        if try !config.tieWordEmbeddings, w.has("lm_head.weight") {
-            unembedding = Linear(weight: try w("lm_head.weight", [vocabulary, hidden]), layout: .outputMajor).inputMajor()
+        if try !config.tieWordEmbeddings, weights.has("lm_head.weight") {
+            head = try root.linear("lm_head", in: hidden, out: vocabulary, bias: false, inputMajor: true)
         } else {
-            unembedding = Linear(weight: tokenEmbedding, layout: .outputMajor)
+            head = root.tiedLinear("lm_head", to: wte)
         }
-        let perBlock = 4 * hidden + 3 * hidden * (hidden + 1) + hidden * (hidden + 1) + 2 * hidden * inner + inner + hidden
-        let unembeddingFloats = unembedding.weight.storage === tokenEmbedding.storage ? 0 : vocabulary * hidden
-        weightBytes = 4 * (vocabulary * hidden + context * hidden + layers * perBlock + 2 * hidden + unembeddingFloats)
-        moduleTree = GPT2Model.tree(dimensions, inner: inner, epsilon: configEpsilon)
+        moduleTree = root.tree
+        weightBytes = root.weightBytes
     }
 
     /// Token embeddings plus learned position embeddings.
     func embed(_ pass: ForwardPass) throws -> Tensor {
-        var tokens = embeddingLookup(tokenEmbedding, pass.tokenIDs ?? [])
-        try pass.fire(["transformer.wte"], .output, &tokens)
-        var positions = embeddingLookup(positionEmbedding, pass.positionIDs)
-        try pass.fire(["transformer.wpe"], .output, &positions)
-        var x = tokens.copy()
+        let tokens = try pass.call(wte, pass.tokenIDs ?? [])
+        let positions = try pass.call(wpe, pass.positionIDs)
+        let x = tokens.copy()
         addInPlace(x, positions)
-        try pass.fireIdentity("transformer.drop", &x)
-        return x
+        return try pass.identity(drop, x)
     }
 
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        var normIn = x
-        try pass.fire(["transformer.ln_f"], .input, &normIn)
-        var final = layerNorm(normIn, weight: finalNormWeights.weight, bias: finalNormWeights.bias, eps: epsilon)
-        try pass.fire(["transformer.ln_f"], .output, &final)
-        try pass.fire(["transformer"], .output, &final, tuple: true)
-        return final
+        let final = try pass.call(lnF.module, x) { layerNorm($0, weight: lnF.weight, bias: lnF.bias!, eps: epsilon) }
+        return try pass.hook(base.output, final, tuple: true)
     }
 
     /// One block: x + attn(ln_1(x)), then + mlp(ln_2(·)).
-    func layer(_ layer: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        let b = blocks[layer], p = "transformer.h.\(layer)"
+    func layer(_ l: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
+        let b = blocks[l]
         let (rows, length) = (pass.rows, pass.length)
         let (heads, headDim, hidden) = (dimensions.heads, dimensions.headDim, dimensions.hidden)
-        var x = input
-        try pass.fire([p], .input, &x)
-        try pass.fire(["blocks.\(layer).resid_pre"], .output, &x)
-
-        // Attention.
-        var normIn = x
-        try pass.fire(["\(p).ln_1"], .input, &normIn)
-        var normed = layerNorm(normIn, weight: b.norm1.weight, bias: b.norm1.bias, eps: epsilon)
-        try pass.fire(["\(p).ln_1"], .output, &normed)
-        try pass.fire(["\(p).attn", "\(p).attn.c_attn"], .input, &normed)
-        var qkv = b.qkv(normed)
-        try pass.fire(["\(p).attn.c_attn"], .output, &qkv)
         let headShape = [rows, length, heads, headDim]
-        var q = qkv.slice(axis: 1, 0..<hidden)
-        var k = qkv.slice(axis: 1, hidden..<(2 * hidden))
-        var v = qkv.slice(axis: 1, (2 * hidden)..<(3 * hidden))
-        try pass.fire(["blocks.\(layer).attn.q"], .output, &q, shape: headShape)
-        try pass.fire(["blocks.\(layer).attn.k"], .output, &k, shape: headShape)
-        try pass.fire(["blocks.\(layer).attn.v"], .output, &v, shape: headShape)
-        let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: heads, headDim: headDim)
-        let (keys, values) = pass.attentionInputs(layer: layer, keys: k, values: v)
-        var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: b.attentionScale)
-        try pass.fire(["blocks.\(layer).attn.pattern"], .output, &pattern, shape: pattern.shape)
-        try pass.fireIdentity("\(p).attn.attn_dropout", &pattern, shape: pattern.shape)
-        var z = attendValues(pattern: pattern, v: values, geometry: geometry)
-        try pass.fire(["\(p).attn.c_proj"], .input, &z)
-        try pass.fire(["blocks.\(layer).attn.z"], .output, &z, shape: headShape)
-        var attention = b.attentionOut(z)
-        try pass.fire(["\(p).attn.c_proj"], .output, &attention)
-        try pass.fireIdentity("\(p).attn.resid_dropout", &attention)
-        try pass.fire(["\(p).attn"], .output, &attention, tuple: true)
-        try pass.fire(["blocks.\(layer).attn_out"], .output, &attention)
-        addInPlace(x, attention)
-        try pass.fire(["blocks.\(layer).resid_mid"], .output, &x)
+        var x = try pass.hook(b.module.input, input)
+        x = try pass.hook(.residPre(l), x)
 
-        // MLP.
-        var norm2In = x
-        try pass.fire(["\(p).ln_2"], .input, &norm2In)
-        var normed2 = layerNorm(norm2In, weight: b.norm2.weight, bias: b.norm2.bias, eps: epsilon)
-        try pass.fire(["\(p).ln_2"], .output, &normed2)
-        try pass.fire(["\(p).mlp", "\(p).mlp.c_fc"], .input, &normed2)
-        var up = b.up(normed2)
-        try pass.fire(["\(p).mlp.c_fc"], .output, &up)
-        try pass.fire(["\(p).mlp.act"], .input, &up)
-        geluTanhInPlace(up)
-        try pass.fire(["\(p).mlp.act"], .output, &up)
-        try pass.fire(["\(p).mlp.c_proj"], .input, &up)
-        var mlp = b.down(up)
-        try pass.fire(["\(p).mlp.c_proj"], .output, &mlp)
-        try pass.fireIdentity("\(p).mlp.dropout", &mlp)
-        try pass.fire(["\(p).mlp"], .output, &mlp)
-        try pass.fire(["blocks.\(layer).mlp_out"], .output, &mlp)
+        // Attention: c_proj(softmax(q kᵀ · scale) v).
+        let normed = try pass.call(b.ln1.module, x) { layerNorm($0, weight: b.ln1.weight, bias: b.ln1.bias!, eps: epsilon) }
+        var attention = try pass.call(b.attention, normed, tuple: true) { h in
+            let qkv = try pass.call(b.cAttn, h)
+            let q = try pass.hook(.q(l), qkv.slice(axis: 1, 0..<hidden), shape: headShape)
+            let k = try pass.hook(.k(l), qkv.slice(axis: 1, hidden..<(2 * hidden)), shape: headShape)
+            let v = try pass.hook(.v(l), qkv.slice(axis: 1, (2 * hidden)..<(3 * hidden)), shape: headShape)
+            let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: heads, headDim: headDim)
+            let (keys, values) = pass.attentionInputs(layer: l, keys: k, values: v)
+            var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: b.attentionScale)
+            pattern = try pass.hook(.pattern(l), pattern, shape: pattern.shape)
+            pattern = try pass.identity(b.attentionDropout, pattern, shape: pattern.shape)
+            var z = try pass.hook(b.cProj.module.input, attendValues(pattern: pattern, v: values, geometry: geometry))
+            z = try pass.hook(.z(l), z, shape: headShape)
+            return try pass.identity(b.residualDropout, pass.hook(b.cProj.module.output, b.cProj.map(z)))
+        }
+        attention = try pass.hook(.attnOut(l), attention)
+        addInPlace(x, attention)
+        x = try pass.hook(.residMid(l), x)
+
+        // MLP: c_proj(gelu(c_fc(x))).
+        let normed2 = try pass.call(b.ln2.module, x) { layerNorm($0, weight: b.ln2.weight, bias: b.ln2.bias!, eps: epsilon) }
+        var mlp = try pass.call(b.mlp, normed2) { h in
+            let up = try pass.call(b.cFC, h)
+            let activated = try pass.call(b.activation, up) { geluTanhInPlace($0); return $0 }
+            return try pass.identity(b.mlpDropout, pass.call(b.mlpProj, activated))
+        }
+        mlp = try pass.hook(.mlpOut(l), mlp)
         addInPlace(x, mlp)
 
-        try pass.fire([p], .output, &x, tuple: true)
-        try pass.fire(["blocks.\(layer).resid_post"], .output, &x)
-        return x
-    }
-
-    /// The module tree as `print(model)` shows it for GPT2LMHeadModel.
-    private static func tree(_ d: ModelDimensions, inner: Int, epsilon: Double) -> ModuleNode {
-        func node(_ path: String, _ type: String, _ extra: String = "", _ children: [ModuleNode] = []) -> ModuleNode {
-            ModuleNode(name: String(path.split(separator: ".").last ?? ""), path: path, type: type, extra: extra, children: children)
-        }
-        let norm = "(\(d.hidden),), eps=\(epsilon), elementwise_affine=True"
-        let dropout = "p=0.1, inplace=False"
-        let blocks = (0..<d.layers).map { l -> ModuleNode in
-            let p = "transformer.h.\(l)"
-            return node(p, "GPT2Block", "", [
-                node("\(p).ln_1", "LayerNorm", norm),
-                node("\(p).attn", "GPT2Attention", "", [
-                    node("\(p).attn.c_attn", "Conv1D"), node("\(p).attn.c_proj", "Conv1D"),
-                    node("\(p).attn.attn_dropout", "Dropout", dropout), node("\(p).attn.resid_dropout", "Dropout", dropout),
-                ]),
-                node("\(p).ln_2", "LayerNorm", norm),
-                node("\(p).mlp", "GPT2MLP", "", [
-                    node("\(p).mlp.c_fc", "Conv1D"), node("\(p).mlp.c_proj", "Conv1D"),
-                    node("\(p).mlp.act", "NewGELUActivation"), node("\(p).mlp.dropout", "Dropout", dropout),
-                ]),
-            ])
-        }
-        return ModuleNode(name: "", path: "", type: "GPT2LMHeadModel", children: [
-            node("transformer", "GPT2Model", "", [
-                node("transformer.wte", "Embedding", "\(d.vocabulary), \(d.hidden)"),
-                node("transformer.wpe", "Embedding", "\(d.context), \(d.hidden)"),
-                node("transformer.drop", "Dropout", dropout),
-                node("transformer.h", "ModuleList", "", blocks),
-                node("transformer.ln_f", "LayerNorm", norm),
-            ]),
-            node("lm_head", "Linear", "in_features=\(d.hidden), out_features=\(d.vocabulary), bias=False"),
-        ])
+        x = try pass.hook(b.module.output, x, tuple: true)
+        return try pass.hook(.residPost(l), x)
     }
 }

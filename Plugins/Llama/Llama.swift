@@ -33,200 +33,143 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     }
 
     let architecture = LlamaArchitecture.name
+    let canonicalSites = Set(CanonicalSite.Kind.allCases)
     let dimensions: ModelDimensions
     let moduleTree: ModuleNode
     let weightBytes: Int
+    let head: LinearModule
 
-    private let settings: Settings
-    private let tokenEmbedding: Tensor
+    private let epsilon: Float
+    private let embedTokens: EmbeddingModule
     private let blocks: [Block]
-    private let finalNormWeight: Tensor
-    let unembedding: Linear
+    private let norm: NormModule
+    private let model: ModulePath
     private let rotary: RotaryTable
 
+    /// One `LlamaDecoderLayer`.
     struct Block {
-        let inputNorm: Tensor
-        /// q_proj, k_proj and v_proj side by side: one matrix product for all three.
-        let qkv: Linear
-        let o: Linear
-        let postAttentionNorm: Tensor
-        /// gate_proj and up_proj side by side.
-        let gateUp: Linear
-        let down: Linear
+        let module: ModulePath
+        let selfAttention: ModulePath
+        /// q_proj, k_proj and v_proj as one product.
+        let qkv: FusedLinear
+        let o: LinearModule
+        let mlp: ModulePath
+        /// gate_proj and up_proj as one product.
+        let gateUp: FusedLinear
+        let down: LinearModule
+        let activation: ModulePath
+        let inputNorm: NormModule
+        let postAttentionNorm: NormModule
     }
 
-    init(_ s: Settings, weights w: WeightReader) throws {
-        settings = s
+    init(_ s: Settings, weights: WeightReader) throws {
         dimensions = ModelDimensions(layers: s.layers, hidden: s.hidden, heads: s.heads, keyValueHeads: s.keyValueHeads,
                                      headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
-        func linear(_ name: String, out: Int, in inputs: Int, bias: Bool) throws -> Linear {
-            Linear(weight: try w(name + ".weight", [out, inputs]),
-                   bias: bias ? try w(name + ".bias", [out]) : nil, layout: .outputMajor)
-        }
+        epsilon = Float(s.epsilon)
         let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
-        tokenEmbedding = try w("model.embed_tokens.weight", [s.vocabulary, s.hidden])
+        let normExtra = "(\(s.hidden),), eps=\(s.epsilon)"
+
+        // The modules in the order LlamaForCausalLM registers them.
+        let root = ModuleScope(root: "LlamaForCausalLM", weights: weights)
+        let base = root.child("model", "LlamaModel")
+        model = base.module
+        embedTokens = try base.embedding("embed_tokens", count: s.vocabulary, width: s.hidden)
+        let list = base.child("layers", "ModuleList")
         blocks = try (0..<s.layers).map { l in
-            let p = "model.layers.\(l)."
+            let layer = list.child("\(l)", "LlamaDecoderLayer")
+            let attention = layer.child("self_attn", "LlamaAttention")
+            let qkv = FusedLinear([
+                try attention.linear("q_proj", in: s.hidden, out: qWidth, bias: s.attentionBias),
+                try attention.linear("k_proj", in: s.hidden, out: kvWidth, bias: s.attentionBias),
+                try attention.linear("v_proj", in: s.hidden, out: kvWidth, bias: s.attentionBias),
+            ])
+            let o = try attention.linear("o_proj", in: qWidth, out: s.hidden, bias: s.attentionBias, inputMajor: true)
+            let mlp = layer.child("mlp", "LlamaMLP")
+            let gateUp = FusedLinear([
+                try mlp.linear("gate_proj", in: s.hidden, out: s.intermediate, bias: s.mlpBias),
+                try mlp.linear("up_proj", in: s.hidden, out: s.intermediate, bias: s.mlpBias),
+            ])
             return Block(
-                inputNorm: try w(p + "input_layernorm.weight", [s.hidden]),
-                qkv: Linear.fused([
-                    try linear(p + "self_attn.q_proj", out: qWidth, in: s.hidden, bias: s.attentionBias),
-                    try linear(p + "self_attn.k_proj", out: kvWidth, in: s.hidden, bias: s.attentionBias),
-                    try linear(p + "self_attn.v_proj", out: kvWidth, in: s.hidden, bias: s.attentionBias),
-                ]),
-                o: try linear(p + "self_attn.o_proj", out: s.hidden, in: qWidth, bias: s.attentionBias).inputMajor(),
-                postAttentionNorm: try w(p + "post_attention_layernorm.weight", [s.hidden]),
-                gateUp: Linear.fused([
-                    try linear(p + "mlp.gate_proj", out: s.intermediate, in: s.hidden, bias: s.mlpBias),
-                    try linear(p + "mlp.up_proj", out: s.intermediate, in: s.hidden, bias: s.mlpBias),
-                ]),
-                down: try linear(p + "mlp.down_proj", out: s.hidden, in: s.intermediate, bias: s.mlpBias).inputMajor())
+                module: layer.module, selfAttention: attention.module, qkv: qkv, o: o, mlp: mlp.module, gateUp: gateUp,
+                down: try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: s.mlpBias, inputMajor: true),
+                activation: mlp.leaf("act_fn", "SiLU"),
+                inputNorm: try layer.norm("input_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra),
+                postAttentionNorm: try layer.norm("post_attention_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra))
         }
-        finalNormWeight = try w("model.norm.weight", [s.hidden])
-        if !s.tied, w.has("lm_head.weight") {
-            unembedding = Linear(weight: try w("lm_head.weight", [s.vocabulary, s.hidden]), layout: .outputMajor).inputMajor()
+        norm = try base.norm("norm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra)
+        base.leaf("rotary_emb", "LlamaRotaryEmbedding")
+        if !s.tied, weights.has("lm_head.weight") {
+            head = try root.linear("lm_head", in: s.hidden, out: s.vocabulary, bias: false, inputMajor: true)
         } else if !s.tied {
             throw ModelError.format(FormatError(.missingTensor, file: s.source, item: "lm_head.weight",
                                                 "tie_word_embeddings is false but the checkpoint has no lm_head.weight"))
         } else {
-            unembedding = Linear(weight: tokenEmbedding, layout: .outputMajor)
+            head = root.tiedLinear("lm_head", to: embedTokens)
         }
         rotary = RotaryTable(dim: s.headDim, theta: s.ropeTheta, positions: s.context)
-        let attention = s.hidden * (2 * qWidth + 2 * kvWidth) + (s.attentionBias ? 2 * qWidth + 2 * kvWidth : 0)
-        let mlp = 3 * s.hidden * s.intermediate
-        weightBytes = 4 * (s.vocabulary * s.hidden * (s.tied ? 1 : 2) + s.layers * (attention + mlp + 2 * s.hidden) + s.hidden)
-        moduleTree = LlamaModel.tree(s)
+        moduleTree = root.tree
+        weightBytes = root.weightBytes
     }
 
     func embed(_ pass: ForwardPass) throws -> Tensor {
-        var x = embeddingLookup(tokenEmbedding, pass.tokenIDs ?? [])
-        try pass.fire(["model.embed_tokens"], .output, &x)
-        return x
+        try pass.call(embedTokens, pass.tokenIDs ?? [])
     }
 
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        var normIn = x
-        try pass.fire(["model.norm"], .input, &normIn)
-        var final = rmsNorm(normIn, weight: finalNormWeight, eps: Float(settings.epsilon))
-        try pass.fire(["model.norm"], .output, &final)
-        try pass.fire(["model"], .output, &final, tuple: true)
-        return final
+        let final = try pass.call(norm.module, x) { rmsNorm($0, weight: norm.weight, eps: epsilon) }
+        return try pass.hook(model.output, final, tuple: true)
     }
 
     /// One decoder layer: x + attn(norm(x)), then + mlp(norm(·)).
-    func layer(_ layer: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        let b = blocks[layer], p = "model.layers.\(layer)"
+    func layer(_ l: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
+        let b = blocks[l]
         let (rows, length) = (pass.rows, pass.length)
         let (heads, kvHeads, headDim) = (dimensions.heads, dimensions.keyValueHeads, dimensions.headDim)
-        var x = input
-        try pass.fire([p], .input, &x)
-        try pass.fire(["blocks.\(layer).resid_pre"], .output, &x)
+        var x = try pass.hook(b.module.input, input)
+        x = try pass.hook(.residPre(l), x)
 
-        // Attention.
-        var normIn = x
-        try pass.fire(["\(p).input_layernorm"], .input, &normIn)
-        var normed = rmsNorm(normIn, weight: b.inputNorm, eps: Float(settings.epsilon))
-        try pass.fire(["\(p).input_layernorm"], .output, &normed)
-        try pass.fire(["\(p).self_attn", "\(p).self_attn.q_proj", "\(p).self_attn.k_proj", "\(p).self_attn.v_proj"], .input, &normed)
-        let qkv = b.qkv(normed)
-        let (qWidth, kvWidth) = (heads * headDim, kvHeads * headDim)
-        var q = qkv.slice(axis: 1, 0..<qWidth)
-        var k = qkv.slice(axis: 1, qWidth..<(qWidth + kvWidth))
-        var v = qkv.slice(axis: 1, (qWidth + kvWidth)..<(qWidth + 2 * kvWidth))
-        try pass.fire(["\(p).self_attn.q_proj"], .output, &q)
-        try pass.fire(["\(p).self_attn.k_proj"], .output, &k)
-        try pass.fire(["\(p).self_attn.v_proj"], .output, &v)
-        rotary.apply(q, heads: heads, positions: pass.positionIDs)
-        rotary.apply(k, heads: kvHeads, positions: pass.positionIDs)
-        try pass.fire(["blocks.\(layer).attn.q"], .output, &q, shape: [rows, length, heads, headDim])
-        try pass.fire(["blocks.\(layer).attn.k"], .output, &k, shape: [rows, length, kvHeads, headDim])
-        try pass.fire(["blocks.\(layer).attn.v"], .output, &v, shape: [rows, length, kvHeads, headDim])
-        let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: kvHeads, headDim: headDim)
-        let (keys, values) = pass.attentionInputs(layer: layer, keys: k, values: v)
-        var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: 1 / Float(headDim).squareRoot())
-        try pass.fire(["blocks.\(layer).attn.pattern"], .output, &pattern, shape: pattern.shape)
-        var z = attendValues(pattern: pattern, v: values, geometry: geometry)
-        try pass.fire(["\(p).self_attn.o_proj"], .input, &z)
-        try pass.fire(["blocks.\(layer).attn.z"], .output, &z, shape: [rows, length, heads, headDim])
-        var attention = b.o(z)
-        try pass.fire(["\(p).self_attn.o_proj"], .output, &attention)
-        try pass.fire(["\(p).self_attn"], .output, &attention, tuple: true)
-        try pass.fire(["blocks.\(layer).attn_out"], .output, &attention)
+        // Attention: o(softmax(q kᵀ / √d) v), q and k rotated by position.
+        let normed = try pass.call(b.inputNorm.module, x) { rmsNorm($0, weight: b.inputNorm.weight, eps: epsilon) }
+        var attention = try pass.call(b.selfAttention, normed, tuple: true) { h in
+            let projected = try pass.call(b.qkv, h)
+            var (q, k, v) = (projected[0], projected[1], projected[2])
+            rotary.apply(q, heads: heads, positions: pass.positionIDs)
+            rotary.apply(k, heads: kvHeads, positions: pass.positionIDs)
+            q = try pass.hook(.q(l), q, shape: [rows, length, heads, headDim])
+            k = try pass.hook(.k(l), k, shape: [rows, length, kvHeads, headDim])
+            v = try pass.hook(.v(l), v, shape: [rows, length, kvHeads, headDim])
+            let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: kvHeads, headDim: headDim)
+            let (keys, values) = pass.attentionInputs(layer: l, keys: k, values: v)
+            var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: 1 / Float(headDim).squareRoot())
+            pattern = try pass.hook(.pattern(l), pattern, shape: pattern.shape)
+            var z = try pass.hook(b.o.module.input, attendValues(pattern: pattern, v: values, geometry: geometry))
+            z = try pass.hook(.z(l), z, shape: [rows, length, heads, headDim])
+            return try pass.hook(b.o.module.output, b.o.map(z))
+        }
+        attention = try pass.hook(.attnOut(l), attention)
         addInPlace(x, attention)
-        try pass.fire(["blocks.\(layer).resid_mid"], .output, &x)
+        x = try pass.hook(.residMid(l), x)
 
         // MLP: down(silu(gate(x)) * up(x)).
-        var norm2In = x
-        try pass.fire(["\(p).post_attention_layernorm"], .input, &norm2In)
-        var normed2 = rmsNorm(norm2In, weight: b.postAttentionNorm, eps: Float(settings.epsilon))
-        try pass.fire(["\(p).post_attention_layernorm"], .output, &normed2)
-        try pass.fire(["\(p).mlp", "\(p).mlp.gate_proj", "\(p).mlp.up_proj"], .input, &normed2)
-        let gateUp = b.gateUp(normed2)
-        let intermediate = gateUp.columnCount / 2
-        var gate = gateUp.slice(axis: 1, 0..<intermediate)
-        var up = gateUp.slice(axis: 1, intermediate..<(2 * intermediate))
-        try pass.fire(["\(p).mlp.gate_proj"], .output, &gate)
-        try pass.fire(["\(p).mlp.up_proj"], .output, &up)
-        try pass.fire(["\(p).mlp.act_fn"], .input, &gate)
-        var activated: Tensor
-        if pass.hasHooks {
-            // act_fn's output is its own site, so compute it apart from the product with up.
-            activated = siluGated(gate, nil)
-            try pass.fire(["\(p).mlp.act_fn"], .output, &activated)
-            multiplyInPlace(activated, up)
-        } else {
-            activated = siluGated(gate, up)
+        let normed2 = try pass.call(b.postAttentionNorm.module, x) { rmsNorm($0, weight: b.postAttentionNorm.weight, eps: epsilon) }
+        var mlp = try pass.call(b.mlp, normed2) { h in
+            let projected = try pass.call(b.gateUp, h)
+            let (gate, up) = (projected[0], projected[1])
+            let activated: Tensor
+            if pass.hasHooks {
+                // act_fn's output is its own site, so compute it apart from the product with up.
+                activated = try pass.call(b.activation, gate) { siluGated($0, nil) }
+                multiplyInPlace(activated, up)
+            } else {
+                activated = siluGated(gate, up)
+            }
+            return try pass.call(b.down, activated)
         }
-        try pass.fire(["\(p).mlp.down_proj"], .input, &activated)
-        var mlp = b.down(activated)
-        try pass.fire(["\(p).mlp.down_proj"], .output, &mlp)
-        try pass.fire(["\(p).mlp"], .output, &mlp)
-        try pass.fire(["blocks.\(layer).mlp_out"], .output, &mlp)
+        mlp = try pass.hook(.mlpOut(l), mlp)
         addInPlace(x, mlp)
 
-        try pass.fire([p], .output, &x)
-        try pass.fire(["blocks.\(layer).resid_post"], .output, &x)
-        return x
-    }
-
-    /// The module tree as `print(model)` shows it for LlamaForCausalLM.
-    private static func tree(_ s: Settings) -> ModuleNode {
-        func node(_ path: String, _ type: String, _ extra: String = "", _ children: [ModuleNode] = []) -> ModuleNode {
-            ModuleNode(name: String(path.split(separator: ".").last ?? ""), path: path, type: type, extra: extra, children: children)
-        }
-        func linear(_ path: String, _ inputs: Int, _ outputs: Int, _ bias: Bool) -> ModuleNode {
-            node(path, "Linear", "in_features=\(inputs), out_features=\(outputs), bias=\(bias ? "True" : "False")")
-        }
-        let norm = "(\(s.hidden),), eps=\(s.epsilon)"
-        let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
-        let layers = (0..<s.layers).map { l -> ModuleNode in
-            let p = "model.layers.\(l)"
-            return node(p, "LlamaDecoderLayer", "", [
-                node("\(p).self_attn", "LlamaAttention", "", [
-                    linear("\(p).self_attn.q_proj", s.hidden, qWidth, s.attentionBias),
-                    linear("\(p).self_attn.k_proj", s.hidden, kvWidth, s.attentionBias),
-                    linear("\(p).self_attn.v_proj", s.hidden, kvWidth, s.attentionBias),
-                    linear("\(p).self_attn.o_proj", qWidth, s.hidden, s.attentionBias),
-                ]),
-                node("\(p).mlp", "LlamaMLP", "", [
-                    linear("\(p).mlp.gate_proj", s.hidden, s.intermediate, s.mlpBias),
-                    linear("\(p).mlp.up_proj", s.hidden, s.intermediate, s.mlpBias),
-                    linear("\(p).mlp.down_proj", s.intermediate, s.hidden, s.mlpBias),
-                    node("\(p).mlp.act_fn", "SiLU"),
-                ]),
-                node("\(p).input_layernorm", "LlamaRMSNorm", norm),
-                node("\(p).post_attention_layernorm", "LlamaRMSNorm", norm),
-            ])
-        }
-        return ModuleNode(name: "", path: "", type: "LlamaForCausalLM", children: [
-            node("model", "LlamaModel", "", [
-                node("model.embed_tokens", "Embedding", "\(s.vocabulary), \(s.hidden)"),
-                node("model.layers", "ModuleList", "", layers),
-                node("model.norm", "LlamaRMSNorm", norm),
-                node("model.rotary_emb", "LlamaRotaryEmbedding"),
-            ]),
-            linear("lm_head", s.hidden, s.vocabulary, false),
-        ])
+        x = try pass.hook(b.module.output, x)
+        return try pass.hook(.residPost(l), x)
     }
 }
 

@@ -159,7 +159,7 @@ public final class SafetensorsDirectory: WeightSource, @unchecked Sendable {
         } else if fm.fileExists(atPath: single) {
             shardNames = ["model.safetensors"]
         } else {
-            throw FormatError(.notFound, file: directory, item: "model.safetensors",
+            throw FormatError(.missingTensor, file: directory, item: "model.safetensors",
                               "no model.safetensors or model.safetensors.index.json in the directory")
         }
 

@@ -2,8 +2,8 @@ import LoupeFormats
 import LoupeTensor
 
 /// What one forward pass carries through an architecture's layers: which positions it
-/// computes, the hooks and the cancellation check. Architectures call `fire` at every site,
-/// in order.
+/// computes, the hooks and the cancellation check. Architectures show their values to the
+/// hooks with `call` and `hook` (Modules.swift), in order.
 ///
 /// A full pass computes every position of each of `rows` sequences. A continuation computes
 /// only the last positions of each sequence, attending to the keys and values of the earlier
@@ -119,44 +119,21 @@ public struct ForwardPass {
     /// materialises every site.
     public var hasHooks: Bool { hooks != nil }
 
-    /// Shows `value` to the hooks at each of `paths` (an HF module path and its canonical
-    /// aliases), in turn. The engine keeps activations as [rows·length, features]; hooks see
-    /// them as `shape` (by default [rows, length, features]) and may write into them or
-    /// replace them with a tensor of the same shape.
-    ///
-    /// With no hooks this is one branch: the paths are never built.
-    @inline(__always)
-    public func fire(_ paths: @autoclosure () -> [String], _ io: SiteIO, _ value: inout Tensor,
-                     shape: [Int]? = nil, tuple: Bool = false) throws {
-        guard let hooks else { return }
-        try visit(hooks, paths(), io, &value, shape: shape, tuple: tuple)
-    }
-
-    /// Fires the input and then the output site of a module that passes its value through
-    /// unchanged in inference (dropout).
-    @inline(__always)
-    public func fireIdentity(_ path: @autoclosure () -> String, _ value: inout Tensor, shape: [Int]? = nil) throws {
-        guard hooks != nil else { return }
-        try fire([path()], .input, &value, shape: shape)
-        try fire([path()], .output, &value, shape: shape)
-    }
-
-    private func visit(_ hooks: any ForwardHooks, _ paths: [String], _ io: SiteIO, _ value: inout Tensor,
-                       shape: [Int]?, tuple: Bool) throws {
+    /// Shows `value` to the hooks at `site`. The engine keeps activations as
+    /// [rows·length, features]; hooks see them as `shape` (by default [rows, length,
+    /// features]) and may write into them or replace them with a tensor of the same shape.
+    /// Architectures reach it through `call` and `hook` (Modules.swift).
+    func fire(_ site: Site, _ value: inout Tensor, shape: [Int]? = nil, tuple: Bool = false) throws {
+        guard let hooks, hooks.wants(site) else { return }
         let storedShape = value.shape
         let seenShape = shape ?? [rows, length, value.columnCount]
-        var seen: Tensor?
-        for path in paths {
-            let site = Site(path, io)
-            guard hooks.wants(site) else { continue }
-            if seen == nil { seen = value.reshaped(seenShape) }
-            (hooks as? SiteDiscovery)?.noteTuple(site, tuple)
-            try hooks.visit(site, &seen!)
-            guard seen!.shape == seenShape else {
-                throw ModelError.hookShapeMismatch(site: site.description, expected: seenShape, got: seen!.shape)
-            }
+        var seen = value.reshaped(seenShape)
+        (hooks as? SiteDiscovery)?.noteTuple(site, tuple)
+        try hooks.visit(site, &seen)
+        guard seen.shape == seenShape else {
+            throw ModelError.hookShapeMismatch(site: site.description, expected: seenShape, got: seen.shape)
         }
-        if let seen { value = seen.reshaped(storedShape) }
+        value = seen.reshaped(storedShape)
     }
 
     /// Throws `ModelError.cancelled` if the job was cancelled; architectures call it once per layer.

@@ -39,8 +39,11 @@ public protocol LanguageModel: AnyObject, Sendable {
     var moduleTree: ModuleNode { get }
     /// Bytes of float32 weights held.
     var weightBytes: Int { get }
-    /// lm_head.
-    var unembedding: Linear { get }
+    /// The canonical sites its forward pass shows the hooks (the conformance tests check it
+    /// shows exactly these, with their documented shapes).
+    var canonicalSites: Set<CanonicalSite.Kind> { get }
+    /// The unembedding (`lm_head`).
+    var head: LinearModule { get }
 
     /// The hidden states entering layer 0 for the pass's tokens: [rows · length, hidden].
     func embed(_ pass: ForwardPass) throws -> Tensor
@@ -77,11 +80,20 @@ extension LanguageModel {
         let (rows, length, hidden) = (pass.rows, pass.length, dimensions.hidden)
         if which == .none { return final.reshaped([rows, length, hidden]) }
         let positions = which == .last ? 1 : length
-        var headIn = pass.rowsToUnembed(final, which)
-        try pass.fire(["lm_head"], .input, &headIn, shape: [rows, positions, hidden])
-        var logits = unembedding(headIn)
-        try pass.fire(["lm_head", "logits"], .output, &logits, shape: [rows, positions, dimensions.vocabulary])
-        return logits.reshaped([rows, positions, dimensions.vocabulary])
+        let logitShape = [rows, positions, dimensions.vocabulary]
+        let headIn = try pass.hook(head.module.input, pass.rowsToUnembed(final, which), shape: [rows, positions, hidden])
+        let logits = try pass.hook(head.module.output, head.map(headIn), shape: logitShape)
+        return try pass.hook(.logits, logits, shape: logitShape).reshaped(logitShape)
+    }
+
+    /// lm_head's map.
+    public var unembedding: Linear { head.map }
+
+    /// The typed error for a canonical site this model does not provide; nil when it does, or
+    /// when `site` is not a canonical one.
+    public func unprovided(_ site: Site) -> ModelError? {
+        guard let canonical = CanonicalSite(site), !canonicalSites.contains(canonical.kind) else { return nil }
+        return .siteNotProvided(site: canonical.path, architecture: architecture)
     }
 
     /// Every site in the order the forward pass reaches it (HF paths and canonical names),

@@ -53,6 +53,11 @@ public final class LoadedModel: Sendable {
             }
             try control?.check()
             let model = try registry.adapter(forModelType: type).load(checkpoint)
+            // An id the tokenizer makes must have an embedding row; else the checkpoint is not one model.
+            if let tokenizer, tokenizer.vocabularySize > model.dimensions.vocabulary {
+                throw ModelError.badConfig(file: path, key: "vocab_size",
+                                           "the tokenizer has \(tokenizer.vocabularySize) tokens but the embedding only \(model.dimensions.vocabulary) rows")
+            }
             releaseFreedMemory()
             return LoadedModel(source: source, resolvedPath: path, model: model, tokenizer: tokenizer,
                                loadSeconds: Date().timeIntervalSince(start))

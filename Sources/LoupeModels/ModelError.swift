@@ -20,6 +20,8 @@ public enum ModelError: Error, Sendable, CustomStringConvertible, Equatable {
     /// A hook replaced a value with one of another shape.
     case hookShapeMismatch(site: String, expected: [Int], got: [Int])
     case cancelled
+    /// A canonical site the architecture does not provide (`LanguageModel.canonicalSites`).
+    case siteNotProvided(site: String, architecture: String)
 
     public var description: String {
         switch self {
@@ -36,6 +38,8 @@ public enum ModelError: Error, Sendable, CustomStringConvertible, Equatable {
         case .hookShapeMismatch(let site, let expected, let got):
             return "hook at \(site) returned shape \(got), expected \(expected)"
         case .cancelled: return "cancelled"
+        case .siteNotProvided(let site, let architecture):
+            return "the \(architecture) architecture does not provide the canonical site \(site)"
         }
     }
 }

@@ -156,6 +156,11 @@ final class HostileCatalogueTests: XCTestCase {
             // Wrong types in the fields every request has, and in each op's own.
             cases.append(Case(name: "op is an integer", frames: message(["op": 7]), expect: .badRequest))
             cases.append(Case(name: "op is missing", frames: message(["id": 1]), expect: .badRequest))
+            cases.append(Case(name: "id is a float", frames: message(["op": "hello", "id": 1.5]), expect: .badRequest))
+            cases.append(Case(name: "id is an array", frames: message(["op": "hello", "id": [1, 2]]), expect: .badRequest))
+            cases.append(Case(name: "id is a map", frames: message(["op": "hello", "id": ["n": 1]]), expect: .badRequest))
+            cases.append(Case(name: "id is a boolean", frames: message(["op": "hello", "id": true]), expect: .badRequest))
+            cases.append(Case(name: "frames is a string", frames: message(["op": "hello", "frames": "yes"]), expect: .badRequest))
             cases.append(Case(name: "unknown op", frames: message(["op": "models.format_disk"]), expect: .unknownOp))
             cases.append(Case(name: "protocol is a string", frames: message(["op": "hello", "protocol": "2"]), expect: .badRequest))
             cases.append(Case(name: "protocol from the future", frames: message(["op": "hello", "protocol": 99]), expect: .versionMismatch))
