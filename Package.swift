@@ -47,6 +47,9 @@ let package = Package(
         // Patching and ablation sweeps: each cell is a built-in intervention, computed with exact reuse.
         .target(name: "LoupeSweeps", dependencies: ["LoupeModels", "LoupeTrace", "Interventions"]),
 
+        // The conformance suite every architecture adapter passes, run on a fixture.
+        .target(name: "LoupeConformance", dependencies: ["LoupeModels", "LoupeSweeps", "LoupeTrace", "LoupeTensor", "LoupeFormats", "LoupeTokenizers"]),
+
         // The wire protocol and the daemon.
         .target(name: "LoupeWire", dependencies: ["CZMQ", "CMsgPack", "LoupeTensor"]),
         .target(
@@ -78,6 +81,7 @@ let package = Package(
         .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeTestSupport", "LoupeModels", "GPT2", "Llama"]),
         .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeTestSupport", "LoupeSweeps", "LoupeModels", "LoupeTrace", "Interventions", "GPT2", "Llama"]),
         .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTestSupport", "LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "LoupeSweeps", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeConformanceTests", dependencies: ["LoupeConformance", "LoupeTestSupport", "LoupeModels", "LoupeTrace", "LoupeTensor"]),
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeTestSupport", "LoupeWire", "LoupeTensor"]),
         .testTarget(
             name: "LoupeDaemonTests",

@@ -25,7 +25,9 @@ What it makes
      llama-tiny-untied    3 layers, hidden 64, 4 heads, 2 kv heads, head_dim 24 (explicit),
                           intermediate 80, attention_bias, untied lm_head, rope_theta 500000;
                           config.json exactly as transformers 5 writes it (`rope_parameters`).
-   Each directory: config.json, model.safetensors, cases.json (input sequences) and
+   Each directory: config.json, model.safetensors, cases.json (input sequences),
+   conformance.json (what the fixture declares to the conformance suite,
+   Sources/LoupeConformance: it ships no tokenizer) and
    expected.safetensors (reference activations, float32, each sequence run alone):
      logits.{i} [T,V]; resid_pre.0.{i} [T,D]; resid_post.{L}.{i} [T,D] (block output);
      attn_out.{L}.{i} [T,D]; mlp_out.{L}.{i} [T,D]; z.{L}.{i} [T,H*dh] (input of
@@ -229,6 +231,18 @@ def write_cases(dirpath, seqs, batched, extra):
         f.write("\n")
 
 
+NO_TOKENIZER = ("seeded-random weights over 512 token ids, saved without tokenizer files by "
+                "scripts/make_model_fixtures.py: the model runs from token ids only")
+
+
+def write_conformance(dirpath):
+    """conformance.json: the checks of Loupe's conformance suite that do not apply to this
+    fixture, and why (Sources/LoupeConformance/ConformanceFixture.swift)."""
+    with open(os.path.join(dirpath, "conformance.json"), "w") as f:
+        json.dump({"not_applicable": {"tokenizer": NO_TOKENIZER}}, f, indent=1)
+        f.write("\n")
+
+
 def save_hf(model, dirpath):
     if os.path.isdir(dirpath):
         shutil.rmtree(dirpath)
@@ -326,6 +340,7 @@ def make_tiny(out_root):
                      "evaluations (e.g. torch on 1 vs 2 threads) differ by as much. Compare "
                      "with a tolerance above these, not bit for bit.")}
         write_cases(d, seqs, batched, {"precision": precision})
+        write_conformance(d)
         report[kind] = worst
 
         if kind == "gpt2-tiny":
@@ -361,6 +376,7 @@ def make_noprefix(out_root, src, seqs, reference, batched, precision):
                  "prefix, no lm_head.weight: tied to wte) plus unused h.{L}.attn.bias "
                  "causal-mask buffers; expected outputs are gpt2-tiny's"),
         "precision": precision})
+    write_conformance(d)
     print("gpt2-tiny-noprefix: HF loads it to identical logits")
 
 
