@@ -32,3 +32,9 @@ bench-daemon:
 bench-tutorial:
 	swift build -c release --product loupe
 	python3 scripts/bench_tutorial.py --loupe .build/release/loupe
+
+# The engine against an earlier commit's in the same run (BASE, default HEAD~1): forward passes,
+# the hook points' cost and the tutorial's sweeps on SmolLM2, with ratios.
+.PHONY: bench-compare
+bench-compare:
+	python3 scripts/bench_compare.py --base $(or $(BASE),HEAD~1)

@@ -11,6 +11,9 @@ let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
 #else
 let kernelFlags: [SwiftSetting] = []
 #endif
+/// The architecture plugins built into Loupe (Plugins/README.md, "Built in").
+let builtInArchitectures = ["GPT2", "Llama"]
+
 let package = Package(
     name: "Loupe",
     platforms: [.macOS(.v14)],
@@ -35,17 +38,18 @@ let package = Package(
         .target(name: "LoupeTokenizers", dependencies: ["LoupeFormats"]),
         .target(name: "LoupeModels", dependencies: ["LoupeTensor", "LoupeFormats", "LoupeTokenizers", "CMalloc"]),
 
-        // Architecture plugins: each registers itself through one call.
-        .target(name: "GPT2", dependencies: ["LoupeModels"], path: "Plugins/GPT2"),
-        .target(name: "Llama", dependencies: ["LoupeModels"], path: "Plugins/Llama"),
 
         // Traces: the IR, its validation and executor, the intervention-plugin protocol.
         .target(name: "LoupeTrace", dependencies: ["LoupeModels", "LoupeTensor"], exclude: ["TRACE.md"]),
         // Intervention plugins: each registers itself through one call.
         .target(name: "Interventions", dependencies: ["LoupeTrace", "LoupeModels", "LoupeTensor"], path: "Plugins/Interventions"),
 
-        // Patching and ablation sweeps: each cell is a built-in intervention, computed with exact reuse.
-        .target(name: "LoupeSweeps", dependencies: ["LoupeModels", "LoupeTrace", "Interventions"]),
+        // Every built-in plugin, listed once (Plugins/BuiltIns); the core targets above name none.
+        .target(name: "BuiltInPlugins", dependencies: builtInArchitectures.map { .target(name: $0) } + ["Interventions", "LoupeModels", "LoupeTrace"],
+                path: "Plugins/BuiltIns"),
+
+        // Patching and ablation sweeps: each cell an intervention looked up by name, computed with exact reuse.
+        .target(name: "LoupeSweeps", dependencies: ["LoupeModels", "LoupeTrace"]),
 
         // The conformance suite every architecture adapter passes, run on a fixture.
         .target(name: "LoupeConformance", dependencies: ["LoupeModels", "LoupeSweeps", "LoupeTrace", "LoupeTensor", "LoupeFormats", "LoupeTokenizers"]),
@@ -59,33 +63,37 @@ let package = Package(
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "LoupeModels", "GPT2", "Llama", "Interventions", "LoupeTrace", "LoupeWire", "LoupeDaemon",
+                "LoupeModels", "BuiltInPlugins", "LoupeTrace", "LoupeWire", "LoupeDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
         .executableTarget(
             name: "loupe-bench",
-            dependencies: ["LoupeModels", "LoupeSweeps", "LoupeTrace", "GPT2", "Llama", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["LoupeModels", "LoupeSweeps", "LoupeTrace", "BuiltInPlugins", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         // The fuzz target over the daemon's request path (scripts/fuzz.sh builds it with libFuzzer).
         .executableTarget(
             name: "loupe-fuzz",
-            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeFormats", "LoupeTokenizers", "LoupeTrace", "GPT2", "Llama", "Interventions"]),
+            dependencies: ["LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeFormats", "LoupeTokenizers", "LoupeTrace", "BuiltInPlugins"]),
 
         // Fixture paths, the plugin registry and comparisons every test target shares.
-        .target(name: "LoupeTestSupport", dependencies: ["LoupeModels", "GPT2", "Llama"], path: "Tests/LoupeTestSupport"),
+        .target(name: "LoupeTestSupport", dependencies: ["LoupeModels", "LoupeTrace", "BuiltInPlugins"], path: "Tests/LoupeTestSupport"),
         .testTarget(name: "LoupeTensorTests", dependencies: ["LoupeTensor", "LoupeTestSupport"]),
         .testTarget(name: "LoupeFormatsTests", dependencies: ["LoupeTestSupport", "LoupeFormats"]),
         .testTarget(name: "LoupeTokenizersTests", dependencies: ["LoupeTokenizers", "LoupeFormats", "LoupeModels"]),
-        .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeTestSupport", "LoupeModels", "GPT2", "Llama"]),
-        .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeTestSupport", "LoupeSweeps", "LoupeModels", "LoupeTrace", "Interventions", "GPT2", "Llama"]),
-        .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTestSupport", "LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "LoupeSweeps", "GPT2", "Llama"]),
+        .testTarget(name: "LoupeModelsTests", dependencies: ["LoupeTestSupport", "LoupeModels"]),
+        .testTarget(name: "LoupeSweepsTests", dependencies: ["LoupeTestSupport", "LoupeSweeps", "LoupeModels", "LoupeTrace"]),
+        .testTarget(name: "LoupeTraceTests", dependencies: ["LoupeTestSupport", "LoupeTrace", "Interventions", "LoupeModels", "LoupeTensor", "LoupeSweeps"]),
         .testTarget(name: "LoupeConformanceTests", dependencies: ["LoupeConformance", "LoupeTestSupport", "LoupeModels", "LoupeTrace", "LoupeTensor"]),
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeTestSupport", "LoupeWire", "LoupeTensor"]),
         .testTarget(
             name: "LoupeDaemonTests",
-            dependencies: ["LoupeTestSupport", "LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "Interventions", "GPT2", "Llama", "CZMQ", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["LoupeTestSupport", "LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "CZMQ", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Architecture plugins built in: each the folder Plugins/NAME, a target depending on the core
+// alone, registered in Plugins/BuiltIns/BuiltIns.swift.
+package.targets += builtInArchitectures.map { .target(name: $0, dependencies: ["LoupeModels"], path: "Plugins/\($0)") }

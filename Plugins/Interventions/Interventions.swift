@@ -1,13 +1,5 @@
 import LoupeTrace
 
-/// Registers the built-in interventions: one line each.
-public func registerBuiltInInterventions(_ registry: InterventionRegistry) {
-    registry.register(ResidualPatch.self)
-    registry.register(HeadPatch.self)
-    registry.register(Ablate.self)
-    registry.register(Steer.self)
-}
-
 /// Positions resolved in two invocations at once: the same entry (negative from each one's
 /// end) in each; nil means every position, which needs equal lengths.
 func pairedPositions(_ requested: [Int]?, target: Int, source: Int, _ context: InterventionContext,

@@ -97,7 +97,8 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
                 postAttentionNorm: try layer.norm("post_attention_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra))
         }
         norm = try base.norm("norm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra)
-        base.leaf("rotary_emb", "LlamaRotaryEmbedding")
+        // Its (cos, sin) output is a table made once per model here (`rotary`), not per pass.
+        base.leaf("rotary_emb", "LlamaRotaryEmbedding", sites: false)
         if !s.tied, weights.has("lm_head.weight") {
             head = try root.linear("lm_head", in: s.hidden, out: s.vocabulary, bias: false, inputMajor: true)
         } else if !s.tied {

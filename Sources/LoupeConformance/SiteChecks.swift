@@ -99,6 +99,13 @@ enum SiteChecks {
         for path in tree.allPaths {
             let node = nodes[path]!
             if ["ModuleList", "ModuleDict"].contains(node.type) { continue }
+            guard node.hasSites else {
+                // Declared without sites: then none may fire.
+                if info[Site(path, .output)] != nil || info[Site(path, .input)] != nil {
+                    c.fail("module \(path) (\(node.type)) is declared without sites but shows a hook its values")
+                }
+                continue
+            }
             let tokenInput = node.type == "Embedding" || holdsEmbedding(node)
             var lacking = [String]()
             if info[Site(path, .output)] == nil { lacking.append(".output") }

@@ -32,6 +32,7 @@ extension ProtocolError {
             case .emptyInput: return ProtocolError(.badRequest, error.description, field: "tokens")
             case .hookShapeMismatch: return ProtocolError(.shapeMismatch, error.description)
             case .cancelled: return ProtocolError(.cancelled, "the job was cancelled")
+            case .siteNotProvided: return ProtocolError(.unknownSite, error.description)
             default: return ProtocolError(.internalError, error.description)
             }
         case let error as SweepError:

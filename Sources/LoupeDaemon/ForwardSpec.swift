@@ -130,7 +130,8 @@ struct ForwardSpec: Sendable {
             }
             guard model.siteNames.contains(name), let dot = name.lastIndex(of: "."),
                   let io = SiteIO(rawValue: String(name[name.index(after: dot)...])) else {
-                throw ProtocolError(.unknownSite, "the model has no site '\(name)'; models.describe lists its sites", field: "save.\(index)")
+                let canonical = name.hasSuffix(".output") ? model.model.unprovided(Site(String(name.dropLast(".output".count)), .output)) : nil
+                throw ProtocolError(.unknownSite, canonical?.description ?? "the model has no site '\(name)'; models.describe lists its sites", field: "save.\(index)")
             }
             sites.append(Site(String(name[..<dot]), io))
         }

@@ -12,11 +12,11 @@ extension ServerLoop {
         let job = try makeJob(op: "sweep", model: name, for: request)
         let layers = instance.model.dimensions.layers
         job.control.setTotal(layers)
-        let (inbox, jobID, interval, loaded) = (self.inbox, job.id, configuration.progressInterval, instance.loaded)
+        let (inbox, jobID, interval, loaded, interventions) = (self.inbox, job.id, configuration.progressInterval, instance.loaded, self.interventions)
         enqueue(job, on: instance) { control in
             if control.isCancelled { throw ProtocolError(.cancelled, "the job was cancelled") }
             let check: CancellationCheck = { control.isCancelled }
-            let result = try PatchingSweep(model: loaded.model).run(spec.request, progress: { done, _ in
+            let result = try PatchingSweep(model: loaded.model, interventions: interventions).run(spec.request, progress: { done, _ in
                 control.setDone(done)
                 if control.shouldReport(every: interval) { inbox.post { loop in loop.reportProgress(jobID) } }
             }, cancelled: check)

@@ -22,7 +22,7 @@ public struct ForwardPass {
     public let positionIDs: [Int]
     /// The token id of each computed slot; nil for a continuation that starts from hidden states.
     public let tokenIDs: [Int]?
-    private let hooks: (any ForwardHooks)?
+    private var hooks: (any ForwardHooks)?
     private let cancelled: CancellationCheck?
     /// The cache a continuation reads its earlier positions from, and which of its rows each row continues.
     private let prefix: (cache: KeyValueCache, rows: [Int])?
@@ -113,6 +113,15 @@ public struct ForwardPass {
             computedRow += queryCounts[row]
         }
         return out
+    }
+
+    /// The same pass with its hooks wrapped by `transform`: for a model that runs another
+    /// model's layers and shows the hooks less, or more, than that model does.
+    public func wrappingHooks(_ transform: (any ForwardHooks) -> any ForwardHooks) -> ForwardPass {
+        guard let hooks else { return self }
+        var wrapped = self
+        wrapped.hooks = transform(hooks)
+        return wrapped
     }
 
     /// True when hooks may look at sites; an architecture may then take a slower path that

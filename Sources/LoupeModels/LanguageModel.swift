@@ -144,13 +144,17 @@ public struct ModuleNode: Sendable, Equatable, Codable {
     /// What PyTorch prints inside the parentheses for a leaf ("in_features=768, ...").
     public let extra: String
     public let children: [ModuleNode]
+    /// False for a module whose values no hook can see (Llama's rotary embedding: its cos and
+    /// sin tables are computed once per model, not per pass); it has no sites.
+    public let hasSites: Bool
 
-    public init(name: String, path: String, type: String, extra: String = "", children: [ModuleNode] = []) {
+    public init(name: String, path: String, type: String, extra: String = "", children: [ModuleNode] = [], hasSites: Bool = true) {
         self.name = name
         self.path = path
         self.type = type
         self.extra = extra
         self.children = children
+        self.hasSites = hasSites
     }
 
     /// Every module path in the tree, depth first.

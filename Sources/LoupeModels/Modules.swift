@@ -62,6 +62,7 @@ public final class ModuleScope {
     private let name: String
     private let type: String
     private let extra: String
+    private var hasSites = true
     private let weights: WeightReader
     private var children: [ModuleScope] = []
     /// Float32 bytes of the weights declared under this scope (a tied matrix counted once).
@@ -89,10 +90,13 @@ public final class ModuleScope {
         return scope
     }
 
-    /// A module without weights (an activation, a dropout, a rotary table).
+    /// A module without weights (an activation, a dropout, a rotary table). `sites: false`
+    /// declares that the forward pass shows no hook its values (ModuleNode.hasSites).
     @discardableResult
-    public func leaf(_ name: String, _ type: String, extra: String = "") -> ModulePath {
-        child(name, type, extra: extra).module
+    public func leaf(_ name: String, _ type: String, extra: String = "", sites: Bool = true) -> ModulePath {
+        let scope = child(name, type, extra: extra)
+        scope.hasSites = sites
+        return scope.module
     }
 
     /// The weight `name` of this module (`weight`, `bias`), of `shape`.
@@ -140,7 +144,7 @@ public final class ModuleScope {
 
     /// The tree as declared.
     public var tree: ModuleNode {
-        ModuleNode(name: name, path: path, type: type, extra: extra, children: children.map(\.tree))
+        ModuleNode(name: name, path: path, type: type, extra: extra, children: children.map(\.tree), hasSites: hasSites)
     }
 
     /// Float32 bytes of every weight declared in the tree.

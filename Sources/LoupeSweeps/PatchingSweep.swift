@@ -22,8 +22,13 @@ import LoupeTrace
 ///   when the metric is a logit difference.
 public struct PatchingSweep {
     public let model: any LanguageModel
+    /// Where the cells' interventions are looked up by name.
+    public let interventions: InterventionRegistry
 
-    public init(model: any LanguageModel) { self.model = model }
+    public init(model: any LanguageModel, interventions: InterventionRegistry) {
+        self.model = model
+        self.interventions = interventions
+    }
 
     /// `progress` is called with (layers done, layers) as the sweep advances; `cancelled` is
     /// checked before every layer.
@@ -31,12 +36,12 @@ public struct PatchingSweep {
                     cancelled: CancellationCheck? = nil) throws -> SweepResult {
         let start = Date()
         let layers = model.dimensions.layers
-        let cells = try SweepCells(request, model: model)
+        let cells = try SweepCells(request, model: model, interventions: interventions)
 
         // The plain runs: the edited prompts (with their keys and values), the prompts they
         // read from, and what the cells read at their sites.
         let sites = cells.sites
-        let enteringSites = Set(cells.cells.filter { $0.stage == .inLayer }.map { Site("blocks.\($0.layer).resid_pre", .output) })
+        let enteringSites = Set(cells.cells.filter { $0.stage == .inLayer }.map { CanonicalSite.residPre($0.layer).site })
         let cache = KeyValueCache(layers: layers)
         let targets = try Recording(model, cells.targets, sites: sites.union(enteringSites), cancelled: cancelled, cache: cache)
         // The pair's other prompt: what patching and resampling read, and the baseline a zero or
@@ -62,7 +67,7 @@ public struct PatchingSweep {
             let hidden: Tensor
             switch cell.stage {
             case .beforeLayer: hidden = edited.select(axis: 0, 0).slice(axis: 0, first..<length).copy()
-            case .inLayer: hidden = targets.value(Site("blocks.\(cell.layer).resid_pre", .output), row: pair)
+            case .inLayer: hidden = targets.value(CanonicalSite.residPre(cell.layer).site, row: pair)
                 .select(axis: 0, 0).slice(axis: 0, first..<length).copy()
             }
             runs.append(EditedRun(cell: cell, firstLayer: cell.stage == .beforeLayer ? cell.firstLayer : cell.layer,
@@ -253,6 +258,11 @@ struct Recording {
         lengths = prompts.map(\.count)
         let recorder = ActivationRecorder(Array(sites))
         let final = try model.forward(batch, hooks: recorder, logits: .none, cancelled: cancelled, recorder: cache)
+        // A site the model never showed (an adapter that declares more than it fires) is an
+        // error here, so `value` below always finds what it is asked for.
+        if let missing = sites.first(where: { recorder.values[$0] == nil }) {
+            throw ModelError.siteNotProvided(site: missing.path, architecture: model.architecture)
+        }
         values = recorder.values
         lastFinal = final.select(axis: 1, batch.length - 1).contiguous()
     }

@@ -12,7 +12,7 @@ extension PatchingSweep {
     /// request when nil).
     public func runPlain(_ request: SweepRequest, layers: [Int]? = nil, cancelled: CancellationCheck? = nil) throws -> SweepResult {
         let start = Date()
-        let cells = try SweepCells(request, model: model)
+        let cells = try SweepCells(request, model: model, interventions: interventions)
         let swept = request.sweptLayers(model.dimensions)
         let layers = layers ?? swept
         var pairs: [PairSweep] = [], raw: [[[Float]]] = []
@@ -25,7 +25,7 @@ extension PatchingSweep {
             let target = request.intervention.editsClean ? 0 : 1
             let hooks: any ForwardHooks
             if request.intervention == .patch {
-                let sites = layers.map { Site(Self.patchedSite(request.kind, layer: $0), .output) }
+                let sites = layers.map { Self.patchedSite(request.kind, layer: $0).site }
                 hooks = CellPatches(sites: sites, columns: columns, positions: length, kind: request.kind, firstPatchedRow: prompts.count)
             } else {
                 let chosen = Set(layers)
@@ -53,11 +53,11 @@ extension PatchingSweep {
     }
 
     /// The site a patch of `kind` copies at.
-    static func patchedSite(_ kind: SweepKind, layer: Int) -> String {
+    static func patchedSite(_ kind: SweepKind, layer: Int) -> CanonicalSite {
         switch kind {
-        case .residual: return "blocks.\(layer).resid_post"
-        case .heads, .headPositions: return "blocks.\(layer).attn.z"
-        case .mlp: return "blocks.\(layer).mlp_out"
+        case .residual: return .residPost(layer)
+        case .heads, .headPositions: return .z(layer)
+        case .mlp: return .mlpOut(layer)
         }
     }
 }

@@ -1,4 +1,3 @@
-import Interventions
 import LoupeModels
 import LoupeTrace
 
@@ -38,8 +37,12 @@ struct SweepCells {
     let targets: [[Int]]
     let others: [[Int]]
 
-    init(_ request: SweepRequest, model: any LanguageModel) throws {
+    /// `interventions`: where the cells' units are looked up by name (`residual_patch`,
+    /// `head_patch`, `ablate`), so the sweeps name no plugin.
+    init(_ request: SweepRequest, model: any LanguageModel, interventions: InterventionRegistry) throws {
         try request.validate(model.dimensions)
+        // Every cell starts from the residual stream entering its layer.
+        if let missing = model.unprovided(CanonicalSite.residPre(0).site) { throw missing }
         let intervention = request.intervention
         targets = request.pairs.map { intervention.editsClean ? $0.clean : $0.corrupted! }
         others = intervention.readsOther ? request.pairs.map { intervention.editsClean ? $0.corrupted! : $0.clean } : []
@@ -57,14 +60,21 @@ struct SweepCells {
                     case .heads: (column, nil)
                     case .headPositions: (column / length, column % length)
                     }
-                    let (type, values) = Self.unit(request, layer: layer, head: head, position: position,
+                    let (name, values) = Self.unit(request, layer: layer, head: head, position: position,
                                                    references: Array(lengths.indices.suffix(request.reference.count)))
+                    guard let type = interventions.intervention(named: name) else {
+                        throw SweepError.intervention("the \(name) intervention, which this sweep's cells are, is not registered")
+                    }
                     let steps: [InterventionStep]
                     do { steps = try type.plan(InterventionArguments(node: 0, values: values), context) } catch {
                         throw SweepError.intervention("\(type.name) refused the cell at layer \(layer), column \(column): \(error.message)")
                     }
-                    guard steps.count == 1, let step = steps.first, let (siteLayer, stage, firstLayer) = Self.placement(of: step.site) else {
-                        throw SweepError.intervention("\(type.name) plans \(steps.count) steps at \(steps.map(\.site)) for one cell; a sweep cell is one step in one layer")
+                    guard steps.count == 1, let step = steps.first, let canonical = CanonicalSite(step.site) else {
+                        throw SweepError.intervention("\(type.name) plans \(steps.count) steps at \(steps.map(\.site)) for one cell; a sweep cell is one step at a canonical site")
+                    }
+                    if let missing = model.unprovided(step.site) { throw missing }
+                    guard let (siteLayer, stage, firstLayer) = Self.placement(of: canonical) else {
+                        throw SweepError.intervention("\(type.name) plans its step at \(canonical), outside any block")
                     }
                     cells.append(SweepCell(pair: pair, row: row, column: column, step: step, layer: siteLayer, stage: stage, firstLayer: firstLayer))
                 }
@@ -74,10 +84,10 @@ struct SweepCells {
         sites = Set(cells.map(\.step.site))
     }
 
-    /// The intervention that edits one cell, and its arguments (invocation 1 is the pair's
-    /// other prompt when the cells read it).
+    /// The name of the intervention that edits one cell, and its arguments (invocation 1 is
+    /// the pair's other prompt when the cells read it).
     static func unit(_ request: SweepRequest, layer: Int, head: Int?, position: Int?,
-                     references: [Int]) -> (any Intervention.Type, [String: TraceValue]) {
+                     references: [Int]) -> (String, [String: TraceValue]) {
         var values: [String: TraceValue] = [:]
         if let head { values["head"] = .int(head) }
         if let position { values["positions"] = .array([.int(position)]) }
@@ -86,15 +96,15 @@ struct SweepCells {
         case (.patch, .residual):
             values["layers"] = .int(layer)
             values["source"] = 1
-            return (ResidualPatch.self, values)
+            return ("residual_patch", values)
         case (.patch, .heads), (.patch, .headPositions):
             values["layer"] = .int(layer)
             values["source"] = 1
-            return (HeadPatch.self, values)
+            return ("head_patch", values)
         case (.patch, .mlp):
             // No plugin patches an MLP's output by name; resampling it from the clean run is that patch.
             values.merge(["component": .string(component), "layer": .int(layer), "mode": "resample", "source": 1]) { $1 }
-            return (Ablate.self, values)
+            return ("ablate", values)
         case (.ablate(let method), _):
             values.merge(["component": .string(component), "layer": .int(layer), "mode": .string(method.rawValue)]) { $1 }
             switch method {
@@ -102,19 +112,18 @@ struct SweepCells {
             case .resample: values["source"] = 1
             case .mean: values["reference"] = .array(references.map { .int($0) })
             }
-            return (Ablate.self, values)
+            return ("ablate", values)
         }
     }
 
-    /// The layer of a `blocks.L.name` site and whether the edit lands between layers (the
-    /// residual stream entering or leaving a block) or inside one.
-    static func placement(of site: Site) -> (layer: Int, stage: EditStage, firstLayer: Int)? {
-        let parts = site.path.split(separator: ".", maxSplits: 2).map(String.init)
-        guard parts.count == 3, parts[0] == "blocks", let layer = Int(parts[1]), site.io == .output else { return nil }
-        switch parts[2] {
-        case "resid_pre": return (layer, .beforeLayer, layer)
-        case "resid_post": return (layer, .beforeLayer, layer + 1)
-        default: return (layer, .inLayer, layer)
+    /// The layer of a canonical site and whether the edit lands between layers (the residual
+    /// stream entering or leaving a block) or inside one; nil for `logits`.
+    static func placement(of site: CanonicalSite) -> (layer: Int, stage: EditStage, firstLayer: Int)? {
+        switch site {
+        case .residPre(let layer): return (layer, .beforeLayer, layer)
+        case .residPost(let layer): return (layer, .beforeLayer, layer + 1)
+        case .logits: return nil
+        default: return site.layer.map { ($0, .inLayer, $0) }
         }
     }
 }

@@ -284,6 +284,7 @@ struct Compiler {
         }
         let site = Site(path, io)
         guard let order = siteOrder[site] else {
+            if let missing = model.unprovided(site) { throw reader.error(.unknownSite, "site", missing.description) }
             throw reader.error(.unknownSite, "site", "the model has no site \(site) (models.describe lists them)")
         }
         let info = sites[order]
@@ -633,7 +634,8 @@ struct Compiler {
         var compiled = [CompiledStep]()
         for step in steps {
             guard let o = siteOrder[step.site] else {
-                throw r.error(.unknownSite, "name", "\(name) acts at \(step.site), which this model does not have")
+                let why = model.unprovided(step.site).map { ": \($0)" } ?? ""
+                throw r.error(.unknownSite, "name", "\(name) acts at \(step.site), which this model does not have\(why)")
             }
             if paramEvent.site > o {
                 throw r.error(.outOfOrder, "params", "\(name) writes at \(step.site) but its parameters are known only after the model has passed it")

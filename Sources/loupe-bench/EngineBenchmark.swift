@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
-import GPT2
-import Llama
+import BuiltInPlugins
 import LoupeModels
 import LoupeSweeps
 import LoupeTensor
@@ -37,9 +36,7 @@ struct EngineBenchmark: ParsableCommand {
 
     func run() throws {
         Parallel.configureBLAS()
-        let registry = ArchitectureRegistry()
-        registry.register(GPT2Architecture.self)
-        registry.register(LlamaArchitecture.self)
+        let registry = BuiltInPlugins.architectureRegistry()
         print("\n## \(name ?? model)")
         print("\(Parallel.cores) cores; \(Date()); median of \(repeats) runs after one warm-up")
         let before = residentBytes()
@@ -84,7 +81,7 @@ struct EngineBenchmark: ParsableCommand {
     /// batched pass (the tutorial's batched cells) in the same run, and nnsight where installed.
     func benchmarkSweeps(_ loaded: LoadedModel) throws {
         let (clean, corrupted, answer, wrong) = try ioiTokens(loaded)
-        let sweep = PatchingSweep(model: loaded.model)
+        let sweep = PatchingSweep(model: loaded.model, interventions: BuiltInPlugins.interventionRegistry())
         let nnsight = nnsightSeconds()
         let kinds = try sweepKinds.map { names in
             try names.split(separator: ",").map { name in
@@ -131,16 +128,16 @@ struct EngineBenchmark: ParsableCommand {
                                "y": add("index", ["x": logits, "key": [0, -1, .int(wrong)]])])
         }
         let layers = model.dimensions.layers
-        let block = { (layer: Int) in model.architecture == "gpt2" ? "transformer.h.\(layer)" : "model.layers.\(layer)" }
-        let item: [String: TraceValue] = model.architecture == "gpt2" ? ["item": 0] : [:]
-        let cleanHidden = (0..<layers).map { add("get", ["site": .string(block($0)), "io": "output", "invoke": 0].merging(item) { $1 }) }
+        // Each block's output hidden state, by its canonical name: the same in every architecture.
+        let block = { (layer: Int) in CanonicalSite.residPost(layer).path }
+        let cleanHidden = (0..<layers).map { add("get", ["site": .string(block($0)), "io": "output", "invoke": 0]) }
         let cleanValue = logitDifference(0), corruptedValue = logitDifference(1)
         var invocations = [clean, corrupted]
         for layer in 0..<layers {
             for position in 0..<clean.count {
                 let invoke = invocations.count
                 invocations.append(corrupted)
-                let hidden = add("get", ["site": .string(block(layer)), "io": "output", "invoke": .int(invoke)].merging(item) { $1 })
+                let hidden = add("get", ["site": .string(block(layer)), "io": "output", "invoke": .int(invoke)])
                 _ = add("setindex", ["x": hidden, "key": [all, .int(position), all],
                                      "value": add("index", ["x": cleanHidden[layer], "key": [all, .int(position), all]])])
                 let normalized = add("div", ["x": add("sub", ["x": logitDifference(invoke), "y": corruptedValue]),
@@ -152,7 +149,7 @@ struct EngineBenchmark: ParsableCommand {
         let compiled = try runner.compile(Trace(invocations: invocations, nodes: nodes))
         var result: TraceResult?
         let seconds = median(max(1, repeats / 3)) { result = try! runner.run(compiled) }
-        let sweep = try PatchingSweep(model: model).run(SweepRequest(clean: clean, corrupted: corrupted, kind: .residual,
+        let sweep = try PatchingSweep(model: model, interventions: BuiltInPlugins.interventionRegistry()).run(SweepRequest(clean: clean, corrupted: corrupted, kind: .residual,
                                                                      metric: .logitDifference(answer: answer, wrong: wrong)))
         var worst: Float = 0
         for layer in 0..<layers {

@@ -1,6 +1,5 @@
+import BuiltInPlugins
 import Foundation
-import GPT2
-import Interventions
 import LoupeDaemon
 import LoupeModels
 import LoupeTrace
@@ -40,10 +39,8 @@ enum Fuzz {
     nonisolated(unsafe) static let check: RequestCheck = {
         let path = ProcessInfo.processInfo.environment["LOUPE_FUZZ_MODEL"]
             ?? repository.appendingPathComponent("Tests/Fixtures/models/gpt2-tiny").path
-        let registry = ArchitectureRegistry()
-        registry.register(GPT2Architecture.self)
-        let interventions = InterventionRegistry()
-        registerBuiltInInterventions(interventions)
+        let registry = BuiltInPlugins.architectureRegistry()
+        let interventions = BuiltInPlugins.interventionRegistry()
         var configuration = DaemonConfiguration()
         configuration.modelsDirectory = (path as NSString).deletingLastPathComponent
         configuration.modelRoots = [configuration.modelsDirectory]

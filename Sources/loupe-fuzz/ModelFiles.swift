@@ -1,6 +1,5 @@
+import BuiltInPlugins
 import Foundation
-import GPT2
-import Llama
 import LoupeFormats
 import LoupeModels
 import LoupeTokenizers
@@ -91,9 +90,17 @@ enum ModelFiles {
     nonisolated(unsafe) static let architectures: [(adapter: any ArchitectureAdapter.Type, weights: SafetensorsDirectory)] = {
         let models = ProcessInfo.processInfo.environment["LOUPE_FUZZ_MODELS"]
             ?? Fuzz.repository.appendingPathComponent("Tests/Fixtures/models").path
+        // Each built-in architecture with the first fixture of a model type it runs.
+        let fixtures = ((try? FileManager.default.contentsOfDirectory(atPath: models)) ?? []).sorted().compactMap { name in
+            (try? HFConfig(path: "\(models)/\(name)/config.json")).flatMap { config in config.string("model_type").map { ($0, "\(models)/\(name)") } }
+        }
         do {
-            return [(GPT2Architecture.self, try SafetensorsDirectory(directory: models + "/gpt2-tiny")),
-                    (LlamaArchitecture.self, try SafetensorsDirectory(directory: models + "/llama-tiny"))]
+            return try BuiltInPlugins.architectures.map { adapter in
+                guard let (_, directory) = fixtures.first(where: { adapter.modelTypes.contains($0.0) }) else {
+                    fatalError("no fixture in \(models) for the \(adapter.name) architecture")
+                }
+                return (adapter, try SafetensorsDirectory(directory: directory))
+            }
         } catch {
             fatalError("cannot read the fixture weights in \(models): \(error) (set LOUPE_FUZZ_MODELS)")
         }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuiltInPlugins
 import Foundation
 import LoupeModels
 import LoupeTensor
@@ -42,7 +43,7 @@ struct IOI: ParsableCommand {
             return try IOIOnDaemon(endpoint: endpoint, model: model, clean: clean, corrupted: corrupted, answer: answer, wrong: wrong).run()
         }
         Parallel.configureBLAS()
-        let loaded = try LoadedModel.load(model, registry: makeRegistry())
+        let loaded = try LoadedModel.load(model, registry: BuiltInPlugins.architectureRegistry())
         guard let tokenizer = loaded.tokenizer else { throw ValidationError("\(model) has no tokenizer") }
         print(String(format: "loaded %@ (%@, %d layers) in %.2f s", loaded.resolvedPath, loaded.model.architecture,
                      loaded.model.dimensions.layers, loaded.loadSeconds))

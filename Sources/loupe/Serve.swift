@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuiltInPlugins
 import Foundation
 import Logging
 import LoupeDaemon
@@ -110,7 +111,7 @@ struct Serve: ParsableCommand {
             return (String(entry[..<equals]), String(entry[entry.index(after: equals)...]))
         }
 
-        let daemon = Daemon(configuration: settings, registry: makeRegistry(), interventions: makeInterventions())
+        let daemon = Daemon(configuration: settings, registry: BuiltInPlugins.architectureRegistry(), interventions: BuiltInPlugins.interventionRegistry())
         do {
             try daemon.start()
         } catch let error as DaemonError {

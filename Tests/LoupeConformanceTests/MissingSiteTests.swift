@@ -121,23 +121,9 @@ final class WithoutSites: LanguageModel, @unchecked Sendable {
     func layer(_ index: Int, _ x: Tensor, _ pass: ForwardPass) throws -> Tensor { try inner.layer(index, x, filtered(pass)) }
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor { try inner.finalNorm(x, filtered(pass)) }
 
-    /// The same pass with its hooks wrapped. ForwardPass keeps its hooks, cache and
-    /// recorder private, so they are read by reflection and the pass is rebuilt from its
-    /// public initialisers: a full pass from its token ids and padding, a continuation from
-    /// its cache, rows and starts.
+    /// The same pass, its hooks blind to the removed kinds.
     private func filtered(_ pass: ForwardPass) -> ForwardPass {
-        var fields = [String: Any]()
-        for child in Mirror(reflecting: pass).children { if let label = child.label { fields[label] = child.value } }
-        guard let hooks = fields["hooks"] as? any ForwardHooks else { return pass }
-        let hiding = Hiding(hooks, removed)
-        let cancelled = fields["cancelled"] as? CancellationCheck
-        if let prefix = fields["prefix"] as? (cache: KeyValueCache, rows: [Int]) {
-            return ForwardPass(continuing: prefix.cache, rows: prefix.rows, padding: pass.padding,
-                               starts: pass.queryCounts.map { pass.keyCount - $0 }, hooks: hiding, cancelled: cancelled)
-        }
-        let ids = pass.tokenIDs!, length = pass.length
-        let sequences = (0..<pass.rows).map { row in Array(ids[(row * length + pass.padding[row])..<((row + 1) * length)]) }
-        return ForwardPass(batch: TokenBatch(sequences), hooks: hiding, cancelled: cancelled, recorder: fields["recorder"] as? KeyValueCache)
+        pass.wrappingHooks { Hiding($0, removed) }
     }
 }
 

@@ -1,10 +1,8 @@
 import Foundation
-import GPT2
-import Interventions
-import Llama
 import Logging
 import LoupeDaemon
 import LoupeModels
+import LoupeTestSupport
 import LoupeTrace
 import LoupeWire
 import XCTest
@@ -76,18 +74,9 @@ enum Fixtures {
         var description: String { "\(path) is missing: run scripts/fetch-models.sh" }
     }
 
-    static func registry() -> ArchitectureRegistry {
-        let registry = ArchitectureRegistry()
-        registry.register(GPT2Architecture.self)
-        registry.register(LlamaArchitecture.self)
-        return registry
-    }
+    static func registry() -> ArchitectureRegistry { testRegistry }
 
-    static func interventions() -> InterventionRegistry {
-        let registry = InterventionRegistry()
-        registerBuiltInInterventions(registry)
-        return registry
-    }
+    static func interventions() -> InterventionRegistry { testInterventions }
 
     /// Quiet unless LOUPE_TEST_LOG is set (to a level: debug, info...).
     static let logger: Logger = {

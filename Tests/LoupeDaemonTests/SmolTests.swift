@@ -1,6 +1,7 @@
 import Foundation
 import LoupeModels
 import LoupeSweeps
+import LoupeTestSupport
 import LoupeWire
 import XCTest
 
@@ -140,7 +141,7 @@ final class SmolTests: XCTestCase {
             }
             // A few layers of the plain batched path (every patch its own invocation) to compare.
             let layers = [0, 14, 29]
-            let plain = try PatchingSweep(model: model).runPlain(
+            let plain = try PatchingSweep(model: model, interventions: testInterventions).runPlain(
                 SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: .logitDifference(answer: 2322, wrong: 5099)),
                 layers: layers)
             for (index, layer) in layers.enumerated() {

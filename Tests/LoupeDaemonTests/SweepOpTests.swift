@@ -1,6 +1,7 @@
 import Foundation
 import LoupeModels
 import LoupeSweeps
+import LoupeTestSupport
 import LoupeWire
 import XCTest
 
@@ -46,7 +47,7 @@ final class SweepOpTests: XCTestCase {
                 for (wire, metric) in cases {
                     for normalized in [true, false] {
                         let reply = try live.call("sweep", request(name, kind, wire, normalized: normalized))
-                        let plain = try PatchingSweep(model: model).runPlain(
+                        let plain = try PatchingSweep(model: model, interventions: testInterventions).runPlain(
                             SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: metric, normalized: normalized))
                         let got = Self.matrix(reply)
                         let context = "\(name) \(kind) \(metric) normalized \(normalized)"
@@ -185,7 +186,7 @@ final class SweepOpTests: XCTestCase {
             if method == .mean { params["reference"] = .array(references.map { MessageValue($0) }) }
             fields["params"] = .map(params)
             let reply = try live.call("sweep", fields)
-            let plain = try PatchingSweep(model: model).runPlain(SweepRequest(
+            let plain = try PatchingSweep(model: model, interventions: testInterventions).runPlain(SweepRequest(
                 pairs: [SweepPair(clean: clean, corrupted: withCorrupted ? corrupted : nil, metric: metric)], kind: kind,
                 intervention: .ablate(method), reference: method == .mean ? references : []))
             assertEqual(reply, plain.pairs[0], "\(kind) \(method)")
@@ -224,7 +225,7 @@ final class SweepOpTests: XCTestCase {
                                                   "metric": ["logit_diff": ["answer": 1, "wrong": 2]]]
             if intervention != .patch { fields["intervention"] = "ablate"; fields["params"] = ["mode": "resample"] }
             let reply = try live.call("sweep", fields)
-            let plain = try PatchingSweep(model: model).runPlain(SweepRequest(pairs: pairs, kind: kind, intervention: intervention))
+            let plain = try PatchingSweep(model: model, interventions: testInterventions).runPlain(SweepRequest(pairs: pairs, kind: kind, intervention: intervention))
             let entries = try XCTUnwrap(reply["pairs"]?.arrayValue)
             XCTAssertEqual(entries.count, 2)
             for (index, entry) in entries.enumerated() {

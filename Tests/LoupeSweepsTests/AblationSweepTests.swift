@@ -23,10 +23,10 @@ final class AblationSweepTests: XCTestCase {
     @discardableResult
     func check(_ model: any LanguageModel, _ request: SweepRequest, layers: [Int]? = nil, tolerance: Float = 1e-4,
                file: StaticString = #filePath, line: UInt = #line) throws -> SweepResult {
-        let result = try PatchingSweep(model: model).run(request)
+        let result = try PatchingSweep(model: model, interventions: testInterventions).run(request)
         let swept = request.sweptLayers(model.dimensions)
         let layers = layers ?? swept
-        let plain = try PatchingSweep(model: model).runPlain(request, layers: layers)
+        let plain = try PatchingSweep(model: model, interventions: testInterventions).runPlain(request, layers: layers)
         let context = "\(model.architecture) \(request.kind) \(request.intervention) \(request.metric) normalized \(request.normalized)"
         XCTAssertEqual(result.pairs.count, request.pairs.count, file: file, line: line)
         func compare(_ got: [[Float]], _ expected: [[Float]], clean: Float, corrupted: Float?, _ what: String) {
@@ -93,7 +93,7 @@ final class AblationSweepTests: XCTestCase {
                 return record
             }
 
-            let sweep = PatchingSweep(model: model)
+            let sweep = PatchingSweep(model: model, interventions: testInterventions)
             func cell(_ kind: SweepKind, _ method: AblationMethod, row: Int, column: Int) throws -> Float {
                 let pair = SweepPair(clean: clean, corrupted: method == .resample ? corrupted : nil, metric: metric)
                 return try sweep.run(SweepRequest(pairs: [pair], kind: kind, intervention: .ablate(method),
@@ -129,7 +129,7 @@ final class AblationSweepTests: XCTestCase {
     /// changes nothing before the first difference, whose cells are exactly the clean run.
     func testWhatAblationsSkip() throws {
         let model = try model("llama-tiny")
-        let sweep = PatchingSweep(model: model)
+        let sweep = PatchingSweep(model: model, interventions: testInterventions)
         let zero = try sweep.run(SweepRequest(pairs: [SweepPair(clean: clean, corrupted: nil, metric: metric)], kind: .residual,
                                               intervention: .ablate(.zero), normalized: false))
         let resample = try sweep.run(SweepRequest(pairs: [SweepPair(clean: clean, corrupted: corrupted, metric: metric)], kind: .residual,
@@ -157,7 +157,7 @@ final class AblationSweepTests: XCTestCase {
     func testPairsInOneSweepEqualEachPairAlone() throws {
         for name in ["gpt2-tiny", "llama-tiny"] {
             let model = try model(name)
-            let sweep = PatchingSweep(model: model)
+            let sweep = PatchingSweep(model: model, interventions: testInterventions)
             let cases: [(SweepKind, SweepIntervention, [[Int]])] = [
                 (.residual, .patch, []), (.heads, .patch, []), (.headPositions, .patch, []), (.mlp, .ablate(.resample), []),
                 (.heads, .ablate(.mean), references), (.residual, .ablate(.zero), []),
@@ -203,14 +203,14 @@ final class AblationSweepTests: XCTestCase {
         for intervention in [SweepIntervention.patch, .ablate(.zero), .ablate(.resample)] {
             let together = try check(model, SweepRequest(pairs: pairs, kind: .heads, intervention: intervention, normalized: false))
             for (index, pair) in pairs.enumerated() {
-                let alone = try PatchingSweep(model: model).run(SweepRequest(pairs: [pair], kind: .heads, intervention: intervention, normalized: false))
+                let alone = try PatchingSweep(model: model, interventions: testInterventions).run(SweepRequest(pairs: [pair], kind: .heads, intervention: intervention, normalized: false))
                 for (a, b) in zip(together.pairs[index].values.joined(), alone.values.joined()) {
                     XCTAssertEqual(a, b, accuracy: 1e-4, "\(intervention) pair \(index)")
                 }
             }
         }
         for kind in [SweepKind.residual, .headPositions, .mlp] {
-            XCTAssertThrowsError(try PatchingSweep(model: model).run(SweepRequest(pairs: pairs, kind: kind))) {
+            XCTAssertThrowsError(try PatchingSweep(model: model, interventions: testInterventions).run(SweepRequest(pairs: pairs, kind: kind))) {
                 XCTAssertEqual($0 as? SweepError, .pairLengthsDiffer(pair: 1, length: 6, first: 9))
             }
         }
@@ -222,17 +222,17 @@ final class AblationSweepTests: XCTestCase {
         let layers = model.dimensions.layers
         for (kind, intervention) in [(SweepKind.residual, SweepIntervention.patch), (.heads, .ablate(.zero)), (.headPositions, .patch)] {
             let pair = SweepPair(clean: clean, corrupted: corrupted, metric: metric)
-            let full = try PatchingSweep(model: model).run(SweepRequest(pairs: [pair], kind: kind, intervention: intervention))
+            let full = try PatchingSweep(model: model, interventions: testInterventions).run(SweepRequest(pairs: [pair], kind: kind, intervention: intervention))
             let chosen = [layers - 1, 0]
             let some = try check(model, SweepRequest(pairs: [pair], kind: kind, intervention: intervention, layers: chosen))
             XCTAssertEqual(some.values.count, 2)
             for (row, layer) in chosen.enumerated() {
                 for (a, b) in zip(some.values[row], full.values[layer]) { XCTAssertEqual(a, b, accuracy: 1e-5, "\(kind) layer \(layer)") }
             }
-            let last = try PatchingSweep(model: model).run(SweepRequest(pairs: [pair], kind: kind, intervention: intervention, layers: [layers - 1]))
+            let last = try PatchingSweep(model: model, interventions: testInterventions).run(SweepRequest(pairs: [pair], kind: kind, intervention: intervention, layers: [layers - 1]))
             XCTAssertLessThan(last.tokenLayers, full.tokenLayers, "\(kind): only the chosen layers' runs are computed")
         }
-        let sweep = PatchingSweep(model: model)
+        let sweep = PatchingSweep(model: model, interventions: testInterventions)
         let pair = SweepPair(clean: clean, corrupted: corrupted, metric: metric)
         XCTAssertThrowsError(try sweep.run(SweepRequest(pairs: [pair], kind: .heads, layers: [layers]))) {
             XCTAssertEqual($0 as? SweepError, .layerOutOfRange(layers, layers: layers))
@@ -246,7 +246,7 @@ final class AblationSweepTests: XCTestCase {
     }
 
     func testBadAblationRequests() throws {
-        let sweep = PatchingSweep(model: try model("gpt2-tiny"))
+        let sweep = PatchingSweep(model: try model("gpt2-tiny"), interventions: testInterventions)
         let alone = SweepPair(clean: clean, corrupted: nil, metric: metric)
         XCTAssertThrowsError(try sweep.run(SweepRequest(pairs: [alone], kind: .heads, intervention: .ablate(.resample)))) {
             XCTAssertEqual($0 as? SweepError, .missingCorrupted(pair: 0))

@@ -1,6 +1,4 @@
 import Foundation
-import GPT2
-import Llama
 import LoupeModels
 import LoupeSweeps
 import LoupeTensor
@@ -16,9 +14,9 @@ let fixtures = fixturesDirectory
 final class SweepTests: XCTestCase {
     func check(_ model: any LanguageModel, _ request: SweepRequest, layers: [Int]? = nil, tolerance: Float = 1e-4,
                file: StaticString = #filePath, line: UInt = #line) throws -> SweepResult {
-        let result = try PatchingSweep(model: model).run(request)
+        let result = try PatchingSweep(model: model, interventions: testInterventions).run(request)
         let layers = layers ?? Array(0..<model.dimensions.layers)
-        let plain = try PatchingSweep(model: model).runPlain(request, layers: layers)
+        let plain = try PatchingSweep(model: model, interventions: testInterventions).runPlain(request, layers: layers)
         XCTAssertEqual(result.clean, plain.clean, accuracy: tolerance, file: file, line: line)
         XCTAssertEqual(result.corrupted == nil, plain.corrupted == nil, file: file, line: line)
         XCTAssertEqual(result.corrupted ?? 0, plain.corrupted ?? 0, accuracy: tolerance, file: file, line: line)
@@ -65,7 +63,7 @@ final class SweepTests: XCTestCase {
 
     func testPositionsBeforeTheFirstDifferenceAreExactlyUnpatched() throws {
         let model = try LoadedModel.load(fixtures + "/models/llama-tiny", registry: registry).model
-        let result = try PatchingSweep(model: model).run(SweepRequest(clean: clean, corrupted: corrupted, kind: .residual,
+        let result = try PatchingSweep(model: model, interventions: testInterventions).run(SweepRequest(clean: clean, corrupted: corrupted, kind: .residual,
                                                                       metric: .logitDifference(answer: 3, wrong: 11)))
         XCTAssertEqual(result.firstDifference, 5)
         for row in result.values { XCTAssertEqual(Array(row[..<5]), Array(repeating: 0, count: 5)) }
@@ -75,7 +73,7 @@ final class SweepTests: XCTestCase {
 
     func testBadRequests() throws {
         let model = try LoadedModel.load(fixtures + "/models/gpt2-tiny", registry: registry).model
-        let sweep = PatchingSweep(model: model)
+        let sweep = PatchingSweep(model: model, interventions: testInterventions)
         let metric = SweepMetric.logitDifference(answer: 3, wrong: 11)
         XCTAssertThrowsError(try sweep.run(SweepRequest(clean: clean, corrupted: [1, 2], kind: .residual, metric: metric))) {
             XCTAssertEqual($0 as? SweepError, .lengthsDiffer(pair: 0, clean: 9, corrupted: 2))
@@ -129,7 +127,7 @@ final class NNsightParityTests: XCTestCase {
         XCTAssertEqual(clean, reference.clean_tokens)
         XCTAssertEqual(corrupted, reference.corrupted_tokens)
         for (kind, expected) in [(SweepKind.residual, reference.residual), (.heads, reference.heads)] {
-            let result = try PatchingSweep(model: loaded.model).run(SweepRequest(
+            let result = try PatchingSweep(model: loaded.model, interventions: testInterventions).run(SweepRequest(
                 clean: clean, corrupted: corrupted, kind: kind,
                 metric: .logitDifference(answer: reference.answer_ids[0], wrong: reference.answer_ids[1])))
             XCTAssertEqual(result.clean, expected.clean_logit_diff, accuracy: 2e-3)
@@ -152,7 +150,7 @@ final class SweepCancellationTests: XCTestCase {
         let request = SweepRequest(clean: [5, 17, 300, 42, 8, 99], corrupted: [5, 17, 300, 7, 8, 99], kind: .heads,
                                    metric: .logitDifference(answer: 3, wrong: 11))
         nonisolated(unsafe) var layersDone = 0
-        XCTAssertThrowsError(try PatchingSweep(model: model).run(request, progress: { done, _ in layersDone = done },
+        XCTAssertThrowsError(try PatchingSweep(model: model, interventions: testInterventions).run(request, progress: { done, _ in layersDone = done },
                                                                 cancelled: { layersDone >= 1 })) {
             XCTAssertEqual($0 as? ModelError, .cancelled)
         }

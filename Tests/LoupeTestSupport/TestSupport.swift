@@ -1,20 +1,18 @@
+import BuiltInPlugins
 import Foundation
-import GPT2
-import Llama
 import LoupeModels
 import LoupeTensor
+import LoupeTrace
 import XCTest
 
 // What the test targets share: where the fixtures and fetched models are, the plugin
 // registry, a seeded generator and tensor comparisons.
 
-/// Both architecture plugins, registered as the daemon does.
-public let testRegistry: ArchitectureRegistry = {
-    let registry = ArchitectureRegistry()
-    registry.register(GPT2Architecture.self)
-    registry.register(LlamaArchitecture.self)
-    return registry
-}()
+/// The built-in architectures, registered as the daemon does.
+public let testRegistry = BuiltInPlugins.architectureRegistry()
+
+/// The built-in interventions, registered as the daemon does.
+public let testInterventions = BuiltInPlugins.interventionRegistry()
 
 /// Tests/Fixtures.
 public let fixturesDirectory = URL(fileURLWithPath: #filePath)

@@ -1,19 +1,10 @@
 import Foundation
-import GPT2
 import Interventions
-import Llama
 import LoupeModels
 import LoupeTensor
 import LoupeTrace
 import LoupeTestSupport
 import XCTest
-
-/// The built-in interventions, registered as the daemon does.
-let testInterventions: InterventionRegistry = {
-    let registry = InterventionRegistry()
-    registerBuiltInInterventions(registry)
-    return registry
-}()
 
 /// Fixture models and their runners, loaded once per process.
 final class Fixtures: @unchecked Sendable {

@@ -167,7 +167,7 @@ final class TutorialTests: XCTestCase {
         for name in ["gpt2-tiny", "llama-tiny"] {
             let runner = try Fixtures.shared.runner(name)
             let layers = runner.model.dimensions.layers
-            let sweep = PatchingSweep(model: runner.model)
+            let sweep = PatchingSweep(model: runner.model, interventions: testInterventions)
             let metric = SweepMetric.logitDifference(answer: correct, wrong: wrong)
 
             let (trace, labels) = residualPatchingTrace(name, layers: layers)
