@@ -25,6 +25,17 @@ What it makes
      llama-tiny-untied    3 layers, hidden 64, 4 heads, 2 kv heads, head_dim 24 (explicit),
                           intermediate 80, attention_bias, untied lm_head, rope_theta 500000;
                           config.json exactly as transformers 5 writes it (`rope_parameters`).
+     qwen2-tiny           Qwen2ForCausalLM, 2 layers, hidden 64, 4 heads, 2 kv heads,
+                          intermediate 128, tied embeddings: bias on q/k/v, none on o_proj.
+     qwen3-tiny           Qwen3ForCausalLM, 2 layers, hidden 64, 4 heads, 2 kv heads,
+                          head_dim 24 (not hidden / heads), intermediate 128, untied: q_norm
+                          and k_norm over each head before RoPE.
+     llama3-tiny          LlamaForCausalLM as llama-tiny but with Llama 3.1's RoPE scaling
+                          (rope_type llama3, factor 8, low_freq_factor 1, high_freq_factor 4,
+                          original_max_position_embeddings 32, so that head_dim 16's
+                          frequencies fall in all three bands), rope_theta 500000; config.json
+                          rewritten into the transformers-4 form the hub's Llama 3.x
+                          checkpoints have (`rope_scaling`, top-level `rope_theta`).
    Each directory: config.json, model.safetensors, cases.json (input sequences),
    conformance.json (what the fixture declares to the conformance suite,
    Sources/LoupeConformance: it ships no tokenizer) and
@@ -59,6 +70,10 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 
@@ -283,6 +298,26 @@ def build(kind, seed):
                           rope_theta=500000.0, tie_word_embeddings=False,
                           max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
         cls = LlamaForCausalLM
+    elif kind == "qwen2-tiny":
+        cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                          rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True,
+                          max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+        cls = Qwen2ForCausalLM
+    elif kind == "qwen3-tiny":
+        cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                          intermediate_size=128, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                          tie_word_embeddings=False, max_position_embeddings=64,
+                          bos_token_id=0, eos_token_id=0)
+        cls = Qwen3ForCausalLM
+    elif kind == "llama3-tiny":
+        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                          rms_norm_eps=1e-5, tie_word_embeddings=True,
+                          rope_parameters=dict(LLAMA3_ROPE, rope_theta=500000.0),
+                          max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+        cls = LlamaForCausalLM
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = cls(cfg).eval()
@@ -290,12 +325,21 @@ def build(kind, seed):
     return model
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+
+
 def llama_config_to_v4(path):
-    """Rewrite a transformers-5 Llama config.json into the transformers-4 form."""
+    """Rewrite a transformers-5 Llama config.json into the transformers-4 form (a scaled
+    RoPE's parameters go to `rope_scaling`)."""
     with open(path) as f:
         cfg = json.load(f)
     rp = cfg.pop("rope_parameters")
-    assert rp == {"rope_theta": rp["rope_theta"], "rope_type": "default"}, rp
+    scaling = {k: v for k, v in rp.items() if k != "rope_theta"}
+    if scaling == {"rope_type": "default"}:
+        scaling = None
+    else:
+        assert scaling == LLAMA3_ROPE, rp
     out = {}
     for k, v in cfg.items():
         if k == "head_dim":
@@ -304,7 +348,7 @@ def llama_config_to_v4(path):
             k = "torch_dtype"
         out[k] = v
         if k == "rms_norm_eps":
-            out["rope_scaling"] = None
+            out["rope_scaling"] = scaling
             out["rope_theta"] = rp["rope_theta"]
     with open(path, "w") as f:
         json.dump(dict(sorted(out.items())), f, indent=2)
@@ -314,11 +358,12 @@ def llama_config_to_v4(path):
 def make_tiny(out_root):
     seqs = make_sequences()
     report = {}
-    for seed, kind in enumerate(["gpt2-tiny", "llama-tiny", "llama-tiny-untied"], start=1):
+    kinds = ["gpt2-tiny", "llama-tiny", "llama-tiny-untied", "qwen2-tiny", "qwen3-tiny", "llama3-tiny"]
+    for seed, kind in enumerate(kinds, start=1):
         d = os.path.join(out_root, kind)
         model = build(kind, seed)
         save_hf(model, d)
-        if kind == "llama-tiny":
+        if kind in ("llama-tiny", "llama3-tiny"):
             llama_config_to_v4(os.path.join(d, "config.json"))
         # Reference outputs come from the model as reloaded from the committed files.
         loaded = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager",
@@ -327,6 +372,9 @@ def make_tiny(out_root):
             rp = loaded.config.rope_parameters
             assert rp["rope_theta"] == 10000.0 and rp.get("rope_type") == "default", rp
             assert loaded.config.head_dim == 16
+        if kind == "llama3-tiny":
+            rp = loaded.config.rope_parameters
+            assert rp == dict(LLAMA3_ROPE, rope_theta=500000.0), rp
         compare_models(model, loaded, seqs, f"{kind} reload")
         alone, worst, batched = write_expected(loaded, seqs, os.path.join(d, "expected.safetensors"))
         print(f"{kind}: padded-vs-alone max |diff| = {worst:.3g}")

@@ -12,6 +12,8 @@ public enum BuiltInPlugins {
     public static let architectures: [any ArchitectureAdapter.Type] = [
         GPT2Architecture.self,
         LlamaArchitecture.self,
+        Qwen2Architecture.self,
+        Qwen3Architecture.self,
     ]
 
     public static let interventions: [any Intervention.Type] = [

@@ -4,7 +4,14 @@ import LoupeTensor
 
 /// Llama (Touvron et al., 2023) as HF's `LlamaForCausalLM` computes it: pre-norm blocks
 /// with RMSNorm, rotary position embeddings, grouped-query attention and a SiLU-gated MLP,
-/// then a final RMSNorm and an unembedding that may be tied to the token embedding.
+/// then a final RMSNorm and an unembedding that may be tied to the token embedding. Llama 3.1
+/// and 3.2 checkpoints rescale the rotary frequencies (`rope_scaling` type `llama3`).
+///
+/// Canonical sites: `resid_pre` is a decoder layer's input, `resid_mid` after the attention's
+/// residual add, `resid_post` the layer's output; `attn_out` is o_proj's output and `mlp_out`
+/// down_proj's; `attn.q`/`attn.k` after RoPE, `attn.v` as projected, `attn.z` o_proj's input
+/// per head; `attn.pattern` the softmax probabilities; `logits` lm_head's output.
+/// Qwen2 and Qwen3 (Qwen2.swift, Qwen3.swift) are this model with a `Variant`.
 public enum LlamaArchitecture: ArchitectureAdapter {
     public static let name = "llama"
     public static let modelTypes = ["llama"]
@@ -12,7 +19,7 @@ public enum LlamaArchitecture: ArchitectureAdapter {
     public static func load(_ checkpoint: Checkpoint) throws -> any LanguageModel {
         switch checkpoint {
         case .huggingFace(let config, let weights):
-            return try LlamaModel(LlamaModel.Settings(config), weights: WeightReader(weights, optionalPrefix: "model."))
+            return try LlamaModel(LlamaModel.Settings(config, .llama), weights: WeightReader(weights, optionalPrefix: "model."))
         case .gguf(let file):
             let settings = try LlamaModel.Settings(gguf: file)
             return try LlamaModel(settings, weights: WeightReader(LlamaGGUFWeights(file, settings), optionalPrefix: "model."))
@@ -27,12 +34,32 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         var layers, hidden, heads, keyValueHeads, headDim, intermediate, vocabulary, context: Int
         var epsilon: Double
         var ropeTheta: Double
+        /// Llama 3's rescaled rotary frequencies, if the config asks for them.
+        var ropeScaling: Llama3RopeScaling?
         var tied: Bool
-        var attentionBias: Bool
+        /// Biases on q_proj, k_proj and v_proj, and on o_proj (Qwen2 has the first only).
+        var qkvBias: Bool
+        var outputBias: Bool
         var mlpBias: Bool
+        var variant: Variant
     }
 
-    let architecture = LlamaArchitecture.name
+    /// What a family built on Llama's layer changes: its HF class names and, for Qwen3, an
+    /// RMSNorm of each query and key head before RoPE.
+    struct Variant {
+        /// The adapter's name (`llama`, `qwen2`, `qwen3`).
+        var architecture: String
+        /// HF's class-name prefix: `Llama` for LlamaForCausalLM, LlamaRMSNorm, ...
+        var classPrefix: String
+        /// The class print(model) shows for the MLP's act_fn.
+        var activationClass: String
+        /// q_norm and k_norm (RMSNorm over head_dim, weights shared across heads).
+        var queryKeyNorm: Bool
+
+        static let llama = Variant(architecture: LlamaArchitecture.name, classPrefix: "Llama", activationClass: "SiLU", queryKeyNorm: false)
+    }
+
+    let architecture: String
     let canonicalSites = Set(CanonicalSite.Kind.allCases)
     let dimensions: ModelDimensions
     let moduleTree: ModuleNode
@@ -45,6 +72,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     private let norm: NormModule
     private let model: ModulePath
     private let rotary: RotaryTable
+    private let queryKeyNorm: Bool
 
     /// One `LlamaDecoderLayer`.
     struct Block {
@@ -60,31 +88,41 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         let activation: ModulePath
         let inputNorm: NormModule
         let postAttentionNorm: NormModule
+        /// Qwen3's q_norm and k_norm, over each head.
+        let qNorm, kNorm: NormModule?
     }
 
     init(_ s: Settings, weights: WeightReader) throws {
         dimensions = ModelDimensions(layers: s.layers, hidden: s.hidden, heads: s.heads, keyValueHeads: s.keyValueHeads,
                                      headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
         epsilon = Float(s.epsilon)
+        architecture = s.variant.architecture
+        queryKeyNorm = s.variant.queryKeyNorm
         let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
         let normExtra = "(\(s.hidden),), eps=\(s.epsilon)"
+        let prefix = s.variant.classPrefix
 
         // The modules in the order LlamaForCausalLM registers them.
-        let root = ModuleScope(root: "LlamaForCausalLM", weights: weights)
-        let base = root.child("model", "LlamaModel")
+        let root = ModuleScope(root: "\(prefix)ForCausalLM", weights: weights)
+        let base = root.child("model", "\(prefix)Model")
         model = base.module
         embedTokens = try base.embedding("embed_tokens", count: s.vocabulary, width: s.hidden)
         let list = base.child("layers", "ModuleList")
         blocks = try (0..<s.layers).map { l in
-            let layer = list.child("\(l)", "LlamaDecoderLayer")
-            let attention = layer.child("self_attn", "LlamaAttention")
+            let layer = list.child("\(l)", "\(prefix)DecoderLayer")
+            let attention = layer.child("self_attn", "\(prefix)Attention")
             let qkv = FusedLinear([
-                try attention.linear("q_proj", in: s.hidden, out: qWidth, bias: s.attentionBias),
-                try attention.linear("k_proj", in: s.hidden, out: kvWidth, bias: s.attentionBias),
-                try attention.linear("v_proj", in: s.hidden, out: kvWidth, bias: s.attentionBias),
+                try attention.linear("q_proj", in: s.hidden, out: qWidth, bias: s.qkvBias),
+                try attention.linear("k_proj", in: s.hidden, out: kvWidth, bias: s.qkvBias),
+                try attention.linear("v_proj", in: s.hidden, out: kvWidth, bias: s.qkvBias),
             ])
-            let o = try attention.linear("o_proj", in: qWidth, out: s.hidden, bias: s.attentionBias, inputMajor: true)
-            let mlp = layer.child("mlp", "LlamaMLP")
+            let o = try attention.linear("o_proj", in: qWidth, out: s.hidden, bias: s.outputBias, inputMajor: true)
+            let headNormExtra = "(\(s.headDim),), eps=\(s.epsilon)"
+            let qNorm = s.variant.queryKeyNorm
+                ? try attention.norm("q_norm", "\(prefix)RMSNorm", width: s.headDim, bias: false, extra: headNormExtra) : nil
+            let kNorm = s.variant.queryKeyNorm
+                ? try attention.norm("k_norm", "\(prefix)RMSNorm", width: s.headDim, bias: false, extra: headNormExtra) : nil
+            let mlp = layer.child("mlp", "\(prefix)MLP")
             let gateUp = FusedLinear([
                 try mlp.linear("gate_proj", in: s.hidden, out: s.intermediate, bias: s.mlpBias),
                 try mlp.linear("up_proj", in: s.hidden, out: s.intermediate, bias: s.mlpBias),
@@ -92,13 +130,14 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
             return Block(
                 module: layer.module, selfAttention: attention.module, qkv: qkv, o: o, mlp: mlp.module, gateUp: gateUp,
                 down: try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: s.mlpBias, inputMajor: true),
-                activation: mlp.leaf("act_fn", "SiLU"),
-                inputNorm: try layer.norm("input_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra),
-                postAttentionNorm: try layer.norm("post_attention_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra))
+                activation: mlp.leaf("act_fn", s.variant.activationClass),
+                inputNorm: try layer.norm("input_layernorm", "\(prefix)RMSNorm", width: s.hidden, bias: false, extra: normExtra),
+                postAttentionNorm: try layer.norm("post_attention_layernorm", "\(prefix)RMSNorm", width: s.hidden, bias: false, extra: normExtra),
+                qNorm: qNorm, kNorm: kNorm)
         }
-        norm = try base.norm("norm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra)
+        norm = try base.norm("norm", "\(prefix)RMSNorm", width: s.hidden, bias: false, extra: normExtra)
         // Its (cos, sin) output is a table made once per model here (`rotary`), not per pass.
-        base.leaf("rotary_emb", "LlamaRotaryEmbedding", sites: false)
+        base.leaf("rotary_emb", "\(prefix)RotaryEmbedding", sites: false)
         if !s.tied, weights.has("lm_head.weight") {
             head = try root.linear("lm_head", in: s.hidden, out: s.vocabulary, bias: false, inputMajor: true)
         } else if !s.tied {
@@ -107,7 +146,9 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         } else {
             head = root.tiedLinear("lm_head", to: embedTokens)
         }
-        rotary = RotaryTable(dim: s.headDim, theta: s.ropeTheta, positions: s.context)
+        var frequencies = RotaryTable.inverseFrequencies(dim: s.headDim, theta: s.ropeTheta)
+        if let scaling = s.ropeScaling { frequencies = scaling.apply(frequencies) }
+        rotary = RotaryTable(dim: s.headDim, inverseFrequency: frequencies, positions: s.context)
         moduleTree = root.tree
         weightBytes = root.weightBytes
     }
@@ -134,6 +175,10 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         var attention = try pass.call(b.selfAttention, normed, tuple: true) { h in
             let projected = try pass.call(b.qkv, h)
             var (q, k, v) = (projected[0], projected[1], projected[2])
+            if let qNorm = b.qNorm, let kNorm = b.kNorm {  // Qwen3: each head RMS-normalized
+                q = try headNorm(qNorm, q, heads: heads, pass)
+                k = try headNorm(kNorm, k, heads: kvHeads, pass)
+            }
             rotary.apply(q, heads: heads, positions: pass.positionIDs)
             rotary.apply(k, heads: kvHeads, positions: pass.positionIDs)
             q = try pass.hook(.q(l), q, shape: [rows, length, heads, headDim])
@@ -172,11 +217,88 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         x = try pass.hook(b.module.output, x)
         return try pass.hook(.residPost(l), x)
     }
+
+    /// RMSNorm over each head of x [rows, heads * headDim], as HF applies q_norm and k_norm
+    /// to [batch, pos, head, head_dim]; its sites see that shape.
+    private func headNorm(_ norm: NormModule, _ x: Tensor, heads: Int, _ pass: ForwardPass) throws -> Tensor {
+        let (rows, length, headDim) = (pass.rows, pass.length, dimensions.headDim)
+        let shape = [rows, length, heads, headDim]
+        let input = try pass.hook(norm.module.input, x, shape: shape)
+        let normed = rmsNorm(input.reshaped([-1, headDim]), weight: norm.weight, eps: epsilon)
+        return try pass.hook(norm.module.output, normed.reshaped([-1, heads * headDim]), shape: shape)
+    }
+}
+
+/// Llama 3's rotary frequency rescaling (`rope_type` `llama3`), as transformers'
+/// `_compute_llama3_parameters` computes it in float32: wavelengths longer than
+/// original_max_position_embeddings / low_freq_factor are slowed by `factor`, shorter than
+/// original_max_position_embeddings / high_freq_factor kept, and those between interpolated.
+struct Llama3RopeScaling {
+    var factor, lowFrequencyFactor, highFrequencyFactor, originalContext: Double
+
+    func apply(_ inverseFrequency: [Float]) -> [Float] {
+        let oldContext = Float(originalContext), factor = Float(factor)
+        let (low, span) = (Float(lowFrequencyFactor), Float(highFrequencyFactor - lowFrequencyFactor))
+        // Python floats against float32 tensors: the scalar is cast to float32 (2π / f is
+        // torch's reciprocal(f) * 2π).
+        let lowWavelength = Float(originalContext / lowFrequencyFactor)
+        let highWavelength = Float(originalContext / highFrequencyFactor)
+        return inverseFrequency.map { f in
+            let wavelength = (1 / f) * Float(2 * Double.pi)
+            let scaled = wavelength > lowWavelength ? f / factor : f
+            guard !(wavelength < highWavelength), !(wavelength > lowWavelength) else { return scaled }
+            let smooth = ((1 / wavelength) * oldContext - low) / span
+            return (1 - smooth) * scaled / factor + smooth * scaled
+        }
+    }
+
+    /// The scaling a config asks for: transformers 4's `rope_scaling` or transformers 5's
+    /// `rope_parameters` (`rope_type`, or `type` in older files). nil for plain RoPE; any type
+    /// other than `default` and `llama3` is refused naming the key and the value.
+    static func read(_ c: HFConfig) throws -> Llama3RopeScaling? {
+        var found: (key: String, members: [String: JSONValue])?
+        for key in ["rope_scaling", "rope_parameters"] {
+            guard let value = c.values[key], value != .null else { continue }
+            guard let members = value.objectValue else {
+                throw ModelError.badConfig(file: c.path, key: key, "expected an object, got \(value)")
+            }
+            if found == nil || members["rope_type"] != nil || members["type"] != nil { found = (key, members) }
+        }
+        guard let (key, members) = found else { return nil }
+        if members["rope_type"] == nil, members["type"] == nil, let nested = members.first(where: { $0.value.objectValue != nil }) {
+            throw ModelError.badConfig(file: c.path, key: "\(key).\(nested.key)", "rotary parameters per layer type are not supported")
+        }
+        let typeValue = members["rope_type"] ?? members["type"]
+        let type = typeValue?.stringValue ?? (typeValue == nil ? "default" : "\(typeValue!)")
+        switch type {
+        case "default":
+            return nil
+        case "llama3":
+            func number(_ name: String) throws -> Double {
+                guard let value = members[name]?.doubleValue, value.isFinite, value > 0 else {
+                    throw ModelError.badConfig(file: c.path, key: "\(key).\(name)",
+                                               members[name] == nil ? "required for rope_type llama3" : "must be a positive number")
+                }
+                return value
+            }
+            let scaling = Llama3RopeScaling(factor: try number("factor"), lowFrequencyFactor: try number("low_freq_factor"),
+                                            highFrequencyFactor: try number("high_freq_factor"),
+                                            originalContext: try number("original_max_position_embeddings"))
+            guard scaling.highFrequencyFactor != scaling.lowFrequencyFactor else {
+                throw ModelError.badConfig(file: c.path, key: "\(key).high_freq_factor", "must differ from low_freq_factor")
+            }
+            return scaling
+        default:
+            throw ModelError.badConfig(file: c.path, key: "\(key).rope_type",
+                                       "\(type): only llama3 rotary scaling (and none) is supported")
+        }
+    }
 }
 
 extension LlamaModel.Settings {
     /// From an HF config.json (transformers 4 or 5).
-    init(_ c: HFConfig) throws {
+    init(_ c: HFConfig, _ variant: LlamaModel.Variant) throws {
+        self.variant = variant
         source = c.path
         hidden = try c.requireInt("hidden_size")
         layers = try c.requireInt("num_hidden_layers")
@@ -189,11 +311,10 @@ extension LlamaModel.Settings {
         epsilon = try c.double("rms_norm_eps") ?? 1e-6
         ropeTheta = try c.ropeTheta ?? 10_000
         tied = try c.tieWordEmbeddings
-        attentionBias = try c.bool("attention_bias") ?? false
+        qkvBias = try c.bool("attention_bias") ?? false
+        outputBias = qkvBias
         mlpBias = try c.bool("mlp_bias") ?? false
-        if c.values["rope_scaling"].map({ $0 != .null }) ?? false {
-            throw ModelError.badConfig(file: c.path, key: "rope_scaling", "scaled RoPE (Llama 3.1's long-context form) is not supported yet")
-        }
+        ropeScaling = try Llama3RopeScaling.read(c)
         try check(keys: ["layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
                          "keyValueHeads": "num_key_value_heads", "headDim": try c.int("head_dim") == nil ? "num_attention_heads" : "head_dim",
                          "intermediate": "intermediate_size", "vocabulary": "vocab_size", "context": "max_position_embeddings",
@@ -202,6 +323,8 @@ extension LlamaModel.Settings {
 
     /// From GGUF metadata (llama.cpp's `llama.*` keys).
     init(gguf f: GGUFFile) throws {
+        variant = .llama
+        ropeScaling = nil
         func int(_ key: String) throws -> Int {
             guard let value = f.metadata["llama." + key]?.intValue else {
                 throw ModelError.format(FormatError(.missingKey, file: f.path, item: "llama." + key, "required metadata key is missing"))
@@ -223,7 +346,8 @@ extension LlamaModel.Settings {
         epsilon = Double("\(storedEpsilon)") ?? Double(storedEpsilon)
         ropeTheta = f.metadata["llama.rope.freq_base"]?.doubleValue ?? 10_000
         tied = f.shape(of: "output.weight") == nil
-        attentionBias = f.shape(of: "blk.0.attn_q.bias") != nil
+        qkvBias = f.shape(of: "blk.0.attn_q.bias") != nil
+        outputBias = f.shape(of: "blk.0.attn_output.bias") != nil
         mlpBias = false
         try check(keys: ["layers": "llama.block_count", "hidden": "llama.embedding_length", "heads": "llama.attention.head_count",
                          "keyValueHeads": "llama.attention.head_count_kv", "headDim": "llama.attention.key_length",

@@ -309,10 +309,20 @@ public struct RotaryTable: Sendable {
     public let sin: [Float]
 
     public init(dim: Int, theta: Double, positions: Int) {
+        self.init(dim: dim, inverseFrequency: Self.inverseFrequencies(dim: dim, theta: theta), positions: positions)
+    }
+
+    /// θ^(-2i/dim) for i < dim/2: the unscaled rotary frequencies.
+    public static func inverseFrequencies(dim: Int, theta: Double) -> [Float] {
+        // HF computes inverse frequencies and angles in float32; so do we, for the same numbers.
+        (0..<dim / 2).map { i in Float(1) / Float(pow(theta, Double(2 * i) / Double(dim))) }
+    }
+
+    /// The table for given inverse frequencies (dim/2 of them), e.g. rescaled ones (Llama 3's RoPE scaling).
+    public init(dim: Int, inverseFrequency: [Float], positions: Int) {
+        precondition(inverseFrequency.count == dim / 2)
         self.dim = dim
         let half = dim / 2
-        // HF computes inverse frequencies and angles in float32; so do we, for the same numbers.
-        let inverseFrequency = (0..<half).map { i in Float(1) / Float(pow(theta, Double(2 * i) / Double(dim))) }
         var cos = [Float](repeating: 0, count: positions * dim)
         var sin = [Float](repeating: 0, count: positions * dim)
         for p in 0..<positions {

@@ -94,6 +94,50 @@ final class FixtureParityTests: XCTestCase {
         try checkBatched(f)
     }
 
+    func testQwen2MatchesTransformers() throws {
+        let f = try fixture("qwen2-tiny")
+        XCTAssertEqual(f.model.architecture, "qwen2")
+        XCTAssertEqual(f.model.moduleTree.type, "Qwen2ForCausalLM")
+        try checkAlone(f)
+        try checkBatched(f)
+    }
+
+    func testQwen3MatchesTransformers() throws {
+        let f = try fixture("qwen3-tiny")
+        XCTAssertEqual(f.model.architecture, "qwen3")
+        XCTAssertEqual(f.model.dimensions.headDim, 24)
+        try checkAlone(f)
+        try checkBatched(f)
+    }
+
+    /// Llama 3.1's scaled RoPE, from the transformers-4 config the fixture has (`rope_scaling`).
+    func testLlama3RopeScalingMatchesTransformers() throws {
+        let f = try fixture("llama3-tiny")
+        try checkAlone(f)
+        try checkBatched(f)
+    }
+
+    /// The same checkpoint with transformers 5's config form (`rope_parameters`) gives the same logits.
+    func testLlama3RopeScalingFromTransformers5Config() throws {
+        let source = fixturesDirectory + "/models/llama3-tiny"
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("loupe-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.copyItem(atPath: source + "/model.safetensors", toPath: directory + "/model.safetensors")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: source + "/config.json"))) as! [String: Any]
+        var parameters = config.removeValue(forKey: "rope_scaling") as! [String: Any]
+        parameters["rope_theta"] = config.removeValue(forKey: "rope_theta")
+        config["rope_parameters"] = parameters
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: directory + "/config.json"))
+        let model = try LoadedModel.load(directory, registry: testRegistry).model
+        let expected = try SafetensorsFile(path: source + "/expected.safetensors")
+        let cases = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: source + "/cases.json"))) as! [String: Any]
+        for (i, tokens) in (cases["sequences"] as! [[Int]]).enumerated() {
+            let logits = try model.forward(TokenBatch([tokens]), logits: .all)
+            assertClose(logits.reshaped([tokens.count, -1]), try expected.tensor("logits.\(i)"), "logits of sequence \(i)")
+        }
+    }
+
     func testLlamaUntiedWithBiasAndHeadDimMatchesTransformers() throws {
         let f = try fixture("llama-tiny-untied")
         XCTAssertEqual(f.model.dimensions.headDim, 24)

@@ -140,4 +140,66 @@ final class HookTests: XCTestCase {
         XCTAssertTrue(llama.contains("(k_proj): Linear(in_features=64, out_features=32, bias=False)"), llama)
         XCTAssertTrue(llama.contains("(input_layernorm): LlamaRMSNorm((64,), eps=1e-05)"), llama)
     }
+
+    /// Qwen2 and Qwen3 print exactly as transformers 5.25 prints the fixtures (`print(model)`).
+    func testQwenModuleTreesPrintAsTransformers() throws {
+        XCTAssertEqual(try load("qwen2-tiny").moduleTree.rendered(), """
+            Qwen2ForCausalLM(
+              (model): Qwen2Model(
+                (embed_tokens): Embedding(512, 64)
+                (layers): ModuleList(
+                  (0-1): 2 x Qwen2DecoderLayer(
+                    (self_attn): Qwen2Attention(
+                      (q_proj): Linear(in_features=64, out_features=64, bias=True)
+                      (k_proj): Linear(in_features=64, out_features=32, bias=True)
+                      (v_proj): Linear(in_features=64, out_features=32, bias=True)
+                      (o_proj): Linear(in_features=64, out_features=64, bias=False)
+                    )
+                    (mlp): Qwen2MLP(
+                      (gate_proj): Linear(in_features=64, out_features=128, bias=False)
+                      (up_proj): Linear(in_features=64, out_features=128, bias=False)
+                      (down_proj): Linear(in_features=128, out_features=64, bias=False)
+                      (act_fn): SiLUActivation()
+                    )
+                    (input_layernorm): Qwen2RMSNorm((64,), eps=1e-06)
+                    (post_attention_layernorm): Qwen2RMSNorm((64,), eps=1e-06)
+                  )
+                )
+                (norm): Qwen2RMSNorm((64,), eps=1e-06)
+                (rotary_emb): Qwen2RotaryEmbedding()
+              )
+              (lm_head): Linear(in_features=64, out_features=512, bias=False)
+            )
+            """)
+        XCTAssertEqual(try load("qwen3-tiny").moduleTree.rendered(), """
+            Qwen3ForCausalLM(
+              (model): Qwen3Model(
+                (embed_tokens): Embedding(512, 64)
+                (layers): ModuleList(
+                  (0-1): 2 x Qwen3DecoderLayer(
+                    (self_attn): Qwen3Attention(
+                      (q_proj): Linear(in_features=64, out_features=96, bias=False)
+                      (k_proj): Linear(in_features=64, out_features=48, bias=False)
+                      (v_proj): Linear(in_features=64, out_features=48, bias=False)
+                      (o_proj): Linear(in_features=96, out_features=64, bias=False)
+                      (q_norm): Qwen3RMSNorm((24,), eps=1e-06)
+                      (k_norm): Qwen3RMSNorm((24,), eps=1e-06)
+                    )
+                    (mlp): Qwen3MLP(
+                      (gate_proj): Linear(in_features=64, out_features=128, bias=False)
+                      (up_proj): Linear(in_features=64, out_features=128, bias=False)
+                      (down_proj): Linear(in_features=128, out_features=64, bias=False)
+                      (act_fn): SiLUActivation()
+                    )
+                    (input_layernorm): Qwen3RMSNorm((64,), eps=1e-06)
+                    (post_attention_layernorm): Qwen3RMSNorm((64,), eps=1e-06)
+                  )
+                )
+                (norm): Qwen3RMSNorm((64,), eps=1e-06)
+                (rotary_emb): Qwen3RotaryEmbedding()
+              )
+              (lm_head): Linear(in_features=64, out_features=512, bias=False)
+            )
+            """)
+    }
 }

@@ -53,7 +53,42 @@ final class LoadErrorTests: XCTestCase {
         XCTAssertThrowsError(try LoadedModel.load(source, registry: testRegistry)) { error in
             guard case ModelError.unknownArchitecture(let type, let known) = error else { return XCTFail("\(error)") }
             XCTAssertEqual(type, "mamba")
-            XCTAssertEqual(Set(known), ["gpt2", "llama"])
+            XCTAssertEqual(Set(known), ["gpt2", "llama", "qwen2", "qwen3"])
+        }
+    }
+
+    func assertBadConfig(_ source: String, key: String, mentioning value: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try LoadedModel.load(source, registry: testRegistry), file: file, line: line) { error in
+            guard case ModelError.badConfig(_, let badKey, let message) = error else { return XCTFail("\(error)", file: file, line: line) }
+            XCTAssertEqual(badKey, key, file: file, line: line)
+            XCTAssertTrue(message.contains(value), message, file: file, line: line)
+        }
+    }
+
+    /// RoPE scalings other than Llama 3's, in transformers 4's form and 5's, are refused naming the key and the type.
+    func testOtherRopeScalingsAreRefused() throws {
+        assertBadConfig(try checkpoint("llama3-tiny") { $0["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0] },
+                        key: "rope_scaling.rope_type", mentioning: "yarn")
+        assertBadConfig(try checkpoint("llama3-tiny") { $0["rope_scaling"] = ["type": "linear", "factor": 4.0] },
+                        key: "rope_scaling.rope_type", mentioning: "linear")
+        assertBadConfig(try checkpoint("llama-tiny-untied") { $0["rope_parameters"] = ["rope_type": "dynamic", "rope_theta": 500000.0, "factor": 2.0] },
+                        key: "rope_parameters.rope_type", mentioning: "dynamic")
+        assertBadConfig(try checkpoint("qwen2-tiny") { $0["rope_parameters"] = ["rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0] },
+                        key: "rope_parameters.rope_type", mentioning: "yarn")
+        assertBadConfig(try checkpoint("llama3-tiny") { config in
+            var scaling = config["rope_scaling"] as! [String: Any]
+            scaling.removeValue(forKey: "low_freq_factor")
+            config["rope_scaling"] = scaling
+        }, key: "rope_scaling.low_freq_factor", mentioning: "llama3")
+    }
+
+    /// Qwen2 and Qwen3 with sliding-window attention are refused: Loupe attends over the whole prefix.
+    func testSlidingWindowIsRefused() throws {
+        for fixture in ["qwen2-tiny", "qwen3-tiny"] {
+            assertBadConfig(try checkpoint(fixture) { $0["use_sliding_window"] = true; $0["sliding_window"] = 4 },
+                            key: "use_sliding_window", mentioning: "true")
+            assertBadConfig(try checkpoint(fixture) { $0["layer_types"] = ["full_attention", "sliding_attention"] },
+                            key: "layer_types", mentioning: "sliding_attention")
         }
     }
 
