@@ -13,7 +13,8 @@
 #   tokenizer    every tokenizer format                Tests/Fuzz/corpus-tokenizer
 #
 # Exits 0 only when the run ended without a crash, a hang (-timeout), an allocation over
-# -malloc_limit_mb or a resident size over -rss_limit_mb. A toolchain that cannot build a
+# -malloc_limit_mb (1100 for request and config, 64 for the file readers) or a resident size
+# over -rss_limit_mb. A toolchain that cannot build a
 # fuzzer fails here, loudly: the build's error is the message. New inputs the run finds go
 # to a scratch directory; a crashing input is written to $LOUPE_FUZZ_ARTIFACTS (default
 # .build-fuzzer/artifacts) as TARGET-crash-..., and replays with the plain build:
@@ -29,9 +30,13 @@ if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     target="$1"
     shift
 fi
+# The largest single allocation allowed. The request path and the config target build models
+# (a config may declare a context of 2^20 positions, whose RoPE table a real model of that
+# context needs); the file readers' inputs are at most 64 KiB, so 64 MB from one is absurd.
 case "$target" in
-    request) corpus=Tests/Fuzz/corpus ;;
-    gguf|safetensors|config|tokenizer) corpus="Tests/Fuzz/corpus-$target" ;;
+    request) corpus=Tests/Fuzz/corpus; malloc_limit=1100 ;;
+    config) corpus="Tests/Fuzz/corpus-$target"; malloc_limit=1100 ;;
+    gguf|safetensors|tokenizer) corpus="Tests/Fuzz/corpus-$target"; malloc_limit=64 ;;
     *) echo "fuzz: unknown target $target (request, gguf, safetensors, config, tokenizer)" >&2; exit 2 ;;
 esac
 scratch="${LOUPE_FUZZ_SCRATCH:-.build-fuzzer}"
@@ -64,6 +69,6 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=0}
 export LOUPE_FUZZ_TMP="$files"
 echo "fuzz: running $target for ${seconds}s from $corpus ($(ls "$corpus" | wc -l) seeds)"
 "$binary" --target "$target" "$grown" "$corpus" \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2560 -malloc_limit_mb=1100 -max_len=65536 \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2560 -malloc_limit_mb="$malloc_limit" -max_len=65536 \
     -artifact_prefix="$artifacts/$target-" -print_final_stats=1 "$@"
 echo "fuzz: $target: no crash, hang or oversized allocation"
