@@ -345,6 +345,14 @@ extension LlamaModel.Settings {
         let storedEpsilon = Float(f.metadata["llama.attention.layer_norm_rms_epsilon"]?.doubleValue ?? 1e-5)
         epsilon = Double("\(storedEpsilon)") ?? Double(storedEpsilon)
         ropeTheta = f.metadata["llama.rope.freq_base"]?.doubleValue ?? 10_000
+        // llama.cpp stores Llama 3.1's rescaled frequencies as a tensor, and other scalings as metadata: not read yet.
+        if f.shape(of: "rope_freqs.weight") != nil {
+            throw ModelError.badConfig(file: f.path, key: "rope_freqs.weight",
+                                       "scaled RoPE (Llama 3.1's rope_freqs) from GGUF is not supported yet: load the HF checkpoint")
+        }
+        if let type = f.metadata["llama.rope.scaling.type"]?.stringValue, type != "none" {
+            throw ModelError.badConfig(file: f.path, key: "llama.rope.scaling.type", "\(type): scaled RoPE from GGUF is not supported yet")
+        }
         tied = f.shape(of: "output.weight") == nil
         qkvBias = f.shape(of: "blk.0.attn_q.bias") != nil
         outputBias = f.shape(of: "blk.0.attn_output.bias") != nil
