@@ -32,7 +32,7 @@ What it makes
                           and k_norm over each head before RoPE.
      llama3-tiny          LlamaForCausalLM as llama-tiny but with Llama 3.1's RoPE scaling
                           (rope_type llama3, factor 8, low_freq_factor 1, high_freq_factor 4,
-                          original_max_position_embeddings 32, so that head_dim 16's
+                          original_max_position_embeddings 64, so that head_dim 16's
                           frequencies fall in all three bands), rope_theta 500000; config.json
                           rewritten into the transformers-4 form the hub's Llama 3.x
                           checkpoints have (`rope_scaling`, top-level `rope_theta`).
@@ -56,6 +56,7 @@ Usage: python3 scripts/make_model_fixtures.py [--out DIR] [--gguf PATH] [--skip-
 import argparse
 import copy
 import json
+import math
 import os
 import shutil
 import sys
@@ -326,7 +327,7 @@ def build(kind, seed):
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
 
 def llama_config_to_v4(path):
@@ -375,6 +376,13 @@ def make_tiny(out_root):
         if kind == "llama3-tiny":
             rp = loaded.config.rope_parameters
             assert rp == dict(LLAMA3_ROPE, rope_theta=500000.0), rp
+            # Each band of _compute_llama3_parameters holds a frequency: kept, interpolated, slowed.
+            old = rp["original_max_position_embeddings"]
+            dim = loaded.config.head_dim
+            waves = [2 * math.pi * rp["rope_theta"] ** (2 * i / dim) for i in range(dim // 2)]
+            short, long = old / rp["high_freq_factor"], old / rp["low_freq_factor"]
+            assert any(w < short for w in waves) and any(w > long for w in waves), waves
+            assert any(short <= w <= long for w in waves), waves
         compare_models(model, loaded, seqs, f"{kind} reload")
         alone, worst, batched = write_expected(loaded, seqs, os.path.join(d, "expected.safetensors"))
         print(f"{kind}: padded-vs-alone max |diff| = {worst:.3g}")
