@@ -51,12 +51,10 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         var architecture: String
         /// HF's class-name prefix: `Llama` for LlamaForCausalLM, LlamaRMSNorm, ...
         var classPrefix: String
-        /// The class print(model) shows for the MLP's act_fn.
-        var activationClass: String
         /// q_norm and k_norm (RMSNorm over head_dim, weights shared across heads).
         var queryKeyNorm: Bool
 
-        static let llama = Variant(architecture: LlamaArchitecture.name, classPrefix: "Llama", activationClass: "SiLU", queryKeyNorm: false)
+        static let llama = Variant(architecture: LlamaArchitecture.name, classPrefix: "Llama", queryKeyNorm: false)
     }
 
     let architecture: String
@@ -130,7 +128,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
             return Block(
                 module: layer.module, selfAttention: attention.module, qkv: qkv, o: o, mlp: mlp.module, gateUp: gateUp,
                 down: try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: s.mlpBias, inputMajor: true),
-                activation: mlp.leaf("act_fn", s.variant.activationClass),
+                activation: mlp.leaf("act_fn", "SiLUActivation"),
                 inputNorm: try layer.norm("input_layernorm", "\(prefix)RMSNorm", width: s.hidden, bias: false, extra: normExtra),
                 postAttentionNorm: try layer.norm("post_attention_layernorm", "\(prefix)RMSNorm", width: s.hidden, bias: false, extra: normExtra),
                 qNorm: qNorm, kNorm: kNorm)

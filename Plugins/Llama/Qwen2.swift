@@ -45,5 +45,5 @@ public enum Qwen2Architecture: ArchitectureAdapter {
 }
 
 extension LlamaModel.Variant {
-    static let qwen2 = Self(architecture: Qwen2Architecture.name, classPrefix: "Qwen2", activationClass: "SiLUActivation", queryKeyNorm: false)
+    static let qwen2 = Self(architecture: Qwen2Architecture.name, classPrefix: "Qwen2", queryKeyNorm: false)
 }

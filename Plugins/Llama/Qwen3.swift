@@ -31,5 +31,5 @@ public enum Qwen3Architecture: ArchitectureAdapter {
 }
 
 extension LlamaModel.Variant {
-    static let qwen3 = Self(architecture: Qwen3Architecture.name, classPrefix: "Qwen3", activationClass: "SiLUActivation", queryKeyNorm: true)
+    static let qwen3 = Self(architecture: Qwen3Architecture.name, classPrefix: "Qwen3", queryKeyNorm: true)
 }

@@ -141,8 +141,36 @@ final class HookTests: XCTestCase {
         XCTAssertTrue(llama.contains("(input_layernorm): LlamaRMSNorm((64,), eps=1e-05)"), llama)
     }
 
-    /// Qwen2 and Qwen3 print exactly as transformers 5.25 prints the fixtures (`print(model)`).
-    func testQwenModuleTreesPrintAsTransformers() throws {
+    /// Llama, Qwen2 and Qwen3 print exactly as transformers 5.25 prints the fixtures (`print(model)`).
+    func testModuleTreesPrintAsTransformers() throws {
+        XCTAssertEqual(try load("llama-tiny-untied").moduleTree.rendered(), """
+            LlamaForCausalLM(
+              (model): LlamaModel(
+                (embed_tokens): Embedding(512, 64)
+                (layers): ModuleList(
+                  (0-2): 3 x LlamaDecoderLayer(
+                    (self_attn): LlamaAttention(
+                      (q_proj): Linear(in_features=64, out_features=96, bias=True)
+                      (k_proj): Linear(in_features=64, out_features=48, bias=True)
+                      (v_proj): Linear(in_features=64, out_features=48, bias=True)
+                      (o_proj): Linear(in_features=96, out_features=64, bias=True)
+                    )
+                    (mlp): LlamaMLP(
+                      (gate_proj): Linear(in_features=64, out_features=80, bias=False)
+                      (up_proj): Linear(in_features=64, out_features=80, bias=False)
+                      (down_proj): Linear(in_features=80, out_features=64, bias=False)
+                      (act_fn): SiLUActivation()
+                    )
+                    (input_layernorm): LlamaRMSNorm((64,), eps=1e-05)
+                    (post_attention_layernorm): LlamaRMSNorm((64,), eps=1e-05)
+                  )
+                )
+                (norm): LlamaRMSNorm((64,), eps=1e-05)
+                (rotary_emb): LlamaRotaryEmbedding()
+              )
+              (lm_head): Linear(in_features=64, out_features=512, bias=False)
+            )
+            """)
         XCTAssertEqual(try load("qwen2-tiny").moduleTree.rendered(), """
             Qwen2ForCausalLM(
               (model): Qwen2Model(
