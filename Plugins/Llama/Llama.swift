@@ -70,7 +70,6 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     private let norm: NormModule
     private let model: ModulePath
     private let rotary: RotaryTable
-    private let queryKeyNorm: Bool
 
     /// One `LlamaDecoderLayer`.
     struct Block {
@@ -95,7 +94,6 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
                                      headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
         epsilon = Float(s.epsilon)
         architecture = s.variant.architecture
-        queryKeyNorm = s.variant.queryKeyNorm
         let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
         let normExtra = "(\(s.hidden),), eps=\(s.epsilon)"
         let prefix = s.variant.classPrefix
