@@ -20,6 +20,11 @@ let package = Package(
     products: [
         .executable(name: "loupe", targets: ["loupe"]),
         .library(name: "LoupeModels", targets: ["LoupeModels"]),
+        // The plugin API: what an architecture or intervention built out of tree imports, one
+        // dynamic library whose symbols the plugin binds to the daemon's own copies of at run
+        // time (Plugins/README.md, "At run time").
+        .library(name: "LoupePluginAPI", type: .dynamic,
+                 targets: ["LoupeTensor", "LoupeFormats", "LoupeTokenizers", "LoupeModels", "LoupeTrace", "LoupePlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -44,6 +49,9 @@ let package = Package(
         // Intervention plugins: each registers itself through one call.
         .target(name: "Interventions", dependencies: ["LoupeTrace", "LoupeModels", "LoupeTensor"], path: "Plugins/Interventions"),
 
+        // Plugin libraries loaded at run time: the entry point's registrar, the loader.
+        .target(name: "LoupePlugin", dependencies: ["LoupeModels", "LoupeTrace"]),
+
         // Every built-in plugin, listed once (Plugins/BuiltIns); the core targets above name none.
         .target(name: "BuiltInPlugins", dependencies: builtInArchitectures.map { .target(name: $0) } + ["Interventions", "LoupeModels", "LoupeTrace"],
                 path: "Plugins/BuiltIns"),
@@ -58,15 +66,18 @@ let package = Package(
         .target(name: "LoupeWire", dependencies: ["CZMQ", "CMsgPack", "LoupeTensor"]),
         .target(
             name: "LoupeDaemon",
-            dependencies: ["LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "LoupePlugin", .product(name: "Logging", package: "swift-log")]),
 
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "LoupeModels", "BuiltInPlugins", "LoupeTrace", "LoupeWire", "LoupeDaemon",
+                "LoupeModels", "BuiltInPlugins", "LoupeTrace", "LoupeWire", "LoupeDaemon", "LoupePlugin",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]),
+            ],
+            // Plugin libraries (loupe serve --plugin) bind to the executable's own copy of the
+            // plugin API: one copy of each type's metadata and of each registry.
+            linkerSettings: [.unsafeFlags(["-Xlinker", "--export-dynamic"], .when(platforms: [.linux]))]),
 
         .executableTarget(
             name: "loupe-bench",
@@ -89,7 +100,7 @@ let package = Package(
         .testTarget(name: "LoupeWireTests", dependencies: ["LoupeTestSupport", "LoupeWire", "LoupeTensor"]),
         .testTarget(
             name: "LoupeDaemonTests",
-            dependencies: ["LoupeTestSupport", "LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "CZMQ", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["LoupeTestSupport", "LoupeDaemon", "LoupeWire", "LoupeModels", "LoupeSweeps", "LoupeTrace", "LoupePlugin", "CZMQ", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Logging
 import LoupeModels
+import LoupePlugin
 import LoupeTrace
 import LoupeWire
 import Synchronization
@@ -15,6 +16,7 @@ public final class Daemon: Sendable {
     public let configuration: DaemonConfiguration
     private let registry: ArchitectureRegistry
     private let interventions: InterventionRegistry
+    private let plugins: PluginCatalog
     private let logger: Logger
     private let inbox = Inbox()
     private let boundEndpoint = Mutex<String?>(nil)
@@ -22,12 +24,16 @@ public final class Daemon: Sendable {
     private let signalSources = Mutex<[SignalSource]>([])
 
     /// `interventions`: what a trace's `intervene` nodes may name (none when not given).
+    /// `plugins`: where each architecture and intervention came from and the plugin libraries
+    /// refused, for `hello` (when not given: everything built in, nothing refused).
     public init(configuration: DaemonConfiguration, registry: ArchitectureRegistry,
                 interventions: InterventionRegistry = InterventionRegistry(),
+                plugins: PluginCatalog? = nil,
                 logger: Logger = Logger(label: "loupe.daemon")) {
         self.configuration = configuration
         self.registry = registry
         self.interventions = interventions
+        self.plugins = plugins ?? PluginCatalog(architectures: registry, interventions: interventions)
         self.logger = logger
     }
 
@@ -39,7 +45,7 @@ public final class Daemon: Sendable {
         try Self.checkNoDaemon(at: configuration.endpoint)
         let ready = DispatchSemaphore(value: 0)
         let bindResult = Mutex<Result<String, ZMQError>?>(nil)
-        let (configuration, registry, interventions, logger, inbox) = (self.configuration, self.registry, self.interventions, self.logger, self.inbox)
+        let (configuration, registry, interventions, plugins, logger, inbox) = (self.configuration, self.registry, self.interventions, self.plugins, self.logger, self.inbox)
         let thread = Thread { [self] in
             // The loop (and with it the socket) is released when this returns, before the
             // socket file is removed.
@@ -47,7 +53,7 @@ public final class Daemon: Sendable {
                 let loop: ServerLoop
                 do {
                     loop = try ServerLoop(configuration: configuration, registry: registry, interventions: interventions,
-                                          inbox: inbox, logger: logger)
+                                          plugins: plugins, inbox: inbox, logger: logger)
                 } catch {
                     bindResult.withLock { $0 = .failure(error) }
                     ready.signal()

@@ -1,4 +1,5 @@
 import Foundation
+import LoupePlugin
 import LoupeTrace
 import LoupeWire
 
@@ -14,6 +15,12 @@ extension ServerLoop {
             "architectures": MessageValue(registry.names), "interventions": MessageValue(trace: interventions.schema),
             "trace_ops": MessageValue(CompiledTrace.ops), "ops": MessageValue(ops),
             "sweep": SweepSpec.hello,
+            "plugins": .array(plugins.entries.map { entry in
+                ["kind": .string(entry.kind.rawValue), "name": .string(entry.name), "origin": .string(entry.origin)]
+            }),
+            "plugin_failures": .array(plugins.failures.map { failure in
+                ["origin": .string(failure.library), "code": .string(failure.code.rawValue), "message": .string(failure.message)]
+            }),
             "limits": ["max_message_bytes": MessageValue(configuration.limits.maxBytes),
                        "max_batch_tokens": MessageValue(configuration.maxBatchTokens),
                        "max_queue": MessageValue(configuration.maxQueue),

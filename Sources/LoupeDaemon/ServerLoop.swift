@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Logging
 import LoupeModels
+import LoupePlugin
 import LoupeSweeps
 import LoupeTrace
 import LoupeWire
@@ -17,6 +18,8 @@ final class ServerLoop {
     let configuration: DaemonConfiguration
     let registry: ArchitectureRegistry
     let interventions: InterventionRegistry
+    /// Where each architecture and intervention came from, and the plugin libraries refused.
+    let plugins: PluginCatalog
     let inbox: Inbox
     let logger: Logger
     let socket: ZMQSocket
@@ -50,10 +53,11 @@ final class ServerLoop {
     var lastHousekeeping = Date()
 
     init(configuration: DaemonConfiguration, registry: ArchitectureRegistry, interventions: InterventionRegistry,
-         inbox: Inbox, logger: Logger) throws(ZMQError) {
+         plugins: PluginCatalog, inbox: Inbox, logger: Logger) throws(ZMQError) {
         self.configuration = configuration
         self.registry = registry
         self.interventions = interventions
+        self.plugins = plugins
         self.inbox = inbox
         self.logger = logger
         self.resolver = SourceResolver(modelsDirectory: configuration.modelsDirectory, roots: configuration.modelRoots)

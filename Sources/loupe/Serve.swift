@@ -49,6 +49,12 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("Models are read only below this directory, symlinks and '..' resolved (repeatable; default: the HF cache, $LOUPE_MODELS or ~/.cache/loupe/models, and --models-dir).", valueName: "DIR"))
     var modelRoot: [String] = []
 
+    @Option(help: ArgumentHelp("Load a plugin library: architectures and interventions built against the plugin API (repeatable; Plugins/README.md). One that cannot be loaded is logged and listed by hello, and the daemon serves without it.", valueName: "PATH"))
+    var plugin: [String] = []
+
+    @Option(help: ArgumentHelp("Load every plugin library (*.so) in a directory (repeatable).", valueName: "DIR"))
+    var pluginsDir: [String] = []
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -104,6 +110,8 @@ struct Serve: ParsableCommand {
             }
         default: throw ValidationError("--curve-secret-key and --allow-keys go together")
         }
+        let (registry, interventions) = (BuiltInPlugins.architectureRegistry(), BuiltInPlugins.interventionRegistry())
+        let plugins = loadPlugins(into: registry, interventions)
         settings.preload = try preload.map { entry in
             guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
                 throw ValidationError("--preload takes NAME=SOURCE, got '\(entry)'")
@@ -111,7 +119,7 @@ struct Serve: ParsableCommand {
             return (String(entry[..<equals]), String(entry[entry.index(after: equals)...]))
         }
 
-        let daemon = Daemon(configuration: settings, registry: BuiltInPlugins.architectureRegistry(), interventions: BuiltInPlugins.interventionRegistry())
+        let daemon = Daemon(configuration: settings, registry: registry, interventions: interventions, plugins: plugins)
         do {
             try daemon.start()
         } catch let error as DaemonError {
