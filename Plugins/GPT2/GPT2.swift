@@ -112,7 +112,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         }
         lnF = try transformer.norm("ln_f", "LayerNorm", width: hidden, bias: true, extra: normExtra)
         // HF ties lm_head to wte unless the config says otherwise and the checkpoint has its own.
-        if try !config.tieWordEmbeddings, weights.has("lm_head.weight") {
+        if try !(config.bool("tie_word_embeddings") ?? true), weights.has("lm_head.weight") {  // GPT2Config's default: tied
             head = try root.linear("lm_head", in: hidden, out: vocabulary, bias: false, inputMajor: true)
         } else {
             head = root.tiedLinear("lm_head", to: wte)

@@ -217,11 +217,10 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     /// RMSNorm over each head of x [rows, heads * headDim], as HF applies q_norm and k_norm
     /// to [batch, pos, head, head_dim]; its sites see that shape.
     private func headNorm(_ norm: NormModule, _ x: Tensor, heads: Int, _ pass: ForwardPass) throws -> Tensor {
-        let (rows, length, headDim) = (pass.rows, pass.length, dimensions.headDim)
-        let shape = [rows, length, heads, headDim]
-        let input = try pass.hook(norm.module.input, x, shape: shape)
-        let normed = rmsNorm(input.reshaped([-1, headDim]), weight: norm.weight, eps: epsilon)
-        return try pass.hook(norm.module.output, normed.reshaped([-1, heads * headDim]), shape: shape)
+        let headDim = dimensions.headDim
+        return try pass.call(norm.module, x, shape: [pass.rows, pass.length, heads, headDim]) {
+            rmsNorm($0.reshaped([-1, headDim]), weight: norm.weight, eps: epsilon).reshaped([-1, heads * headDim])
+        }
     }
 }
 
@@ -306,7 +305,7 @@ extension LlamaModel.Settings {
         context = try c.int("max_position_embeddings") ?? 2048
         epsilon = try c.double("rms_norm_eps") ?? 1e-6
         ropeTheta = try c.ropeTheta ?? 10_000
-        tied = try c.tieWordEmbeddings
+        tied = try c.bool("tie_word_embeddings") ?? false  // LlamaConfig's default
         qkvBias = try c.bool("attention_bias") ?? false
         outputBias = qkvBias
         mlpBias = try c.bool("mlp_bias") ?? false

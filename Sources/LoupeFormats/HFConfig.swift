@@ -65,6 +65,4 @@ public struct HFConfig: Sendable {
         }
     }
 
-    /// `tie_word_embeddings`, defaulting as HF does (true) when absent.
-    public var tieWordEmbeddings: Bool { get throws { try bool("tie_word_embeddings") ?? true } }
 }

@@ -153,14 +153,17 @@ public final class ModuleScope {
 
 extension ForwardPass {
     /// Runs `body` as `module`: the hooks see its input, then its output, and may change either.
-    /// `tuple`: HF returns a tuple here whose element 0 is the value (a GPT-2 block's output).
+    /// `shape`: what the hooks see both as, when not [rows, length, features] (a norm over
+    /// each head sees [rows, length, heads, head_dim]). `tuple`: HF returns a tuple here whose
+    /// element 0 is the value (a GPT-2 block's output).
     @inline(__always)
-    public func call(_ module: ModulePath, _ x: Tensor, tuple: Bool = false, _ body: (Tensor) throws -> Tensor) throws -> Tensor {
+    public func call(_ module: ModulePath, _ x: Tensor, shape: [Int]? = nil, tuple: Bool = false,
+                     _ body: (Tensor) throws -> Tensor) throws -> Tensor {
         guard hasHooks else { return try body(x) }
         var input = x
-        try fire(module.input, &input)
+        try fire(module.input, &input, shape: shape)
         var output = try body(input)
-        try fire(module.output, &output, tuple: tuple)
+        try fire(module.output, &output, shape: shape, tuple: tuple)
         return output
     }
 

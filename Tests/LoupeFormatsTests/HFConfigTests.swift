@@ -63,12 +63,6 @@ final class HFConfigTests: XCTestCase {
         // neither (GPT-2)
         XCTAssertNil(try HFConfig(json: #"{"n_positions": 1024}"#, path: "c").ropeTheta)
     }
-
-    func testTieWordEmbeddingsDefault() throws {
-        XCTAssertTrue(try HFConfig(json: "{}", path: "c").tieWordEmbeddings)
-        XCTAssertTrue(try HFConfig(json: #"{"tie_word_embeddings": true}"#, path: "c").tieWordEmbeddings)
-        XCTAssertFalse(try HFConfig(json: #"{"tie_word_embeddings": false}"#, path: "c").tieWordEmbeddings)
-    }
 }
 
 final class JSONValueTests: XCTestCase {

@@ -202,6 +202,17 @@ final class LoadErrorTests: XCTestCase {
         XCTAssertNoThrow(try LoadedModel.load(source, registry: testRegistry, maxBytes: 64 << 20))
     }
 
+    /// Without `tie_word_embeddings` each architecture ties as its HF config class defaults:
+    /// LlamaConfig not (so its own lm_head.weight is used), GPT2Config so.
+    func testTieDefaultsAsEachHFConfigClass() throws {
+        let fixture = fixturesDirectory + "/models/llama-tiny-untied"
+        let untied = try checkpoint("llama-tiny-untied") { $0["tie_word_embeddings"] = nil }
+        let batch = TokenBatch([[1, 2, 3, 4]])
+        let expected = try LoadedModel.load(fixture, registry: testRegistry).model.forward(batch)
+        let loaded = try LoadedModel.load(untied, registry: testRegistry).model.forward(batch)
+        XCTAssertEqual(expected.toArray(), loaded.toArray())
+    }
+
     /// A cancelled load stops at its next tensor.
     func testCancelledLoadStops() throws {
         let control = LoadControl()
