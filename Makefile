@@ -19,6 +19,7 @@ fixtures:
 	python3 scripts/nnsight_reference.py
 	python3 scripts/make_tutorial_golden.py
 	python3 scripts/make_protocol_vectors.py
+	python3 scripts/make_example_plugin_fixture.py
 
 # The daemon over loopback: round trips against a pyzmq echo, throughput, warm turnaround.
 .PHONY: bench-daemon

@@ -1,0 +1,174 @@
+import LoupeFormats
+import LoupeModels
+import LoupeTensor
+
+/// Llama with a plain MLP: pre-norm blocks with RMSNorm, rotary position embeddings and
+/// grouped-query attention as Llama computes them, but down(gelu(up(x))) in place of Llama's
+/// gated SiLU MLP. HF checkpoints of model_type "loupe_example_mlp"
+/// (scripts/make_example_plugin_fixture.py writes a tiny one, with its math in numpy).
+public enum ExampleMLPArchitecture: ArchitectureAdapter {
+    public static let name = "example_mlp"
+    public static let modelTypes = ["loupe_example_mlp"]
+
+    public static func load(_ checkpoint: Checkpoint) throws -> any LanguageModel {
+        guard case .huggingFace(let config, let weights) = checkpoint else {
+            throw ModelError.badConfig(file: "", key: "general.architecture", "example_mlp reads HF checkpoints only")
+        }
+        return try ExampleMLPModel(ExampleMLPModel.Settings(config), weights: WeightReader(weights, optionalPrefix: "model."))
+    }
+}
+
+final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
+    /// The hyper-parameters, read from config.json.
+    struct Settings {
+        var layers, hidden, heads, keyValueHeads, headDim, intermediate, vocabulary, context: Int
+        var epsilon, ropeTheta: Double
+        var tied: Bool
+    }
+
+    let architecture = ExampleMLPArchitecture.name
+    let canonicalSites = Set(CanonicalSite.Kind.allCases)
+    let dimensions: ModelDimensions
+    let moduleTree: ModuleNode
+    let weightBytes: Int
+    let head: LinearModule
+
+    private let epsilon: Float
+    private let embedTokens: EmbeddingModule
+    private let blocks: [Block]
+    private let norm: NormModule
+    private let model: ModulePath
+    private let rotary: RotaryTable
+
+    /// One decoder layer.
+    struct Block {
+        let module: ModulePath
+        let selfAttention: ModulePath
+        /// q_proj, k_proj and v_proj as one product.
+        let qkv: FusedLinear
+        let o: LinearModule
+        let mlp: ModulePath
+        let up: LinearModule
+        let down: LinearModule
+        let activation: ModulePath
+        let inputNorm: NormModule
+        let postAttentionNorm: NormModule
+    }
+
+    init(_ s: Settings, weights: WeightReader) throws {
+        dimensions = ModelDimensions(layers: s.layers, hidden: s.hidden, heads: s.heads, keyValueHeads: s.keyValueHeads,
+                                     headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
+        epsilon = Float(s.epsilon)
+        let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
+        let normExtra = "(\(s.hidden),), eps=\(s.epsilon)"
+
+        // The modules, each declared once: its weights, its place in the tree, its sites.
+        let root = ModuleScope(root: "LoupeExampleMLPForCausalLM", weights: weights)
+        let base = root.child("model", "LlamaModel")
+        model = base.module
+        embedTokens = try base.embedding("embed_tokens", count: s.vocabulary, width: s.hidden)
+        let list = base.child("layers", "ModuleList")
+        blocks = try (0..<s.layers).map { l in
+            let layer = list.child("\(l)", "LlamaDecoderLayer")
+            let attention = layer.child("self_attn", "LlamaAttention")
+            let qkv = FusedLinear([
+                try attention.linear("q_proj", in: s.hidden, out: qWidth, bias: false),
+                try attention.linear("k_proj", in: s.hidden, out: kvWidth, bias: false),
+                try attention.linear("v_proj", in: s.hidden, out: kvWidth, bias: false),
+            ])
+            let o = try attention.linear("o_proj", in: qWidth, out: s.hidden, bias: false, inputMajor: true)
+            let mlp = layer.child("mlp", "ExampleMLP")
+            return Block(
+                module: layer.module, selfAttention: attention.module, qkv: qkv, o: o, mlp: mlp.module,
+                up: try mlp.linear("up_proj", in: s.hidden, out: s.intermediate, bias: false),
+                down: try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: false, inputMajor: true),
+                activation: mlp.leaf("act_fn", "GELUTanh"),
+                inputNorm: try layer.norm("input_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra),
+                postAttentionNorm: try layer.norm("post_attention_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra))
+        }
+        norm = try base.norm("norm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra)
+        base.leaf("rotary_emb", "LlamaRotaryEmbedding")
+        head = s.tied ? root.tiedLinear("lm_head", to: embedTokens)
+                      : try root.linear("lm_head", in: s.hidden, out: s.vocabulary, bias: false, inputMajor: true)
+        rotary = RotaryTable(dim: s.headDim, theta: s.ropeTheta, positions: s.context)
+        moduleTree = root.tree
+        weightBytes = root.weightBytes
+    }
+
+    func embed(_ pass: ForwardPass) throws -> Tensor {
+        try pass.call(embedTokens, pass.tokenIDs ?? [])
+    }
+
+    func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
+        let final = try pass.call(norm.module, x) { rmsNorm($0, weight: norm.weight, eps: epsilon) }
+        return try pass.hook(model.output, final, tuple: true)
+    }
+
+    /// One decoder layer: x + attn(norm(x)), then + mlp(norm(·)).
+    func layer(_ l: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
+        let b = blocks[l]
+        let (rows, length) = (pass.rows, pass.length)
+        let (heads, kvHeads, headDim) = (dimensions.heads, dimensions.keyValueHeads, dimensions.headDim)
+        var x = try pass.hook(b.module.input, input)
+        x = try pass.hook(.residPre(l), x)
+
+        // Attention: o(softmax(q kᵀ / √d) v), q and k rotated by position.
+        let normed = try pass.call(b.inputNorm.module, x) { rmsNorm($0, weight: b.inputNorm.weight, eps: epsilon) }
+        var attention = try pass.call(b.selfAttention, normed, tuple: true) { h in
+            let projected = try pass.call(b.qkv, h)
+            var (q, k, v) = (projected[0], projected[1], projected[2])
+            rotary.apply(q, heads: heads, positions: pass.positionIDs)
+            rotary.apply(k, heads: kvHeads, positions: pass.positionIDs)
+            q = try pass.hook(.q(l), q, shape: [rows, length, heads, headDim])
+            k = try pass.hook(.k(l), k, shape: [rows, length, kvHeads, headDim])
+            v = try pass.hook(.v(l), v, shape: [rows, length, kvHeads, headDim])
+            let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: kvHeads, headDim: headDim)
+            let (keys, values) = pass.attentionInputs(layer: l, keys: k, values: v)
+            var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: 1 / Float(headDim).squareRoot())
+            pattern = try pass.hook(.pattern(l), pattern, shape: pattern.shape)
+            var z = try pass.hook(b.o.module.input, attendValues(pattern: pattern, v: values, geometry: geometry))
+            z = try pass.hook(.z(l), z, shape: [rows, length, heads, headDim])
+            return try pass.hook(b.o.module.output, b.o.map(z))
+        }
+        attention = try pass.hook(.attnOut(l), attention)
+        addInPlace(x, attention)
+        x = try pass.hook(.residMid(l), x)
+
+        // MLP: down(gelu(up(x))), where Llama has down(silu(gate(x)) * up(x)).
+        let normed2 = try pass.call(b.postAttentionNorm.module, x) { rmsNorm($0, weight: b.postAttentionNorm.weight, eps: epsilon) }
+        var mlp = try pass.call(b.mlp, normed2) { h in
+            let up = try pass.call(b.up, h)
+            let activated = try pass.call(b.activation, up) { geluTanhInPlace($0); return $0 }
+            return try pass.call(b.down, activated)
+        }
+        mlp = try pass.hook(.mlpOut(l), mlp)
+        addInPlace(x, mlp)
+
+        x = try pass.hook(b.module.output, x)
+        return try pass.hook(.residPost(l), x)
+    }
+}
+
+extension ExampleMLPModel.Settings {
+    /// From an HF config.json, every size checked before anything is allocated.
+    init(_ c: HFConfig) throws {
+        func size(_ key: String, _ range: ClosedRange<Int>, default value: Int? = nil) throws -> Int {
+            try ConfigCheck.size(try c.int(key) ?? value ?? c.requireInt(key), range, key: key, file: c.path)
+        }
+        layers = try size("num_hidden_layers", ConfigCheck.layers)
+        hidden = try size("hidden_size", ConfigCheck.width)
+        heads = try size("num_attention_heads", ConfigCheck.heads)
+        keyValueHeads = try size("num_key_value_heads", ConfigCheck.heads, default: heads)
+        headDim = try size("head_dim", ConfigCheck.headDim, default: hidden / heads)
+        intermediate = try size("intermediate_size", ConfigCheck.width)
+        vocabulary = try size("vocab_size", ConfigCheck.vocabulary)
+        context = try size("max_position_embeddings", ConfigCheck.context, default: 2048)
+        epsilon = try ConfigCheck.positive(try c.double("rms_norm_eps") ?? 1e-6, key: "rms_norm_eps", file: c.path)
+        ropeTheta = try ConfigCheck.positive(try c.ropeTheta ?? 10_000, key: "rope_theta", file: c.path)
+        tied = try c.bool("tie_word_embeddings") ?? false
+        guard heads % keyValueHeads == 0, headDim % 2 == 0 else {
+            throw ModelError.badConfig(file: c.path, key: "num_key_value_heads",
+                                       "\(heads) attention heads cannot share \(keyValueHeads) key/value heads of dimension \(headDim)")
+        }
+    }
+}
