@@ -71,7 +71,7 @@ let package = Package(
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "LoupeModels", "BuiltInPlugins", "LoupeTrace", "LoupeWire", "LoupeDaemon", "LoupePlugin",
+                "LoupeModels", "BuiltInPlugins", "LoupeTrace", "LoupeWire", "LoupeDaemon", "LoupePlugin", "LoupeConformance",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

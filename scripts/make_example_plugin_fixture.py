@@ -8,7 +8,11 @@ are seeded random float32 (model.safetensors, written by hand: no torch needed) 
 expected.json holds what a float64 numpy forward pass of the same math gives on two token
 sequences that differ at one position: the logits of both, the MLP activation of layer 0
 on the first, and the residual-stream patching sweep (clean: the first, corrupted: the
-second) with a logit-difference metric, each cell its own full forward pass.
+second) with a logit-difference metric, each cell its own full forward pass; and, for
+the conformance suite (`loupe conformance`), cases.json, expected.safetensors (each
+sequence's logits and residual stream alone, and the padded batch's logits) and
+conformance.json. The reference is this float64 numpy forward pass, not HF's: no HF class
+runs this model type.
 
 Needs numpy. Run from anywhere: python3 scripts/make_example_plugin_fixture.py
 """
@@ -160,6 +164,24 @@ def main():
     }
     lines = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in expected.items()]
     (OUT / "expected.json").write_text("{\n" + ",\n".join(lines) + "\n}\n")
+
+    # What the conformance suite reads (Sources/LoupeConformance/ConformanceFixture.swift):
+    # sequences of different lengths, each one's logits and residual stream alone, and the
+    # logits of all of them as one left-padded batch (each row is its sequence alone, padded).
+    sequences = [CLEAN, CORRUPTED, CLEAN[:4]]
+    reference = {}
+    for i, ids in enumerate(sequences):
+        record = {}
+        reference[f"logits.{i}"] = model.forward(ids, record)
+        for l in range(model.layers):
+            reference[f"resid_post.{l}.{i}"] = record[f"resid_post.{l}"]
+    longest = max(map(len, sequences))
+    reference["batched.logits"] = np.stack([np.pad(reference[f"logits.{i}"], ((longest - len(ids), 0), (0, 0)))
+                                            for i, ids in enumerate(sequences)])
+    write_safetensors(OUT / "expected.safetensors", reference)
+    (OUT / "cases.json").write_text(json.dumps({"sequences": sequences}) + "\n")
+    (OUT / "conformance.json").write_text(json.dumps({"not_applicable": {
+        "tokenizer": "seeded-random weights over 32 ids; no tokenizer files"}}) + "\n")
     print(f"wrote {OUT}: clean logit difference {clean:.4f}, corrupted {corrupted:.4f}")
 
 

@@ -144,6 +144,19 @@ final class RuntimePluginTests: XCTestCase {
         assertClose(Array(activation[..<(activation.count / 2)]), e.act_0, "layer 0's MLP activation")
     }
 
+    /// The conformance suite every built-in architecture passes, run on the example's
+    /// fixture with the library loaded as the daemon loads it (`loupe conformance --plugin`).
+    func testTheExamplePassesTheConformanceSuite() throws {
+        let fixture = Fixtures.modelsDirectory + "/example-mlp-tiny"
+        let result = try LoupeProcess.run(["conformance", fixture, "--plugin", try built().example])
+        XCTAssertEqual(result.status, 0, result.output + result.errors)
+        for check in ["sites", "module-tree", "hf-parity", "padding", "hooks", "interventions", "sweeps"] {
+            XCTAssertTrue(result.output.contains(check), "the report names \(check):\n\(result.output)")
+        }
+        // Without the plugin nothing runs this model type: the suite cannot load it.
+        XCTAssertNotEqual(try LoupeProcess.run(["conformance", fixture]).status, 0)
+    }
+
     /// A trace reads the plugin model's own modules, and the plugin's intervention (its
     /// factor 0) does what the built-in `ablate` of the MLP does.
     func testTraceWithThePluginsIntervention() throws {

@@ -87,7 +87,8 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
                 postAttentionNorm: try layer.norm("post_attention_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra))
         }
         norm = try base.norm("norm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra)
-        base.leaf("rotary_emb", "LlamaRotaryEmbedding")
+        // Its (cos, sin) output is a table made once per model (`rotary`), not per pass: no sites.
+        base.leaf("rotary_emb", "LlamaRotaryEmbedding", sites: false)
         head = s.tied ? root.tiedLinear("lm_head", to: embedTokens)
                       : try root.linear("lm_head", in: s.hidden, out: s.vocabulary, bias: false, inputMajor: true)
         rotary = RotaryTable(dim: s.headDim, theta: s.ropeTheta, positions: s.context)
