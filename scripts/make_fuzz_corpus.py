@@ -11,7 +11,7 @@
   tensor of a type Loupe does not convert, an empty tensor, a tokenizer.
 - Tests/Fuzz/corpus-safetensors/: the safetensors fixture and small files written here:
   every dtype, unaligned float32, an empty tensor, a scalar, metadata, a padded header.
-- Tests/Fuzz/corpus-config/: the fixture models' config.json files and variants that still
+- Tests/Fuzz/corpus-config/: every fixture model's config.json and variants that still
   load with the tiny GPT-2 and Llama weights.
 - Tests/Fuzz/corpus-tokenizer/: a small byte-level BPE (256 byte tokens and merges learned
   here from Tests/Fixtures/tokenizers/corpus.json) in every format Loupe reads. The first
@@ -285,9 +285,9 @@ def safetensors_seeds():
 
 
 def config_seeds():
-    for model in ("gpt2-tiny", "gpt2-tiny-noprefix", "llama-tiny", "llama-tiny-untied"):
-        with open(os.path.join(FIXTURES, "models", model, "config.json"), "rb") as source:
-            yield model, source.read()
+    for path in sorted(glob.glob(os.path.join(FIXTURES, "models", "*", "config.json"))):
+        with open(path, "rb") as source:
+            yield os.path.basename(os.path.dirname(path)), source.read()
 
     def load(model):
         with open(os.path.join(FIXTURES, "models", model, "config.json")) as source:
