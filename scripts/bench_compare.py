@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = {
+    "load (s)": re.compile(r"^load: ([0-9.]+) s"),
     "forward 1x16 (ms)": re.compile(r"^forward 1x16: ([0-9.]+) ms"),
     "forward 64x16 (ms)": re.compile(r"^forward 64x16: ([0-9.]+) ms"),
     "hooks that want no site, 1x16 (ratio to none)": re.compile(r"with hooks that want no site: .*\(([0-9.]+)x\)"),
