@@ -533,8 +533,6 @@ def main(out):
     gguf_case("gguf-missing-tensor", "blk.1.ffn_down.weight absent", lambda g: setattr(g, "tensors", [t for t in g.tensors if t["name"] != "blk.1.ffn_down.weight"]))
 
     # --- GGUF: the tokenizer in the metadata.
-    gguf_case("gguf-tokenizer-bigger-than-embedding", "1000 tokens in the vocabulary, 512 embedding rows: ids the model cannot look up",
-              meta("tokenizer.ggml.tokens", "arr", ("str", TOKENS + [f"<extra{i}>" for i in range(488)])))
     gguf_case("gguf-merge-unknown-symbol", "a merge naming a symbol not in the vocabulary",
               meta("tokenizer.ggml.merges", "arr", ("str", [f"{a} {b}" for a, b in MERGES[:-1]] + ["q zz"])))
     gguf_case("gguf-bos-out-of-range", "tokenizer.ggml.bos_token_id 10^9", meta("tokenizer.ggml.bos_token_id", "u32", 10**9))
@@ -701,7 +699,6 @@ def main(out):
     tok_case("tok-nested-deep", "tokenizer.json of arrays nested 100,000 deep", b"[" * 100_000 + b"]" * 100_000)
     tok_case("tok-id-negative", "a token with id -1", tokenizer_json(vocab=dict(vocab, **{"zz": -1})))
     tok_case("tok-id-huge", "a token with id 2^31-1 (the vocabulary would span 2^31 slots)", tokenizer_json(vocab=dict(vocab, **{"zz": 2**31 - 1})))
-    tok_case("tok-id-past-embedding", "a token with id 600: past the 512 rows of the embedding", tokenizer_json(vocab=dict(vocab, **{"zz": 600})))
     tok_case("tok-id-fractional", "a token with id 3.5", tokenizer_json(vocab=dict(vocab, **{"zz": 3.5})))
     tok_case("tok-duplicate-ids", "two tokens with id 7", tokenizer_json(vocab=dict(vocab, **{"zz": 7})))
     tok_case("tok-merge-unknown-symbol", "a merge naming a symbol not in the vocabulary", tokenizer_json(merges=[f"{a} {b}" for a, b in MERGES] + ["q zz"]))

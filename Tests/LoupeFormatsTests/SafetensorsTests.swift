@@ -98,9 +98,11 @@ final class SafetensorsTests: XCTestCase {
                           try SafetensorsDirectory(directory: directory))
     }
 
+    /// The directory is there, its weights are not: a broken model (load_failed), not a
+    /// source that names nothing (not_found).
     func testDirectoryWithoutWeights() throws {
         let directory = try makeTemporaryDirectory(self)
-        assertFormatError(.notFound, file: directory, item: "model.safetensors", try SafetensorsDirectory(directory: directory))
+        assertFormatError(.missingTensor, file: directory, item: "model.safetensors", try SafetensorsDirectory(directory: directory))
     }
 
     // MARK: Bad files
