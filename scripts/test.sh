@@ -31,7 +31,7 @@ if scripts/patch_live.sh; then patch_passed=1; patch_failed=0; else patch_passed
 # 60 s (RELIABILITY.md, "Hostile input"), then the model readers for 20 s each ("Model files").
 # Each target counts as one test; a toolchain that cannot build the fuzzer fails them all.
 fuzz_passed=0; fuzz_failed=0
-for run in "60 request" "20 gguf" "20 safetensors" "20 tokenizer"; do
+for run in "60 request" "20 gguf" "20 safetensors" "20 config" "20 tokenizer"; do
     if scripts/fuzz.sh $run; then fuzz_passed=$((fuzz_passed + 1)); else fuzz_failed=$((fuzz_failed + 1)); fi
 done
 
