@@ -20,20 +20,3 @@ public final class LoadControl: Sendable {
 public struct LoadCancelled: Error, Sendable, CustomStringConvertible {
     public var description: String { "the load was cancelled" }
 }
-
-extension WeightSource {
-    /// The bytes of every tensor the source declares, as float32 (after dequantizing), from
-    /// its headers alone; nil when the sum overflows, which no real model does.
-    public var declaredFloat32Bytes: Int? {
-        var total = 0
-        for name in tensorNames {
-            guard let shape = shape(of: name), let elements = checkedProduct(shape) else { return nil }
-            let (bytes, overflow) = elements.multipliedReportingOverflow(by: 4)
-            guard !overflow else { return nil }
-            let (sum, overflowed) = total.addingReportingOverflow(bytes)
-            guard !overflowed else { return nil }
-            total = sum
-        }
-        return total
-    }
-}

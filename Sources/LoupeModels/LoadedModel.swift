@@ -29,6 +29,9 @@ public final class LoadedModel: Sendable {
     public static func load(_ source: String, registry: ArchitectureRegistry, maxBytes: Int = .max,
                             control: LoadControl? = nil) throws -> LoadedModel {
         let start = Date()
+        // Loading frees large temporaries, and a refused or cancelled load what it had read:
+        // either way that memory goes back to the system.
+        defer { releaseFreedMemory() }
         do {
             let path = try resolve(source)
             let checkpoint: Checkpoint
@@ -55,16 +58,10 @@ public final class LoadedModel: Sendable {
             }
             try control?.check()
             let model = try registry.adapter(forModelType: type).load(checkpoint)
-            releaseFreedMemory()
             return LoadedModel(source: source, resolvedPath: path, model: model, tokenizer: tokenizer,
                                loadSeconds: Date().timeIntervalSince(start))
         } catch let error as FormatError {
-            releaseFreedMemory()
             throw ModelError.format(error)
-        } catch {
-            // What a refused or cancelled load had read goes back to the system too.
-            releaseFreedMemory()
-            throw error
         }
     }
 
