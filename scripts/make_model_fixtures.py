@@ -49,8 +49,10 @@ What it makes
                           the same model.
      pythia-tiny-sequential
                           GPTNeoXForCausalLM with use_parallel_residual false: 2 layers,
-                          hidden 32, 4 heads (head_dim 8), intermediate 64, rotary over half
-                          of each head (4 of 8 dims), rope_theta 500, attention_bias false
+                          hidden 32, 4 heads (head_dim 8), intermediate 64, an odd rotary
+                          width (partial_rotary_factor 0.625: rotary_ndims 5, so transformers
+                          makes 3 frequencies θ^(-2i/5) and rotates 6 of the 8 dims),
+                          rope_theta 500, attention_bias false
                           (no bias on query_key_value and dense), tied embeddings;
                           config.json exactly as transformers 5 writes it (`rope_parameters`).
    Each directory: config.json, model.safetensors, cases.json (input sequences),
@@ -353,7 +355,7 @@ def build(kind, seed):
         cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                             num_attention_heads=4, intermediate_size=64, hidden_act="gelu",
                             rope_parameters={"rope_type": "default", "rope_theta": 500.0,
-                                             "partial_rotary_factor": 0.5},
+                                             "partial_rotary_factor": 0.625},
                             use_parallel_residual=False, attention_bias=False,
                             layer_norm_eps=1e-5, tie_word_embeddings=True,
                             max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
@@ -477,7 +479,9 @@ def make_tiny(out_root, only=None):
             assert torch.equal(loaded.lm_head.weight, model.lm_head.weight), "embed_out.weight not loaded as lm_head"
         if kind == "pythia-tiny-sequential":
             assert not loaded.config.use_parallel_residual and loaded.config.tie_word_embeddings
-            assert loaded.gpt_neox.layers[0].attention.rotary_ndims == 4
+            # int(8 * 0.625) = 5 rotary dims: 3 frequencies θ^(-2i/5), so 6 dims rotate.
+            assert loaded.gpt_neox.layers[0].attention.rotary_ndims == 5
+            assert loaded.gpt_neox.rotary_emb.inv_freq.shape == (3,)
             assert loaded.gpt_neox.layers[0].attention.query_key_value.bias is None
         compare_models(model, loaded, seqs, f"{kind} reload")
         alone, worst, batched = write_expected(loaded, seqs, os.path.join(d, "expected.safetensors"))

@@ -25,9 +25,9 @@ import LoupeTensor
 ///   after `attn_out` and before the MLP's sites.
 ///
 /// Refused at load, naming the key: any `hidden_act` but `gelu`, a rotary type other than
-/// `default` (`rope_scaling` / `rope_parameters`), an odd number of rotary dims, and a
-/// top-level `rope_theta`, `partial_rotary_factor` or `head_dim` that disagrees with what
-/// transformers 5 computes with (it ignores the first two).
+/// `default` (`rope_scaling` / `rope_parameters`), and a top-level `rope_theta`,
+/// `partial_rotary_factor` or `head_dim` that disagrees with what transformers 5 computes
+/// with (it ignores the first two).
 public enum GPTNeoXArchitecture: ArchitectureAdapter {
     public static let name = "gpt_neox"
     public static let modelTypes = ["gpt_neox"]
@@ -47,7 +47,10 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
     /// The hyper-parameters, read from config.json (transformers 4 or 5).
     struct Settings {
         var layers, hidden, heads, headDim, intermediate, vocabulary, context: Int
-        /// Each head's first `rotaryDims` dimensions are rotated; the rest pass through.
+        /// HF's `rotary_ndims`, int(head_dim · partial_rotary_factor): the frequencies are
+        /// θ^(-2i / rotaryDims) for even 2i < rotaryDims, and each head's first two dims per
+        /// frequency rotate (one more than rotaryDims when it is odd, as in transformers); the
+        /// rest pass through.
         var rotaryDims: Int
         var ropeTheta: Double
         var epsilon: Double
@@ -138,7 +141,11 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
         } else {
             head = root.tiedLinear("lm_head", to: embedIn)
         }
-        rotary = s.rotaryDims > 0 ? RotaryTable(dim: s.rotaryDims, theta: s.ropeTheta, positions: s.context) : nil
+        let frequencies = (0..<(s.rotaryDims + 1) / 2).map { i in
+            Float(1) / Float(pow(s.ropeTheta, Double(2 * i) / Double(s.rotaryDims)))  // as RotaryTable.inverseFrequencies
+        }
+        rotary = frequencies.isEmpty ? nil
+            : RotaryTable(dim: 2 * frequencies.count, inverseFrequency: frequencies, positions: s.context)
         moduleTree = root.tree
         weightBytes = root.weightBytes
     }
@@ -299,9 +306,10 @@ extension GPTNeoXModel.Settings {
             throw ModelError.badConfig(file: file, key: rope.fractionKey, "\(rope.fraction) is outside 0...1: the share of each head's dims that rotate")
         }
         rotaryDims = Int(Double(headDim) * rope.fraction)  // Python's int(): toward zero
-        guard rotaryDims % 2 == 0 else {
+        // An odd count rotates one dim more; past an odd head_dim, transformers fails.
+        guard rotaryDims + rotaryDims % 2 <= headDim else {
             throw ModelError.badConfig(file: file, key: rope.fractionKey,
-                                       "\(rope.fraction) of head_dim \(headDim) is \(rotaryDims) dims: rotate-half needs an even number")
+                                       "\(rope.fraction) of head_dim \(headDim) rotates \(rotaryDims + 1) dims, more than a head has")
         }
     }
 }
