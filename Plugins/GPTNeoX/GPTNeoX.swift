@@ -8,7 +8,9 @@ import LoupeTensor
 /// input and add to the residual stream side by side (`use_parallel_residual`, as Pythia
 /// is trained), or one after the other; rotary position embeddings over the first
 /// `rotary_pct` of each head's dimensions; a query/key/value projection fused per head; an
-/// exact-erf GELU MLP; LayerNorms and linears with biases; and an unembedding of its own.
+/// exact-erf GELU MLP; LayerNorms and linears with biases; and an unembedding, untied unless
+/// `tie_word_embeddings`: the module transformers 5 names `lm_head`, stored in checkpoints as
+/// `embed_out.weight` (`lm_head.weight` is read too).
 ///
 /// Canonical sites: `resid_pre` is a layer's input and `resid_post` its output; `attn_out`
 /// is attention.dense's output and `mlp_out` dense_4h_to_h's (dropout is the identity at
