@@ -36,6 +36,25 @@ What it makes
                           frequencies fall in all three bands), rope_theta 500000; config.json
                           rewritten into the transformers-4 form the hub's Llama 3.x
                           checkpoints have (`rope_scaling`, top-level `rope_theta`).
+     pythia-tiny          GPTNeoXForCausalLM as Pythia is built: 2 layers, hidden 48, 3 heads
+                          (head_dim 16), intermediate 128, parallel residual, rotary over the
+                          first quarter of each head (rotary_pct 0.25: 4 of 16 dims),
+                          exact-erf GELU, biases everywhere, untied unembedding. Saved as the
+                          hub's Pythia checkpoints are: config.json in the transformers-4
+                          form (top-level `rotary_pct`, `rotary_emb_base`, `torch_dtype`),
+                          the unembedding named `embed_out.weight` (transformers 5 renames it
+                          to lm_head at load) and the unused per-layer buffers
+                          `attention.bias` (BOOL causal mask), `attention.masked_bias` and
+                          `attention.rotary_emb.inv_freq`; the script checks HF loads it to
+                          the same model.
+     pythia-tiny-sequential
+                          GPTNeoXForCausalLM with use_parallel_residual false: 2 layers,
+                          hidden 32, 4 heads (head_dim 8), intermediate 64, an odd rotary
+                          width (partial_rotary_factor 0.625: rotary_ndims 5, so transformers
+                          makes 3 frequencies θ^(-2i/5) and rotates 6 of the 8 dims),
+                          rope_theta 500, attention_bias false
+                          (no bias on query_key_value and dense), tied embeddings;
+                          config.json exactly as transformers 5 writes it (`rope_parameters`).
    Each directory: config.json, model.safetensors, cases.json (input sequences),
    conformance.json (what the fixture declares to the conformance suite,
    Sources/LoupeConformance: it ships no tokenizer) and
@@ -51,7 +70,7 @@ What it makes
    scripts/fetch-models.sh, dequantized to float32 by transformers' GGUF loader, eager
    attention).
 
-Usage: python3 scripts/make_model_fixtures.py [--out DIR] [--gguf PATH] [--skip-smollm2]
+Usage: python3 scripts/make_model_fixtures.py [--out DIR] [--gguf PATH] [--skip-smollm2] [--only KIND]...
 """
 import argparse
 import copy
@@ -69,6 +88,8 @@ from transformers import (
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     Qwen2Config,
@@ -112,7 +133,7 @@ def randomize(model, seed):
     1 + N(0, 0.1); biases N(0, 0.1). Parameters are drawn in named_parameters() order
     (tied parameters are listed once) from one seeded generator."""
     g = torch.Generator().manual_seed(seed)
-    writers = ("attn.c_proj.", "mlp.c_proj.", "o_proj.", "down_proj.")
+    writers = ("attn.c_proj.", "mlp.c_proj.", "o_proj.", "down_proj.", "attention.dense.", "dense_4h_to_h.")
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
@@ -134,6 +155,10 @@ def sites(model):
         blocks = model.transformer.h
         return blocks, [b.attn for b in blocks], [b.mlp for b in blocks], \
             [b.attn.c_proj for b in blocks], model.transformer.ln_f
+    if isinstance(model, GPTNeoXForCausalLM):
+        blocks = model.gpt_neox.layers
+        return blocks, [b.attention for b in blocks], [b.mlp for b in blocks], \
+            [b.attention.dense for b in blocks], model.gpt_neox.final_layer_norm
     blocks = model.model.layers
     return blocks, [b.self_attn for b in blocks], [b.mlp for b in blocks], \
         [b.self_attn.o_proj for b in blocks], model.model.norm
@@ -319,6 +344,22 @@ def build(kind, seed):
                           rope_parameters=dict(LLAMA3_ROPE, rope_theta=500000.0),
                           max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
         cls = LlamaForCausalLM
+    elif kind == "pythia-tiny":
+        cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2,
+                            num_attention_heads=3, intermediate_size=128, hidden_act="gelu",
+                            rope_parameters=dict(PYTHIA_ROPE), use_parallel_residual=True,
+                            layer_norm_eps=1e-5, tie_word_embeddings=False,
+                            max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+        cls = GPTNeoXForCausalLM
+    elif kind == "pythia-tiny-sequential":
+        cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=64, hidden_act="gelu",
+                            rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                                             "partial_rotary_factor": 0.625},
+                            use_parallel_residual=False, attention_bias=False,
+                            layer_norm_eps=1e-5, tie_word_embeddings=True,
+                            max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+        cls = GPTNeoXForCausalLM
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = cls(cfg).eval()
@@ -356,16 +397,64 @@ def llama_config_to_v4(path):
         f.write("\n")
 
 
-def make_tiny(out_root):
+PYTHIA_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}
+
+
+def neox_to_hub_form(dirpath):
+    """Rewrite a transformers-5 GPT-NeoX save into the form of the hub's Pythia checkpoints:
+    config.json with top-level `rotary_pct` and `rotary_emb_base` (no `rope_parameters`) and
+    `torch_dtype`; the unembedding stored as `embed_out.weight`; and the unused buffers those
+    checkpoints carry per layer (a BOOL causal mask, masked_bias, the rotary inverse
+    frequencies), which HF ignores at load."""
+    path = os.path.join(dirpath, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    rp = cfg.pop("rope_parameters")
+    assert rp == PYTHIA_ROPE, rp
+    out = {}
+    for k, v in cfg.items():
+        if k == "dtype":
+            k = "torch_dtype"
+        out[k] = v
+    out["rotary_pct"] = rp["partial_rotary_factor"]
+    out["rotary_emb_base"] = int(rp["rope_theta"])
+    with open(path, "w") as f:
+        json.dump(dict(sorted(out.items())), f, indent=2)
+        f.write("\n")
+    weights = os.path.join(dirpath, "model.safetensors")
+    sd = load_file(weights)
+    if "lm_head.weight" in sd:  # transformers 5.25 already saves it under the original name
+        sd["embed_out.weight"] = sd.pop("lm_head.weight")
+    assert "embed_out.weight" in sd, sorted(sd)
+    n = cfg["max_position_embeddings"]
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    rotary = int(head_dim * rp["partial_rotary_factor"])
+    inv_freq = 1.0 / (rp["rope_theta"] ** (torch.arange(0, rotary, 2, dtype=torch.float) / rotary))
+    for L in range(cfg["num_hidden_layers"]):
+        prefix = f"gpt_neox.layers.{L}.attention."
+        sd[prefix + "bias"] = torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n)
+        sd[prefix + "masked_bias"] = torch.tensor(-1e9)
+        sd[prefix + "rotary_emb.inv_freq"] = inv_freq.clone()
+    save_file(dict(sorted(sd.items())), weights, metadata={"format": "pt"})
+
+
+TINY_KINDS = ["gpt2-tiny", "llama-tiny", "llama-tiny-untied", "qwen2-tiny", "qwen3-tiny", "llama3-tiny",
+              "pythia-tiny", "pythia-tiny-sequential"]
+
+
+def make_tiny(out_root, only=None):
     seqs = make_sequences()
     report = {}
-    kinds = ["gpt2-tiny", "llama-tiny", "llama-tiny-untied", "qwen2-tiny", "qwen3-tiny", "llama3-tiny"]
-    for seed, kind in enumerate(kinds, start=1):
+    for seed, kind in enumerate(TINY_KINDS, start=1):  # a kind's seed is its place in the list
+        if only and kind not in only and not (kind == "gpt2-tiny" and "gpt2-tiny-noprefix" in only):
+            continue
         d = os.path.join(out_root, kind)
         model = build(kind, seed)
         save_hf(model, d)
         if kind in ("llama-tiny", "llama3-tiny"):
             llama_config_to_v4(os.path.join(d, "config.json"))
+        if kind == "pythia-tiny":
+            neox_to_hub_form(d)
         # Reference outputs come from the model as reloaded from the committed files.
         loaded = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager",
                                                       dtype=torch.float32).eval()
@@ -383,6 +472,17 @@ def make_tiny(out_root):
             short, long = old / rp["high_freq_factor"], old / rp["low_freq_factor"]
             assert any(w < short for w in waves) and any(w > long for w in waves), waves
             assert any(short <= w <= long for w in waves), waves
+        if kind == "pythia-tiny":
+            assert loaded.config.rope_parameters == PYTHIA_ROPE, loaded.config.rope_parameters
+            assert loaded.config.use_parallel_residual and not loaded.config.tie_word_embeddings
+            assert loaded.gpt_neox.layers[0].attention.rotary_ndims == 4
+            assert torch.equal(loaded.lm_head.weight, model.lm_head.weight), "embed_out.weight not loaded as lm_head"
+        if kind == "pythia-tiny-sequential":
+            assert not loaded.config.use_parallel_residual and loaded.config.tie_word_embeddings
+            # int(8 * 0.625) = 5 rotary dims: 3 frequencies θ^(-2i/5), so 6 dims rotate.
+            assert loaded.gpt_neox.layers[0].attention.rotary_ndims == 5
+            assert loaded.gpt_neox.rotary_emb.inv_freq.shape == (3,)
+            assert loaded.gpt_neox.layers[0].attention.query_key_value.bias is None
         compare_models(model, loaded, seqs, f"{kind} reload")
         alone, worst, batched = write_expected(loaded, seqs, os.path.join(d, "expected.safetensors"))
         print(f"{kind}: padded-vs-alone max |diff| = {worst:.3g}")
@@ -540,13 +640,15 @@ def main():
     models = os.environ.get("LOUPE_MODELS", os.path.expanduser("~/.cache/loupe/models"))
     ap.add_argument("--gguf", default=os.path.join(models, "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--skip-smollm2", action="store_true")
+    ap.add_argument("--only", action="append", choices=TINY_KINDS + ["gpt2-tiny-noprefix"],
+                    help="write only this tiny fixture (repeatable; implies --skip-smollm2)")
     args = ap.parse_args()
     # One thread: the last bits of float32 results depend on the thread count (up to ~1e-5
     # here), so a fixed count keeps reruns byte-identical whatever the machine's cores.
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
-    make_tiny(args.out)
-    if not args.skip_smollm2:
+    make_tiny(args.out, args.only)
+    if not args.skip_smollm2 and not args.only:
         if not os.path.exists(args.gguf):
             sys.exit(f"{args.gguf} missing: run scripts/fetch-models.sh (or pass --skip-smollm2)")
         make_smollm2(args.out, args.gguf)

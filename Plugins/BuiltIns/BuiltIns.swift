@@ -1,4 +1,5 @@
 import GPT2
+import GPTNeoX
 import Interventions
 import Llama
 import LoupeModels
@@ -14,6 +15,7 @@ public enum BuiltInPlugins {
         LlamaArchitecture.self,
         Qwen2Architecture.self,
         Qwen3Architecture.self,
+        GPTNeoXArchitecture.self,
     ]
 
     public static let interventions: [any Intervention.Type] = [

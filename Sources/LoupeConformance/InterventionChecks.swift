@@ -165,9 +165,12 @@ enum InterventionChecks {
                  sites: [.z(last)]) { r in
                 [CanonicalSite.z(last).site: copyHead(r(2, .z(last)), lastHead, every)]
             },
-            Case(intervention: "ablate", label: "resample the MLP of layer 0 at position 4 from clean",
-                 params: ["component": "mlp", "layer": 0, "positions": [4], "mode": "resample", "source": 0], sites: [.mlpOut(0)]) { r in
-                [CanonicalSite.mlpOut(0).site: copy(r(0, .mlpOut(0)), [4])]
+            // At a position whose token clean and corrupted do not share: a parallel block's MLP
+            // (GPT-NeoX, Pythia) reads layer 0's input, its own token's embedding alone, so at a
+            // shared token the resample would change nothing.
+            Case(intervention: "ablate", label: "resample the MLP of layer 0 at position 6 from clean",
+                 params: ["component": "mlp", "layer": 0, "positions": [6], "mode": "resample", "source": 0], sites: [.mlpOut(0)]) { r in
+                [CanonicalSite.mlpOut(0).site: copy(r(0, .mlpOut(0)), [6])]
             },
             Case(intervention: "steer", label: "2.5 x a vector into resid_post of layer 0 at positions 0 and -1",
                  params: ["layers": 0, "vector": .tensor(vector), "scale": 2.5, "positions": [0, -1]], sites: [.residPost(0)]) { _ in

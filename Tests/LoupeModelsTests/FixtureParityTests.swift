@@ -72,7 +72,11 @@ final class FixtureParityTests: XCTestCase {
     }
 
     private func finalNormPath(_ model: any LanguageModel) -> String {
-        model.architecture == "gpt2" ? "transformer.ln_f" : "model.norm"
+        switch model.architecture {
+        case "gpt2": return "transformer.ln_f"
+        case "gpt_neox": return "gpt_neox.final_layer_norm"
+        default: return "model.norm"
+        }
     }
 
     func testGPT2MatchesTransformers() throws {
@@ -136,6 +140,21 @@ final class FixtureParityTests: XCTestCase {
             let logits = try model.forward(TokenBatch([tokens]), logits: .all)
             assertClose(logits.reshaped([tokens.count, -1]), try expected.tensor("logits.\(i)"), "logits of sequence \(i)")
         }
+    }
+
+    /// Pythia's form: parallel residual, rotary over a quarter of each head, untied embed_out.
+    func testGPTNeoXParallelMatchesTransformers() throws {
+        let f = try fixture("pythia-tiny")
+        XCTAssertEqual(f.model.architecture, "gpt_neox")
+        try checkAlone(f)
+        try checkBatched(f)
+    }
+
+    /// Sequential residual, an odd rotary_ndims, no attention biases, tied embeddings.
+    func testGPTNeoXSequentialMatchesTransformers() throws {
+        let f = try fixture("pythia-tiny-sequential")
+        try checkAlone(f)
+        try checkBatched(f)
     }
 
     func testLlamaUntiedWithBiasAndHeadDimMatchesTransformers() throws {
