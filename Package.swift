@@ -12,7 +12,7 @@ let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
 let kernelFlags: [SwiftSetting] = []
 #endif
 /// The architecture plugins built into Loupe (Plugins/README.md, "Built in").
-let builtInArchitectures = ["GPT2", "GPTNeoX", "Llama"]
+let builtInArchitectures = ["Gemma", "GPT2", "GPTNeoX", "Llama"]
 
 let package = Package(
     name: "Loupe",

@@ -86,6 +86,10 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -130,15 +134,19 @@ def randomize(model, seed):
     (HF's own init, std 0.02 and unit norms, would hide many): embeddings and input-side
     matrices N(0, 0.2); matrices that write into the residual stream (attention output
     and MLP down projections) N(0, 0.1) so the stream stays O(10); norm weights
-    1 + N(0, 0.1); biases N(0, 0.1). Parameters are drawn in named_parameters() order
-    (tied parameters are listed once) from one seeded generator."""
+    1 + N(0, 0.1) (N(0, 0.1) for Gemma's, which scale by 1 + weight); biases N(0, 0.1).
+    Parameters are drawn in named_parameters() order (tied parameters are listed once) from
+    one seeded generator."""
     g = torch.Generator().manual_seed(seed)
+    offset_norms = isinstance(model, (Gemma2ForCausalLM, Gemma3ForCausalLM))
     writers = ("attn.c_proj.", "mlp.c_proj.", "o_proj.", "down_proj.", "attention.dense.", "dense_4h_to_h.")
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
             is_norm = any(k in name for k in ("ln_", "norm")) and name.endswith(".weight")
-            if is_norm:
+            if is_norm and offset_norms:  # Gemma's RMSNorm scales by 1 + weight
+                p.copy_(0.1 * noise)
+            elif is_norm:
                 p.copy_(1.0 + 0.1 * noise)
             elif name.endswith(".bias"):
                 p.copy_(0.1 * noise)
@@ -150,18 +158,24 @@ def randomize(model, seed):
 
 # ----------------------------------------------------------------------------- capture
 def sites(model):
-    """(block list, attention-of-block, mlp-of-block, out-proj-of-block, final norm)."""
+    """(block list, attention-of-block, module whose output the block adds as attn_out,
+    the same for mlp_out, out-proj-of-block, final norm)."""
     if isinstance(model, GPT2LMHeadModel):
         blocks = model.transformer.h
-        return blocks, [b.attn for b in blocks], [b.mlp for b in blocks], \
-            [b.attn.c_proj for b in blocks], model.transformer.ln_f
+        attns, mlps = [b.attn for b in blocks], [b.mlp for b in blocks]
+        return blocks, attns, attns, mlps, [b.attn.c_proj for b in blocks], model.transformer.ln_f
     if isinstance(model, GPTNeoXForCausalLM):
         blocks = model.gpt_neox.layers
-        return blocks, [b.attention for b in blocks], [b.mlp for b in blocks], \
-            [b.attention.dense for b in blocks], model.gpt_neox.final_layer_norm
+        attns, mlps = [b.attention for b in blocks], [b.mlp for b in blocks]
+        return blocks, attns, attns, mlps, [b.attention.dense for b in blocks], model.gpt_neox.final_layer_norm
     blocks = model.model.layers
-    return blocks, [b.self_attn for b in blocks], [b.mlp for b in blocks], \
-        [b.self_attn.o_proj for b in blocks], model.model.norm
+    attns = [b.self_attn for b in blocks]
+    if isinstance(model, (Gemma2ForCausalLM, Gemma3ForCausalLM)):  # post-norms add to the residual
+        attn_outs = [b.post_attention_layernorm for b in blocks]
+        mlp_outs = [b.post_feedforward_layernorm for b in blocks]
+    else:
+        attn_outs, mlp_outs = attns, [b.mlp for b in blocks]
+    return blocks, attns, attn_outs, mlp_outs, [b.self_attn.o_proj for b in blocks], model.model.norm
 
 
 def first(x):
@@ -171,7 +185,7 @@ def first(x):
 
 def run_alone(model, seq):
     """One sequence, batch of 1, no mask, default position ids. Returns {name: [..]}."""
-    blocks, attns, mlps, oprojs, fnorm = sites(model)
+    blocks, attns, attn_outs, mlps, oprojs, fnorm = sites(model)
     got, hooks = {}, []
 
     def pre(name):
@@ -188,7 +202,7 @@ def run_alone(model, seq):
     hooks.append(blocks[0].register_forward_pre_hook(pre("resid_pre.0"), with_kwargs=True))
     for L in range(len(blocks)):
         hooks.append(blocks[L].register_forward_hook(post(f"resid_post.{L}"), with_kwargs=True))
-        hooks.append(attns[L].register_forward_hook(post(f"attn_out.{L}", 0), with_kwargs=True))
+        hooks.append(attn_outs[L].register_forward_hook(post(f"attn_out.{L}"), with_kwargs=True))
         hooks.append(attns[L].register_forward_hook(post(f"pattern.{L}", 1), with_kwargs=True))
         hooks.append(mlps[L].register_forward_hook(post(f"mlp_out.{L}"), with_kwargs=True))
         hooks.append(oprojs[L].register_forward_pre_hook(pre(f"z.{L}"), with_kwargs=True))
@@ -213,7 +227,11 @@ def run_alone(model, seq):
         assert (recon - res[f"resid_post.{L}"]).abs().max() < 1e-4, f"residual sum, layer {L}"
         prev = res[f"resid_post.{L}"]
     W_U = model.get_output_embeddings().weight
-    assert (res["final_norm"] @ W_U.T - res["logits"]).abs().max() < 1e-4
+    logits = res["final_norm"] @ W_U.T
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    assert (logits - res["logits"]).abs().max() < 1e-4
     return res
 
 
@@ -360,6 +378,29 @@ def build(kind, seed):
                             layer_norm_eps=1e-5, tie_word_embeddings=True,
                             max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
         cls = GPTNeoXForCausalLM
+    elif kind == "gemma3-tiny":
+        # Local layers of a 4-token window around a global one with linearly scaled RoPE, and
+        # a query_pre_attn_scalar other than head_dim: each detail changes the logits.
+        cfg = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                               intermediate_size=96, query_pre_attn_scalar=24, sliding_window=4,
+                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                               rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                   "rope_theta": 1000000.0},
+                                                "sliding_attention": {"rope_type": "default",
+                                                                      "rope_theta": 10000.0}},
+                               rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=64,
+                               bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        cls = Gemma3ForCausalLM
+    elif kind == "gemma2-tiny":
+        # Soft-caps low enough to bite on these activations.
+        cfg = Gemma2Config(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                           intermediate_size=96, query_pre_attn_scalar=16, sliding_window=4,
+                           attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+                           rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=64,
+                           bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        cls = Gemma2ForCausalLM
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = cls(cfg).eval()
@@ -439,7 +480,7 @@ def neox_to_hub_form(dirpath):
 
 
 TINY_KINDS = ["gpt2-tiny", "llama-tiny", "llama-tiny-untied", "qwen2-tiny", "qwen3-tiny", "llama3-tiny",
-              "pythia-tiny", "pythia-tiny-sequential"]
+              "pythia-tiny", "pythia-tiny-sequential", "gemma3-tiny", "gemma2-tiny"]
 
 
 def make_tiny(out_root, only=None):

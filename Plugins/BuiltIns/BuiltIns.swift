@@ -1,3 +1,4 @@
+import Gemma
 import GPT2
 import GPTNeoX
 import Interventions
@@ -16,6 +17,8 @@ public enum BuiltInPlugins {
         Qwen2Architecture.self,
         Qwen3Architecture.self,
         GPTNeoXArchitecture.self,
+        Gemma3Architecture.self,
+        Gemma2Architecture.self,
     ]
 
     public static let interventions: [any Intervention.Type] = [

@@ -200,10 +200,10 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
             let activated: Tensor
             if pass.hasHooks {
                 // act_fn's output is its own site, so compute it apart from the product with up.
-                activated = try pass.call(b.activation, gate) { siluGated($0, nil) }
+                activated = try pass.call(b.activation, gate) { gated(.silu, $0, nil) }
                 multiplyInPlace(activated, up)
             } else {
-                activated = siluGated(gate, up)
+                activated = gated(.silu, gate, up)
             }
             return try pass.call(b.down, activated)
         }

@@ -39,7 +39,7 @@ enum InterventionChecks {
             let what = "\(item.intervention) (\(item.label))"
             let trace = Trace(invocations: invocations, nodes: [
                 ["id": 0, "op": "intervene", "name": .string(item.intervention), "invoke": 1, "params": .map(item.params)],
-                ["id": 1, "op": "get", "site": .string(model.head.module.path), "io": "output", "invoke": 1],
+                ["id": 1, "op": "get", "site": .string(CanonicalSite.logits.path), "io": "output", "invoke": 1],
                 ["id": 2, "op": "save", "x": .ref(1), "name": "logits"],
             ])
             ran[item.intervention, default: 0] += 1

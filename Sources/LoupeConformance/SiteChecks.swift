@@ -106,7 +106,7 @@ enum SiteChecks {
                 }
                 continue
             }
-            let tokenInput = node.type == "Embedding" || holdsEmbedding(node)
+            let tokenInput = isEmbedding(node) || holdsEmbedding(node)
             var lacking = [String]()
             if info[Site(path, .output)] == nil { lacking.append(".output") }
             if !tokenInput, info[Site(path, .input)] == nil { lacking.append(".input") }
@@ -127,7 +127,13 @@ enum SiteChecks {
     }
 
     private static func holdsEmbedding(_ node: ModuleNode) -> Bool {
-        node.children.contains { $0.type == "Embedding" || holdsEmbedding($0) }
+        node.children.contains { isEmbedding($0) || holdsEmbedding($0) }
+    }
+
+    /// An `nn.Embedding` or a subclass (Gemma's `Gemma3TextScaledWordEmbedding`): it reads
+    /// ids, so nnsight shows no input. A rotary embedding is declared without sites.
+    private static func isEmbedding(_ node: ModuleNode) -> Bool {
+        node.type.hasSuffix("Embedding") && node.hasSites
     }
 
     /// The last dimension of a module's input and output that what PyTorch prints for it implies.
@@ -139,7 +145,8 @@ enum SiteChecks {
         if node.type == "Linear", let inputs = number(after: "in_features"), let outputs = number(after: "out_features") {
             return [(.input, inputs), (.output, outputs)]
         }
-        if node.type == "Embedding", let width = node.extra.split(separator: ",").last.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }) {
+        // An embedding prints "count, width" and maybe ", padding_idx=0".
+        if isEmbedding(node), let width = node.extra.split(separator: ",").dropFirst().first.flatMap({ Int($0.trimmingCharacters(in: .whitespaces)) }) {
             return [(.output, width)]
         }
         // A norm prints its normalized shape first: "(64,), eps=1e-05".

@@ -44,6 +44,9 @@ public protocol LanguageModel: AnyObject, Sendable {
     var canonicalSites: Set<CanonicalSite.Kind> { get }
     /// The unembedding (`lm_head`).
     var head: LinearModule { get }
+    /// Final logit soft-capping (Gemma 2): logits become cap · tanh(logits / cap) after
+    /// lm_head. Nil (the default) for none.
+    var logitSoftcap: Float? { get }
 
     /// The hidden states entering layer 0 for the pass's tokens: [rows · length, hidden].
     func embed(_ pass: ForwardPass) throws -> Tensor
@@ -83,11 +86,14 @@ extension LanguageModel {
         let logitShape = [rows, positions, dimensions.vocabulary]
         let headIn = try pass.hook(head.module.input, pass.rowsToUnembed(final, which), shape: [rows, positions, hidden])
         let logits = try pass.hook(head.module.output, head.map(headIn), shape: logitShape)
+        if let cap = logitSoftcap { softcapInPlace(logits, cap) }
         return try pass.hook(.logits, logits, shape: logitShape).reshaped(logitShape)
     }
 
     /// lm_head's map.
     public var unembedding: Linear { head.map }
+
+    public var logitSoftcap: Float? { nil }
 
     /// The typed error for a canonical site this model does not provide; nil when it does, or
     /// when `site` is not a canonical one.

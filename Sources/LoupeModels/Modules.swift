@@ -130,8 +130,10 @@ public final class ModuleScope {
         return LinearModule(module: scope.module, map: Linear(weight: tied.table, layout: .outputMajor))
     }
 
-    public func embedding(_ name: String, count: Int, width: Int) throws -> EmbeddingModule {
-        let scope = child(name, "Embedding", extra: "\(count), \(width)")
+    /// An `nn.Embedding` (or a subclass `type`, such as Gemma's scaled one) of `count` rows.
+    public func embedding(_ name: String, count: Int, width: Int, type: String = "Embedding",
+                          paddingIndex: Int? = nil) throws -> EmbeddingModule {
+        let scope = child(name, type, extra: "\(count), \(width)" + (paddingIndex.map { ", padding_idx=\($0)" } ?? ""))
         return EmbeddingModule(module: scope.module, table: try scope.weight("weight", [count, width]))
     }
 

@@ -73,7 +73,7 @@ public enum CanonicalSite: Hashable, Sendable, CustomStringConvertible {
             case .v: return "values per key/value head"
             case .z: return "each head's attention-weighted values: the output projection's input"
             case .pattern: return "attention probabilities per head"
-            case .logits: return "the unembedding's output"
+            case .logits: return "the model's logits: the unembedding's output, after any final soft-cap"
             }
         }
 

@@ -26,14 +26,14 @@ struct Scorer {
         answerRow = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0) })
         cleanLogProbabilities = metrics.enumerated().map { pair, metric in
             guard metric == .klFromClean else { return nil }
-            return Scorer.logSoftmax(model.unembedding(cleanFinal.slice(axis: 0, pair..<(pair + 1)).contiguous()))[0]
+            return Scorer.logSoftmax(Scorer.logits(model, model.unembedding, cleanFinal.slice(axis: 0, pair..<(pair + 1)).contiguous()))[0]
         }
     }
 
     /// The metric of each row of `final` [rows, hidden], row i scored by pair `pairs[i]`'s metric.
     func score(_ final: Tensor, pairs: [Int]) throws -> [Float] {
         precondition(final.rowCount == pairs.count, "one pair per row")
-        let answerLogits = answers.map { $0(final) }
+        let answerLogits = answers.map { Scorer.logits(model, $0, final) }
         // The full vocabulary only for the rows whose metric needs a softmax.
         let needsVocabulary = pairs.indices.filter { row in
             if case .logitDifference = metrics[pairs[row]] { return false }
@@ -42,7 +42,7 @@ struct Scorer {
         var logProbabilities = [Int: [Double]]()
         if !needsVocabulary.isEmpty {
             let rows = stackRows(needsVocabulary.map { final.slice(axis: 0, $0..<($0 + 1)) })
-            for (row, values) in zip(needsVocabulary, Scorer.logSoftmax(model.unembedding(rows))) { logProbabilities[row] = values }
+            for (row, values) in zip(needsVocabulary, Scorer.logSoftmax(Scorer.logits(model, model.unembedding, rows))) { logProbabilities[row] = values }
         }
         return pairs.enumerated().map { row, pair in
             switch metrics[pair] {
@@ -53,6 +53,13 @@ struct Scorer {
                 return Float(zip(cleanLogProbabilities[pair]!, logProbabilities[row]!).reduce(0.0) { $0 + exp($1.0) * ($1.0 - $1.1) })
             }
         }
+    }
+
+    /// `head` (lm_head or some of its rows) on final hidden states, soft-capped as the model's logits are.
+    static func logits(_ model: any LanguageModel, _ head: Linear, _ final: Tensor) -> Tensor {
+        let logits = head(final)
+        if let cap = model.logitSoftcap { softcapInPlace(logits, cap) }
+        return logits
     }
 
     /// The rows of lm_head for `ids`, as a small output-major map.

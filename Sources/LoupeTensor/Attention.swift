@@ -1,3 +1,5 @@
+import Foundation
+
 /// The sizes of one causal self-attention call over a left-padded batch.
 ///
 /// Each of `batch` rows has `keys` slots of which the last `queryCounts[b]` are new: a full
@@ -47,7 +49,13 @@ public struct AttentionGeometry: Sendable {
 ///
 /// `q` is [query rows, heads * headDim] and `k` [batch * keys, keyValueHeads * headDim];
 /// both may be column slices of a wider matrix (GPT-2's fused c_attn output).
-public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry, scale: Float) -> Tensor {
+///
+/// `window`: sliding-window attention (Mistral, Gemma's local layers): a query sees itself
+/// and the `window - 1` positions before it, as HF's `sliding_window`. `softcap`: scores
+/// become softcap · tanh(score / softcap) before the mask (Gemma 2).
+public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry, scale: Float,
+                             window: Int? = nil, softcap: Float? = nil) -> Tensor {
+    precondition(window.map { $0 > 0 } ?? true && softcap.map { $0 > 0 } ?? true)
     checkRows(q, g.queryRows, g.heads * g.headDim, "queries")
     checkRows(k, g.batch * g.keys, g.keyValueHeads * g.headDim, "keys")
     let pattern = Tensor(zeros: [g.batch, g.heads, g.queries, g.keys])
@@ -63,10 +71,14 @@ public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry
                 let last = g.keys - g.queryCounts[b] + i  // this query's own slot
                 // A padding slot's query sees only itself, so its row stays finite; no real
                 // token ever reads it.
-                let first = last < g.padding[b] ? last : g.padding[b]
+                // Padding sits on the left, so slots count positions back from `last`.
+                var first = last < g.padding[b] ? last : g.padding[b]
+                if let window { first = max(first, last - window + 1) }
                 let qRow = qBase + i * qStride
                 for j in 0..<g.keys {
-                    scores[j] = (j >= first && j <= last) ? dot(qRow, kBase + j * kStride, g.headDim) * scale : -.infinity
+                    guard j >= first && j <= last else { scores[j] = -.infinity; continue }
+                    let score = dot(qRow, kBase + j * kStride, g.headDim) * scale
+                    scores[j] = softcap.map { tanh(score / $0) * $0 } ?? score
                 }
                 softmaxRow(scores, g.keys)
             }

@@ -207,41 +207,67 @@ private func normalizeRows(_ x: Tensor,
 
 // MARK: - Element-wise
 
-/// GPT-2's GELU (the tanh approximation, HF's NewGELUActivation), in place.
-public func geluTanhInPlace(_ x: Tensor) {
-    precondition(x.isContiguous)
-    let p = x.data
-    let c = Float((2.0 / Double.pi).squareRoot())
-    // 0.5·(1 + tanh(u)) = 1 / (1 + e^(-2u)): one vectorised exp instead of a scalar tanh.
-    // Past e^80 the quotient is v · 1e-35, zero for every purpose, so the exponent is capped
-    // to stay off exp's slow overflow path.
-    let cap = SIMD8<Float>(repeating: 80)
-    Parallel.forEachChunk(x.count, costPerItem: 4) { range in
-        mapVectors(p + range.lowerBound, p + range.lowerBound, count: range.count) { v in
-            v / (1 + exp(pointwiseMin(-2 * c * (v + 0.044715 * v * v * v), cap)))
+/// An MLP's element-wise nonlinearity, vectorised.
+public enum Activation: Sendable {
+    /// x · sigmoid(x) (Llama's SiLU).
+    case silu
+    /// The tanh approximation of GELU (GPT-2's `gelu_new`, Gemma's `gelu_pytorch_tanh`).
+    case geluTanh
+
+    // Past e^80 the quotients below are v · 1e-35, zero for every purpose, so the exponent is
+    // capped to stay off exp's slow overflow path.
+    private static let cap = SIMD8<Float>(repeating: 80)
+    private static let geluScale = Float((2.0 / Double.pi).squareRoot())
+
+    @inline(__always)
+    func callAsFunction(_ v: SIMD8<Float>) -> SIMD8<Float> {
+        switch self {
+        case .silu:
+            return v / (1 + exp(pointwiseMin(-v, Self.cap)))
+        case .geluTanh:
+            // 0.5·(1 + tanh(u)) = 1 / (1 + e^(-2u)): one vectorised exp instead of a scalar tanh.
+            return v / (1 + exp(pointwiseMin(-2 * Self.geluScale * (v + 0.044715 * v * v * v), Self.cap)))
         }
     }
 }
 
-/// SiLU(gate) · up (Llama's MLP) as a new [rows, width] matrix, or SiLU(gate) alone when
-/// `up` is nil. Both operands may be column slices of one wider matrix.
-public func siluGated(_ gate: Tensor, _ up: Tensor?) -> Tensor {
+/// GPT-2's GELU (the tanh approximation, HF's NewGELUActivation), in place.
+public func geluTanhInPlace(_ x: Tensor) {
+    precondition(x.isContiguous)
+    let p = x.data
+    Parallel.forEachChunk(x.count, costPerItem: 4) { range in
+        mapVectors(p + range.lowerBound, p + range.lowerBound, count: range.count) { Activation.geluTanh($0) }
+    }
+}
+
+/// activation(gate) · up (a gated MLP: Llama's SiLU, Gemma's GELU) as a new [rows, width]
+/// matrix, or activation(gate) alone when `up` is nil. Both operands may be column slices of
+/// one wider matrix.
+public func gated(_ activation: Activation, _ gate: Tensor, _ up: Tensor?) -> Tensor {
     let output = Tensor(zeros: [gate.rowCount, gate.columnCount])
     let width = gate.columnCount
     let (g, gStride) = rowMajorView(gate)
     let (u, uStride) = up.map(rowMajorView) ?? (g, gStride)
     precondition(up == nil || up!.shape == gate.shape, "gate \(gate.shape) and up \(up!.shape) differ")
-    let cap = SIMD8<Float>(repeating: 80)
     Parallel.forEachChunk(gate.rowCount, costPerItem: width * 4) { rows in
         for row in rows {
             let gRow = g + row * gStride, uRow = u + row * uStride, out = output.data + row * width
-            mapVectors(gRow, out, count: width) { g in g / (1 + exp(pointwiseMin(-g, cap))) }  // as in GELU
+            mapVectors(gRow, out, count: width) { activation($0) }
             if up != nil {
                 for i in 0..<width { out[i] *= uRow[i] }
             }
         }
     }
     return output
+}
+
+/// x = cap · tanh(x / cap), element-wise (Gemma 2's logit soft-capping), in place.
+public func softcapInPlace(_ x: Tensor, _ cap: Float) {
+    precondition(x.isContiguous && cap > 0)
+    let p = x.data
+    Parallel.forEachChunk(x.count, costPerItem: 8) { range in
+        for i in range { p[i] = tanh(p[i] / cap) * cap }
+    }
 }
 
 /// x *= y, element-wise; `y` may be a column slice of a wider matrix.
@@ -302,7 +328,8 @@ func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
 // MARK: - Rotary position embedding
 
 /// cos and sin tables for HF's rotate-half RoPE: for each position p and i < dim/2,
-/// angle = p * theta^(-2i/dim), laid out [positions, dim] with the half repeated.
+/// angle = p * theta^(-2i/dim), laid out [positions, dim/2] (HF repeats the half; both
+/// halves of a head read the same entries).
 public struct RotaryTable: Sendable {
     public let dim: Int
     public let cos: [Float]
@@ -323,13 +350,13 @@ public struct RotaryTable: Sendable {
         precondition(inverseFrequency.count == dim / 2)
         self.dim = dim
         let half = dim / 2
-        var cos = [Float](repeating: 0, count: positions * dim)
-        var sin = [Float](repeating: 0, count: positions * dim)
+        var cos = [Float](repeating: 0, count: positions * half)
+        var sin = [Float](repeating: 0, count: positions * half)
         for p in 0..<positions {
             for i in 0..<half {
                 let angle = Float(p) * inverseFrequency[i]
-                cos[p * dim + i] = Foundation.cos(angle); cos[p * dim + i + half] = cos[p * dim + i]
-                sin[p * dim + i] = Foundation.sin(angle); sin[p * dim + i + half] = sin[p * dim + i]
+                cos[p * half + i] = Foundation.cos(angle)
+                sin[p * half + i] = Foundation.sin(angle)
             }
         }
         self.cos = cos
@@ -345,14 +372,14 @@ public struct RotaryTable: Sendable {
             sin.withUnsafeBufferPointer { sinTable in
                 Parallel.forEachChunk(x.rowCount, costPerItem: width * 4) { rows in
                     for row in rows {
-                        let c = cosTable.baseAddress! + positions[row] * dim
-                        let s = sinTable.baseAddress! + positions[row] * dim
+                        let c = cosTable.baseAddress! + positions[row] * half
+                        let s = sinTable.baseAddress! + positions[row] * half
                         for head in 0..<heads {
                             let v = x.data + row * rowStride + head * dim
                             for i in 0..<half {
                                 let a = v[i], b = v[i + half]
                                 v[i] = a * c[i] - b * s[i]
-                                v[i + half] = b * c[i + half] + a * s[i + half]
+                                v[i + half] = b * c[i] + a * s[i]
                             }
                         }
                     }

@@ -86,16 +86,19 @@ final class KernelTests: XCTestCase {
         geluTanhInPlace(gelu)
         let c = (2 / Double.pi).squareRoot()
         assertClose(gelu.toArray(), values.map { 0.5 * $0 * (1 + tanh(c * ($0 + 0.044715 * $0 * $0 * $0))) }, 1e-5, "gelu")
-        assertClose(siluGated(x.reshaped([500, 100]), nil).toArray(), values.map { $0 / (1 + exp(-$0)) }, 1e-5, "silu")
+        assertClose(gated(.silu, x.reshaped([500, 100]), nil).toArray(), values.map { $0 / (1 + exp(-$0)) }, 1e-5, "silu")
         // Gate and up as the two halves of one matrix, as Llama's fused projection makes them.
         let up = random([50_000])
         let both = Tensor(zeros: [500, 200])
         both.slice(axis: 1, 0..<100).assign(from: x.reshaped([500, 100]))
         both.slice(axis: 1, 100..<200).assign(from: up.reshaped([500, 100]))
-        let gated = siluGated(both.slice(axis: 1, 0..<100), both.slice(axis: 1, 100..<200))
+        let siluProduct = gated(.silu, both.slice(axis: 1, 0..<100), both.slice(axis: 1, 100..<200))
         let expected = zip(values, up.toArray()).map { $0 / (1 + exp(-$0)) * Double($1) }
-        assertClose(gated.toArray(), expected, 1e-5, "silu * up")
-        let product = siluGated(both.slice(axis: 1, 0..<100), nil)
+        assertClose(siluProduct.toArray(), expected, 1e-5, "silu * up")
+        let geluProduct = gated(.geluTanh, both.slice(axis: 1, 0..<100), both.slice(axis: 1, 100..<200))
+        assertClose(geluProduct.toArray(), zip(values, up.toArray()).map { 0.5 * $0 * (1 + tanh(c * ($0 + 0.044715 * $0 * $0 * $0))) * Double($1) },
+                    1e-5, "gelu * up")
+        let product = gated(.silu, both.slice(axis: 1, 0..<100), nil)
         multiplyInPlace(product, both.slice(axis: 1, 100..<200))
         assertClose(product.toArray(), expected, 1e-5, "silu then * up")
     }
@@ -121,7 +124,7 @@ final class KernelTests: XCTestCase {
         let extremes: [Float] = [-1e4, -200, -100, -30, 30, 100, 200, 1e4, .nan]
         let gelu = Tensor(shape: [extremes.count], values: extremes)
         geluTanhInPlace(gelu)
-        let silu = siluGated(Tensor(shape: [1, extremes.count], values: extremes), nil)
+        let silu = gated(.silu, Tensor(shape: [1, extremes.count], values: extremes), nil)
         for (i, v) in extremes.enumerated() where !v.isNaN {
             XCTAssertEqual(Double(gelu[i]), v < 0 ? 0 : Double(v), accuracy: 1e-6 * max(1, Double(abs(v))), "gelu(\(v))")
             XCTAssertEqual(Double(silu[0, i]), Double(v) / (1 + exp(-Double(v))), accuracy: 1e-6 * max(1, Double(abs(v))), "silu(\(v))")
