@@ -1,8 +1,9 @@
 # Loupe's entry points; README.md explains each.
 .PHONY: run test bench fixtures
 
+# MODEL=gemma3 runs it on Gemma 3 270M instead of SmolLM2.
 run:
-	scripts/run.sh
+	scripts/run.sh $(MODEL)
 
 test:
 	scripts/test.sh

