@@ -313,10 +313,9 @@ extension GemmaModel.Settings {
         func softcap(_ key: String, _ fallback: Double?) throws -> Double? { c.values[key] == nil ? fallback : try c.double(key) }
         finalSoftcap = try softcap("final_logit_softcapping", variant.defaultFinalSoftcap)
         attentionSoftcap = variant.capsAttention ? try softcap("attn_logit_softcapping", variant.defaultAttentionSoftcap) : nil
-        let activationKey = c.values["hidden_activation"] != nil ? "hidden_activation" : "hidden_act"
-        if let activation = c.string(activationKey), activation != "gelu_pytorch_tanh" {
-            throw ModelError.badConfig(file: c.path, key: activationKey, "\(activation): only gelu_pytorch_tanh is supported")
-        }
+        try ConfigCheck.activation(c, key: c.values["hidden_activation"] != nil ? "hidden_activation" : "hidden_act",
+                                   allowed: ["gelu_pytorch_tanh"])
+        try ConfigCheck.denseMLP(c)
         if try c.bool("use_bidirectional_attention") == true {
             throw ModelError.badConfig(file: c.path, key: "use_bidirectional_attention", "true: only causal attention is supported")
         }

@@ -310,6 +310,8 @@ extension LlamaModel.Settings {
         outputBias = qkvBias
         mlpBias = try c.bool("mlp_bias") ?? false
         ropeScaling = try Llama3RopeScaling.read(c)
+        try ConfigCheck.activation(c, key: "hidden_act", allowed: ["silu"])
+        try ConfigCheck.denseMLP(c)
         try check(keys: ["layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
                          "keyValueHeads": "num_key_value_heads", "headDim": try c.int("head_dim") == nil ? "num_attention_heads" : "head_dim",
                          "intermediate": "intermediate_size", "vocabulary": "vocab_size", "context": "max_position_embeddings",
