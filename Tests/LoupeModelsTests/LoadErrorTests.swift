@@ -40,7 +40,7 @@ final class LoadErrorTests: XCTestCase {
         XCTAssertThrowsError(try LoadedModel.load(source, registry: testRegistry)) { error in
             guard case ModelError.unknownArchitecture(let type, let known) = error else { return XCTFail("\(error)") }
             XCTAssertEqual(type, "mamba")
-            XCTAssertEqual(Set(known), ["gpt2", "llama", "qwen2", "qwen3", "gpt_neox", "gemma3_text", "gemma3", "gemma2"])
+            XCTAssertEqual(Set(known), ["gpt2", "llama", "qwen2", "qwen3", "gpt_neox", "gemma3_text", "gemma3", "gemma2", "mistral"])
         }
     }
 
