@@ -260,18 +260,16 @@ struct Llama3RopeScaling {
     }
 
     /// The scaling a config asks for: transformers 4's `rope_scaling` or transformers 5's
-    /// `rope_parameters` (`rope_type`, or `type` in older files). nil for plain RoPE; any type
-    /// other than `default` and `llama3` is refused naming the key and the value.
+    /// `rope_parameters` (`rope_type`, or `type` in older files), whichever transformers 5
+    /// applies (`HFConfig.ropeParameters`). nil for plain RoPE; any type other than `default`
+    /// and `llama3` is refused naming the key and the value.
     static func read(_ c: HFConfig) throws -> Llama3RopeScaling? {
-        var found: (key: String, members: [String: JSONValue])?
         for key in ["rope_scaling", "rope_parameters"] {
-            guard let value = c.values[key], value != .null else { continue }
-            guard let members = value.objectValue else {
+            if let value = c.values[key], value != .null, value.objectValue == nil {
                 throw ModelError.badConfig(file: c.path, key: key, "expected an object, got \(value)")
             }
-            if found == nil || members["rope_type"] != nil || members["type"] != nil { found = (key, members) }
         }
-        guard let (key, members) = found else { return nil }
+        guard let (key, members) = c.ropeParameters else { return nil }
         if members["rope_type"] == nil, members["type"] == nil, let nested = members.first(where: { $0.value.objectValue != nil }) {
             throw ModelError.badConfig(file: c.path, key: "\(key).\(nested.key)", "rotary parameters per layer type are not supported")
         }

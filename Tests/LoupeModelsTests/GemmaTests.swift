@@ -118,6 +118,10 @@ final class GemmaTests: XCTestCase {
             $0["rope_parameters"] = ["full_attention": ["rope_type": "yarn", "factor": 8.0, "rope_theta": 1_000_000.0],
                                      "sliding_attention": ["rope_type": "default", "rope_theta": 10_000.0]]
         }, key: "rope_parameters.full_attention.rope_type", mentioning: "yarn")
+        assertBadConfig(try checkpoint("gemma3-tiny") { $0["rope_parameters"] = ["rope_type": "default", "rope_theta": 10_000.0] },
+                        key: "rope_parameters", mentioning: "per layer type")
+        assertBadConfig(try checkpoint("gemma3-tiny") { $0["rope_scaling"] = ["rope_type": "dynamic", "factor": 2.0] },
+                        key: "rope_scaling.rope_type", mentioning: "dynamic")
         assertBadConfig(try checkpoint("gemma3-tiny") { $0["layer_types"] = ["sliding_attention", "chunked_attention", "full_attention"] },
                         key: "layer_types", mentioning: "chunked_attention")
         assertBadConfig(try checkpoint("gemma3-tiny") { $0["layer_types"] = ["full_attention"] }, key: "layer_types", mentioning: "1 layer types")

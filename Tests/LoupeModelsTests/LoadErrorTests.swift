@@ -44,6 +44,23 @@ final class LoadErrorTests: XCTestCase {
         }
     }
 
+    /// As transformers 5 reads a config: a `rope_scaling` replaces `rope_parameters` whole, and
+    /// the applying parameters' `rope_theta` wins over the top-level one.
+    func testRopeScalingReplacesRopeParameters() throws {
+        func logits(_ source: String) throws -> [Float] {
+            try LoadedModel.load(source, registry: testRegistry).model.forward(TokenBatch([[5, 300, 17, 42, 9, 511, 0, 77]])).toArray()
+        }
+        let reference = try logits(fixturesDirectory + "/models/llama3-tiny")  // rope_scaling llama3, top-level rope_theta 500000
+        XCTAssertEqual(try logits(try checkpoint("llama3-tiny") { $0["rope_parameters"] = ["rope_type": "default", "rope_theta": 500_000.0] }),
+                       reference)
+        let theta = try checkpoint("llama3-tiny") {
+            var scaling = $0["rope_scaling"] as! [String: Any]
+            scaling["rope_theta"] = 10_000.0
+            $0["rope_scaling"] = scaling
+        }
+        XCTAssertNotEqual(try logits(theta), reference, "rope_scaling's own rope_theta is the one used")
+    }
+
     /// RoPE scalings other than Llama 3's, in transformers 4's form and 5's, are refused naming the key and the type.
     func testOtherRopeScalingsAreRefused() throws {
         assertBadConfig(try checkpoint("llama3-tiny") { $0["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0] },
