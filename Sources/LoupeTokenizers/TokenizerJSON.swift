@@ -123,7 +123,8 @@ extension Tokenizer {
     /// A Replace step's literal pattern and content (normalizer or decoder).
     private static func replacement(_ json: JSONValue, item: String, file: JSONFile) throws -> (String, String) {
         guard let pattern = json["pattern"]?["String"]?.stringValue else {
-            throw file.unsupported("\(item).pattern", "\(json["pattern"].map(describe) ?? "no pattern"): only String patterns are implemented")
+            let regex = json["pattern"]?["Regex"]?.stringValue.map { "Regex pattern \(quoted($0))" }
+            throw file.unsupported("\(item).pattern", "\(regex ?? json["pattern"].map(describe) ?? "no pattern"): only String patterns are implemented")
         }
         guard !pattern.isEmpty else { throw file.unsupported("\(item).pattern", "an empty pattern is not supported") }
         return (pattern, try file.require(json["content"], "\(item).content", "a string", \.stringValue))
