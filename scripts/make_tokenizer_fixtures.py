@@ -40,6 +40,9 @@ The references:
                 <s> put first by the post-processor. llama2-metaspace: the same vocabulary
                 with the Metaspace pre-tokenizer (prepend_scheme "first") instead, as
                 transformers' LlamaTokenizer builds it now.
+  llama-gguf    The llama2-style vocabulary written as a GGUF file (tokenizer.ggml.model =
+                llama, scores and no merges), as transformers' GGUF loader builds it: merges
+                derived from the scores, Metaspace, <s> first.
   gpt-neox-style  A stand-in for Pythia's (GPT-NeoX-20B's) tokenizer, trained here: byte-level
                 BPE, NFC, <|endoftext|> and <|padding|>, and runs of spaces as normalized added
                 tokens.
@@ -434,6 +437,32 @@ def qwen2_style(corpus):
     return tok
 
 
+def sentencepiece_gguf(source, path):
+    """A tokenizer-only GGUF file (tokenizer.ggml.model = llama, no merges) of the trained
+    SentencePiece vocabulary in `source`, scored best-first as SentencePiece scores BPE pieces,
+    for transformers' GGUF conversion to derive its merges from."""
+    from gguf import GGUFWriter, TokenType
+    import numpy as np
+    vocab = json.load(open(source, encoding="utf-8"))["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    types = [TokenType.CONTROL if t in ("<unk>", "<s>", "</s>") else TokenType.BYTE if t in byte_names
+             else TokenType.NORMAL for t in tokens for byte_names in [{f"<0x{b:02X}>" for b in range(256)}]]
+    writer = GGUFWriter(path, "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-float(i) if ty == TokenType.NORMAL else 0.0 for i, ty in enumerate(types)])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_tensor("token_embd.weight", np.zeros((1, 1), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    print(f"wrote {path} ({os.path.getsize(path) // 1024} KiB)")
+
+
 def save_trained(name, tok):
     path = os.path.join(OUT, name, "tokenizer.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -523,8 +552,21 @@ def main():
                                "decoded": decoded(tok, corpus, ids, bos),
                                "pieces": check_corpus_separates(name, tok, corpus, variants)})
 
-    # Gemma 3, as transformers builds it from the GGUF file.
+    # The Llama-2-style vocabulary as a GGUF file, as transformers builds it from there.
     from transformers import AutoTokenizer
+    directory = os.path.join(OUT, "llama-gguf")
+    os.makedirs(directory, exist_ok=True)
+    sentencepiece_gguf(os.path.join(OUT, "llama2-style", "tokenizer.json"), os.path.join(directory, "tokenizer.gguf"))
+    hf = AutoTokenizer.from_pretrained(directory, gguf_file="tokenizer.gguf")
+    tok = hf.backend_tokenizer
+    ids = hf(corpus)["input_ids"]
+    assert ids == [e.ids for e in tok.encode_batch(corpus, add_special_tokens=True)], "transformers and its backend differ"
+    write("llama-gguf.json", {"reference": "transformers AutoTokenizer from llama-gguf/tokenizer.gguf", "ids": ids,
+                              "decode": decode_cases(tok, tok.get_vocab_size(), rng, favoured=byte_tokens(tok)),
+                              "decoded": decoded(tok, corpus, ids, 1),
+                              "pieces": pieces(tok, corpus)})
+
+    # Gemma 3, as transformers builds it from the GGUF file.
     gemma = AutoTokenizer.from_pretrained(MODELS, gguf_file=GEMMA_GGUF)
     tok = gemma.backend_tokenizer
     ids = gemma(corpus)["input_ids"]

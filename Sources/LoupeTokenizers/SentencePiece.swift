@@ -1,3 +1,4 @@
+import Foundation
 import LoupeFormats
 
 extension Tokenizer {
@@ -94,28 +95,31 @@ extension Tokenizer {
             let left: Int32, right: Int32, merged: Int32
         }
         var candidates: [Candidate] = []
+        let index = SliceIndex(vocabulary.tokens)
         // Spellings listed more than once, cut at their first place only.
-        var repeated: Set<Spelling> = []
+        var repeated: Set<Int> = []
         var boundaries: [Int] = []
-        for (first, token) in vocabulary.tokens.enumerated() {
-            guard let token, let merged = vocabulary.id(token) else { continue }
-            if merged != first || repeated.contains(Spelling(token)) {
-                guard repeated.insert(Spelling(token)).inserted else { continue }
-            }
-            let utf8 = Array(token.utf8)
-            guard utf8.count <= maximumMergedLength else {
-                throw TokenizerError(.unsupported, file: file, item: "tokenizer.ggml.tokens[\(first)]",
-                                     "a token of \(utf8.count) bytes is longer than the \(maximumMergedLength) Loupe derives merges for")
-            }
-            boundaries.removeAll(keepingCapacity: true)
-            for (i, byte) in utf8.enumerated().dropFirst() where byte & 0xC0 != 0x80 { boundaries.append(i) }
-            let length = boundaries.count + 1
-            let tokenScore = score(merged)
-            for (k, cut) in boundaries.enumerated() {
-                guard let left = vocabulary.id(String(decoding: utf8[..<cut], as: UTF8.self)),
-                      let right = vocabulary.id(String(decoding: utf8[cut...], as: UTF8.self)) else { continue }
-                candidates.append(Candidate(score: tokenScore, leftLength: Int32(k + 1), rightLength: Int32(length - k - 1),
-                                            order: Int32(first), left: Int32(left), right: Int32(right), merged: Int32(merged)))
+        try index.bytes.withUnsafeBytes { bytes in
+            for first in vocabulary.tokens.indices {
+                let token = UnsafeRawBufferPointer(rebasing: bytes[index.starts[first]..<index.starts[first + 1]])
+                guard vocabulary.tokens[first] != nil, let merged = index.id(token) else { continue }
+                if merged != first || repeated.contains(merged) {
+                    guard repeated.insert(merged).inserted else { continue }
+                }
+                guard token.count <= maximumMergedLength else {
+                    throw TokenizerError(.unsupported, file: file, item: "tokenizer.ggml.tokens[\(first)]",
+                                         "a token of \(token.count) bytes is longer than the \(maximumMergedLength) Loupe derives merges for")
+                }
+                boundaries.removeAll(keepingCapacity: true)
+                for i in token.indices.dropFirst() where token[i] & 0xC0 != 0x80 { boundaries.append(i) }
+                let length = boundaries.count + 1
+                let tokenScore = score(merged)
+                for (k, cut) in boundaries.enumerated() {
+                    guard let left = index.id(UnsafeRawBufferPointer(rebasing: token[..<cut])),
+                          let right = index.id(UnsafeRawBufferPointer(rebasing: token[cut...])) else { continue }
+                    candidates.append(Candidate(score: tokenScore, leftLength: Int32(k + 1), rightLength: Int32(length - k - 1),
+                                                order: Int32(first), left: Int32(left), right: Int32(right), merged: Int32(merged)))
+                }
             }
         }
         guard candidates.count <= maximumMerges else {
@@ -129,5 +133,74 @@ extension Tokenizer {
             return a.order < b.order
         }
         return candidates.map { (Int($0.left), Int($0.right), Int($0.merged)) }
+    }
+}
+
+/// Token ids by UTF-8 spelling, looked up by a slice of bytes without making a String: deriving
+/// Gemma's merges looks up some two million slices, and the time goes in cache misses, so slots
+/// are small and hold a hash tag that rejects most wrong candidates before their bytes are
+/// compared. A spelling listed twice gives its last id.
+private struct SliceIndex {
+    /// Every token's UTF-8, one after another; token `i` is `bytes[starts[i]..<starts[i + 1]]`.
+    let bytes: [UInt8]
+    let starts: [Int]
+    /// Open addressing, a power of two long.
+    private var slots: [Slot]
+
+    private struct Slot {
+        var id: Int32 = -1
+        var tag: UInt32 = 0
+    }
+
+    init(_ tokens: [String?]) {
+        var bytes: [UInt8] = [], starts = [0]
+        for token in tokens {
+            bytes += token?.utf8 ?? "".utf8
+            starts.append(bytes.count)
+        }
+        self.bytes = bytes
+        self.starts = starts
+        var capacity = 16
+        while capacity < tokens.count * 2 { capacity *= 2 }
+        var slots = [Slot](repeating: Slot(), count: capacity)
+        bytes.withUnsafeBytes { all in
+            for id in tokens.indices where tokens[id] != nil {
+                let key = UnsafeRawBufferPointer(rebasing: all[starts[id]..<starts[id + 1]])
+                let hash = Self.hash(key)
+                var slot = hash & (capacity - 1)
+                while slots[slot].id >= 0, !Self.matches(slots[slot], key, hash, all, starts) { slot = (slot + 1) & (capacity - 1) }
+                slots[slot] = Slot(id: Int32(id), tag: Self.tag(hash))
+            }
+        }
+        self.slots = slots
+    }
+
+    func id(_ key: UnsafeRawBufferPointer) -> Int? {
+        bytes.withUnsafeBytes { all in
+            let hash = Self.hash(key)
+            var slot = hash & (slots.count - 1)
+            while slots[slot].id >= 0 {
+                if Self.matches(slots[slot], key, hash, all, starts) { return Int(slots[slot].id) }
+                slot = (slot + 1) & (slots.count - 1)
+            }
+            return nil
+        }
+    }
+
+    /// Seeded per process, so that a hostile file cannot choose colliding spellings.
+    private static func hash(_ key: UnsafeRawBufferPointer) -> Int {
+        var hasher = Hasher()
+        hasher.combine(bytes: key)
+        return hasher.finalize()
+    }
+
+    private static func tag(_ hash: Int) -> UInt32 { UInt32(truncatingIfNeeded: hash >> 32) }
+
+    private static func matches(_ slot: Slot, _ key: UnsafeRawBufferPointer, _ hash: Int, _ all: UnsafeRawBufferPointer,
+                                _ starts: [Int]) -> Bool {
+        guard slot.tag == tag(hash) else { return false }
+        let start = starts[Int(slot.id)]
+        return starts[Int(slot.id) + 1] - start == key.count
+            && (key.isEmpty || memcmp(key.baseAddress!, all.baseAddress! + start, key.count) == 0)
     }
 }

@@ -187,6 +187,38 @@ final class ErrorTests: XCTestCase {
         }
     }
 
+    /// SentencePiece GGUF metadata: settings Loupe does not implement are refused.
+    func testSentencePieceGGUFMetadata() throws {
+        let llama: (inout [String: GGUFValue]) -> Void = {
+            $0["tokenizer.ggml.model"] = .string("llama")
+            $0["tokenizer.ggml.tokens"] = .array(["<unk>", "<s>", "</s>", "▁", "a", "▁a"].map { .string($0) })
+            $0["tokenizer.ggml.token_type"] = .array([3, 3, 3, 1, 1, 1].map { .int32($0) })
+            $0["tokenizer.ggml.scores"] = .array([0, 0, 0, -1, -2, -3].map { .float32($0) })
+            $0["tokenizer.ggml.merges"] = nil
+            $0["tokenizer.ggml.bos_token_id"] = .uint32(1)
+            $0["tokenizer.ggml.eos_token_id"] = .uint32(2)
+        }
+        let tokenizer = try Tokenizer.load(ggufMetadata: metadata(llama), file: "tiny.gguf")
+        XCTAssertTrue(tokenizer.addsBOS, "a SentencePiece GGUF adds BOS unless it says not to")
+        XCTAssertEqual(tokenizer.encode("a a"), [1, 5, 5])
+
+        assertError(.unsupported, file: "tiny.gguf", item: "tokenizer.ggml.add_eos_token", mentioning: "BOS") {
+            try Tokenizer.load(ggufMetadata: metadata { llama(&$0); $0["tokenizer.ggml.add_eos_token"] = .bool(true) }, file: "tiny.gguf")
+        }
+        assertError(.unsupported, file: "tiny.gguf", item: "general.architecture", mentioning: "phi3") {
+            try Tokenizer.load(ggufMetadata: metadata { llama(&$0); $0["general.architecture"] = .string("phi3") }, file: "tiny.gguf")
+        }
+        assertError(.missingKey, file: "tiny.gguf", item: "tokenizer.ggml.scores") {
+            try Tokenizer.load(ggufMetadata: metadata { llama(&$0); $0["tokenizer.ggml.scores"] = nil }, file: "tiny.gguf")
+        }
+        assertError(.badValue, file: "tiny.gguf", item: "tokenizer.ggml.scores[4]") {
+            try Tokenizer.load(ggufMetadata: metadata {
+                llama(&$0)
+                $0["tokenizer.ggml.scores"] = .array([0, 0, 0, -1, .nan, -3].map { .float32($0) })
+            }, file: "tiny.gguf")
+        }
+    }
+
     // MARK: Hostile files
 
     /// `tokenizerJSON()` with the model's vocabulary (and merges) replaced.

@@ -113,6 +113,16 @@ final class ParityTests: XCTestCase {
         try assertParity(Tokenizer.load(directory: Fixtures.trained("llama2-metaspace")), golden: "llama2-metaspace")
     }
 
+    /// The Llama-2-style vocabulary as a GGUF file with scores and no merges, against
+    /// transformers' conversion of it: merges derived from the scores, Metaspace, <s> first.
+    func testLlamaFromGGUFMatchesHF() throws {
+        let tokenizer = try Tokenizer.load(ggufFile: Fixtures.trained("llama-gguf/tokenizer.gguf"))
+        XCTAssertEqual(tokenizer.bosTokenID, 1)
+        XCTAssertEqual(tokenizer.eosTokenID, 2)
+        XCTAssertTrue(tokenizer.addsBOS)
+        try assertParity(tokenizer, golden: "llama-gguf")
+    }
+
     /// A stand-in for Pythia's GPT-NeoX tokenizer: NFC, byte-level, runs of spaces as added
     /// tokens matched in the normalized text.
     func testGPTNeoXStyleMatchesHF() throws {
@@ -171,7 +181,8 @@ final class ParityTests: XCTestCase {
                          name, loaded, corpus.count, count, times[0], times[1]))
             #if !DEBUG
             XCTAssertLessThan(times[0], 0.5, "\(name): encoding the corpus took \(times[0]) s")
-            XCTAssertLessThan(loaded, 1, "\(name): loading took \(loaded) s")
+            // Gemma's 262,144 tokens load in about half a second on a quiet machine.
+            XCTAssertLessThan(loaded, 1.5, "\(name): loading took \(loaded) s")
             #endif
         }
     }
