@@ -181,8 +181,9 @@ final class ParityTests: XCTestCase {
                          name, loaded, corpus.count, count, times[0], times[1]))
             #if !DEBUG
             XCTAssertLessThan(times[0], 0.5, "\(name): encoding the corpus took \(times[0]) s")
-            // Gemma's 262,144 tokens load in about half a second on a quiet machine.
-            XCTAssertLessThan(loaded, 1.5, "\(name): loading took \(loaded) s")
+            // Gemma's 262,144 tokens load in 0.6-1.4 s on a busy two-core machine; the bound
+            // is for a load gone quadratic, not for that.
+            XCTAssertLessThan(loaded, 3, "\(name): loading took \(loaded) s")
             #endif
         }
     }
