@@ -38,7 +38,7 @@ public enum Gemma3Architecture: ArchitectureAdapter {
             return try GemmaModel(GemmaModel.Settings(config, .gemma3), weights: WeightReader(weights, optionalPrefix: "model."))
         case .gguf(let file):
             let settings = try GemmaModel.Settings(gguf: file, .gemma3)
-            return try GemmaModel(settings, weights: WeightReader(GemmaGGUFWeights(file, layers: settings.layers), optionalPrefix: "model."))
+            return try GemmaModel(settings, weights: WeightReader(GemmaGGUF.weights(file, layers: settings.layers), optionalPrefix: "model."))
         }
     }
 }
@@ -258,16 +258,7 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
         // MLP: down(gelu(gate(x)) * up(x)).
         var mlp = try pass.call(b.mlp, try apply(b.preFeedforwardNorm, x, pass)) { h in
             let projected = try pass.call(b.gateUp, h)
-            let (gate, up) = (projected[0], projected[1])
-            let activated: Tensor
-            if pass.hasHooks {
-                // act_fn's output is its own site, so compute it apart from the product with up.
-                activated = try pass.call(b.activation, gate) { gated(.geluTanh, $0, nil) }
-                multiplyInPlace(activated, up)
-            } else {
-                activated = gated(.geluTanh, gate, up)
-            }
-            return try pass.call(b.down, activated)
+            return try pass.call(b.down, try pass.gated(b.activation, .geluTanh, projected[0], projected[1]))
         }
         mlp = try pass.hook(.mlpOut(l), try apply(b.postFeedforwardNorm, mlp, pass))
         addInPlace(x, mlp)
@@ -449,41 +440,19 @@ extension GemmaModel.Settings {
 /// A GGUF file's Gemma tensors under HF's names. llama.cpp's converter stores each RMSNorm
 /// weight plus one (its kernel scales by the weight alone); HF's GGUF loader subtracts the
 /// one again in float32, and so does this.
-struct GemmaGGUFWeights: WeightSource, @unchecked Sendable {
-    let file: GGUFFile
-    private let names: [String: String]  // HF name → GGUF name
-
-    init(_ file: GGUFFile, layers: Int) {
-        self.file = file
-        var names = ["model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-                     "lm_head.weight": "output.weight"]
-        let perLayer = ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-                        "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-                        "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-                        "input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
-                        "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"]
-        for layer in 0..<layers {
-            for (hf, gguf) in perLayer {
-                for kind in ["weight", "bias"] {
-                    names["model.layers.\(layer).\(hf).\(kind)"] = "blk.\(layer).\(gguf).\(kind)"
-                }
+enum GemmaGGUF {
+    static func weights(_ file: GGUFFile, layers: Int) -> GGUFWeights {
+        GGUFWeights(file, layers: layers,
+                    model: ["model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"],
+                    perLayer: ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                               "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+                               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+                               "input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
+                               "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"]) { name, t in
+            if name.hasSuffix("norm.weight") {
+                for i in 0..<t.count { t.data[i] -= 1 }
             }
+            return t
         }
-        self.names = names.filter { file.shape(of: $0.value) != nil }
-    }
-
-    var description: String { file.path }
-    var tensorNames: [String] { Array(names.keys) }
-    func shape(of name: String) -> [Int]? { names[name].flatMap(file.shape(of:)) }
-
-    func tensor(_ name: String) throws -> Tensor {
-        guard let ggufName = names[name] else {
-            throw FormatError(.missingTensor, file: file.path, item: name, "no tensor for it in the GGUF file")
-        }
-        let t = try file.tensor(ggufName)
-        if ggufName.hasSuffix("norm.weight") {
-            for i in 0..<t.count { t.data[i] -= 1 }
-        }
-        return t
     }
 }

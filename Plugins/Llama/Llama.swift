@@ -23,7 +23,7 @@ public enum LlamaArchitecture: ArchitectureAdapter {
             return try LlamaModel(LlamaModel.Settings(config, .llama), weights: WeightReader(weights, optionalPrefix: "model."))
         case .gguf(let file):
             let settings = try LlamaModel.Settings(gguf: file)
-            return try LlamaModel(settings, weights: WeightReader(LlamaGGUFWeights(file, settings), optionalPrefix: "model."))
+            return try LlamaModel(settings, weights: WeightReader(LlamaGGUF.weights(file, settings), optionalPrefix: "model."))
         }
     }
 }
@@ -208,16 +208,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         let normed2 = try pass.call(b.postAttentionNorm.module, x) { rmsNorm($0, weight: b.postAttentionNorm.weight, eps: epsilon) }
         var mlp = try pass.call(b.mlp, normed2) { h in
             let projected = try pass.call(b.gateUp, h)
-            let (gate, up) = (projected[0], projected[1])
-            let activated: Tensor
-            if pass.hasHooks {
-                // act_fn's output is its own site, so compute it apart from the product with up.
-                activated = try pass.call(b.activation, gate) { gated(.silu, $0, nil) }
-                multiplyInPlace(activated, up)
-            } else {
-                activated = gated(.silu, gate, up)
-            }
-            return try pass.call(b.down, activated)
+            return try pass.call(b.down, try pass.gated(b.activation, .silu, projected[0], projected[1]))
         }
         mlp = try pass.hook(.mlpOut(l), mlp)
         addInPlace(x, mlp)
@@ -406,47 +397,23 @@ extension LlamaModel.Settings {
     }
 }
 
-/// A GGUF file's tensors under HF's names, with llama.cpp's rotary row permutation of the
-/// query and key projections undone (its conversion script interleaves each head's halves).
-struct LlamaGGUFWeights: WeightSource, @unchecked Sendable {
-    let file: GGUFFile
-    let settings: LlamaModel.Settings
-    private let names: [String: String]  // HF name → GGUF name
-
-    init(_ file: GGUFFile, _ settings: LlamaModel.Settings) {
-        self.file = file
-        self.settings = settings
-        var names = ["model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-                     "lm_head.weight": "output.weight"]
-        let perLayer = ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-                        "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                        "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"]
-        for layer in 0..<settings.layers {
-            for (hf, gguf) in perLayer {
-                for kind in ["weight", "bias"] {
-                    names["model.layers.\(layer).\(hf).\(kind)"] = "blk.\(layer).\(gguf).\(kind)"
-                }
-            }
+/// A GGUF file's Llama tensors under HF's names, with llama.cpp's rotary row permutation of
+/// the query and key projections undone (its conversion script interleaves each head's halves).
+enum LlamaGGUF {
+    static func weights(_ file: GGUFFile, _ settings: LlamaModel.Settings) -> GGUFWeights {
+        GGUFWeights(file, layers: settings.layers,
+                    model: ["model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"],
+                    perLayer: ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"]) { name, t in
+            if name.hasSuffix("attn_q.weight") || name.hasSuffix("attn_q.bias") { return unpermute(t, heads: settings.heads) }
+            if name.hasSuffix("attn_k.weight") || name.hasSuffix("attn_k.bias") { return unpermute(t, heads: settings.keyValueHeads) }
+            return t
         }
-        self.names = names.filter { file.shape(of: $0.value) != nil }
-    }
-
-    var description: String { file.path }
-    var tensorNames: [String] { Array(names.keys) }
-    func shape(of name: String) -> [Int]? { names[name].flatMap(file.shape(of:)) }
-
-    func tensor(_ name: String) throws -> Tensor {
-        guard let ggufName = names[name] else {
-            throw FormatError(.missingTensor, file: file.path, item: name, "no tensor for it in the GGUF file")
-        }
-        let t = try file.tensor(ggufName)
-        if ggufName.hasSuffix("attn_q.weight") || ggufName.hasSuffix("attn_q.bias") { return unpermute(t, heads: settings.heads) }
-        if ggufName.hasSuffix("attn_k.weight") || ggufName.hasSuffix("attn_k.bias") { return unpermute(t, heads: settings.keyValueHeads) }
-        return t
     }
 
     /// Row i·2 + j of each head's block (i < half, j < 2) goes back to row j·half + i.
-    private func unpermute(_ t: Tensor, heads: Int) -> Tensor {
+    private static func unpermute(_ t: Tensor, heads: Int) -> Tensor {
         let rows = t.shape[0], width = t.count / rows
         let half = rows / heads / 2
         let out = Tensor(zeros: t.shape)

@@ -193,6 +193,15 @@ extension ForwardPass {
         }
     }
 
+    /// activation(gate) · up, a gated MLP's inner value, its act_fn declared as `module`: one
+    /// kernel when no hook watches, else act_fn's output shown as its own site before the product.
+    public func gated(_ module: ModulePath, _ activation: Activation, _ gate: Tensor, _ up: Tensor) throws -> Tensor {
+        guard hasHooks else { return LoupeTensor.gated(activation, gate, up) }
+        let activated = try call(module, gate) { LoupeTensor.gated(activation, $0, nil) }
+        multiplyInPlace(activated, up)
+        return activated
+    }
+
     /// Shows `value` at a module's side or a canonical site, and returns it as the hooks left it.
     @inline(__always)
     public func hook(_ site: Site, _ value: Tensor, shape: [Int]? = nil, tuple: Bool = false) throws -> Tensor {

@@ -7,8 +7,9 @@ writes the heatmaps (SVG with kaleido, and self-contained HTML) to --out.
 
     python3 examples/activation_patching.py [MODEL] [--endpoint tcp://127.0.0.1:5557] [--out out]
 
-MODEL is a GGUF file or an HF directory of a GPT-2 or Llama model (default: SmolLM2-135M,
-$LOUPE_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf). The daemon must be running (`loupe serve`).
+MODEL is a GGUF file or an HF directory of any architecture the daemon runs, or `gemma3` for
+Gemma 3 270M ($LOUPE_MODELS/gemma-3-270m-q4_k_m.gguf); default SmolLM2-135M
+($LOUPE_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf). The daemon must be running (`loupe serve`).
 """
 import argparse
 import os
@@ -26,6 +27,8 @@ parser.add_argument("--endpoint", default=None, help="the daemon (default $LOUPE
 parser.add_argument("--out", default="out", help="where the heatmaps go")
 parser.add_argument("--skip-loop", action="store_true", help="skip cell 10's one-trace-per-patch loop")
 args = parser.parse_args()
+if args.model == "gemma3":
+    args.model = os.path.join(MODELS, "gemma-3-270m-q4_k_m.gguf")
 
 # Load the model (in the daemon, or attach to it there)
 model = LanguageModel(args.model, endpoint=args.endpoint)
@@ -80,8 +83,10 @@ corrupted_prompt = (
 )
 
 # Cell 7: the answer tokens
-correct_index = model.tokenizer(" John")["input_ids"][0] # includes a space
-incorrect_index = model.tokenizer(" Mary")["input_ids"][0] # includes a space
+# A tokenizer that adds BOS (Gemma's, Llama 3's) puts it first: the answer is then at index 1.
+ANSWER = 1 if model.tokenizer.info.get("adds_bos") else 0
+correct_index = model.tokenizer(" John")["input_ids"][ANSWER] # includes a space
+incorrect_index = model.tokenizer(" Mary")["input_ids"][ANSWER] # includes a space
 
 print(f"' John': {correct_index}")
 print(f"' Mary': {incorrect_index}")
