@@ -18,6 +18,7 @@ fixtures:
 	python3 scripts/make_tokenizer_fixtures.py
 	python3 scripts/make_model_fixtures.py
 	python3 scripts/nnsight_reference.py
+	python3 scripts/nnsight_reference.py --model gemma3
 	python3 scripts/make_tutorial_golden.py
 	python3 scripts/make_protocol_vectors.py
 	python3 scripts/make_example_plugin_fixture.py
