@@ -173,7 +173,7 @@ struct EngineBenchmark: ParsableCommand {
         }
         return (tokenizer.encode("After John and Mary went to the store, Mary gave a bottle of milk to"),
                 tokenizer.encode("After John and Mary went to the store, John gave a bottle of milk to"),
-                tokenizer.encode(" John")[0], tokenizer.encode(" Mary")[0])
+                tokenizer.encodeWithoutSpecialTokens(" John")[0], tokenizer.encodeWithoutSpecialTokens(" Mary")[0])
     }
 
     /// nnsight's times for the tutorial's batched cells on SmolLM2, or nil where it is not installed.
