@@ -55,6 +55,12 @@ What it makes
                           rope_theta 500, attention_bias false
                           (no bias on query_key_value and dense), tied embeddings;
                           config.json exactly as transformers 5 writes it (`rope_parameters`).
+     mistral-tiny         MistralForCausalLM, 2 layers, hidden 64, 4 heads, 2 kv heads,
+                          head_dim 24 (not hidden / heads), intermediate 96, untied,
+                          rope_theta 100000, sliding_window 4 on every layer (so the 7- and
+                          12-token sequences attend to less than their whole prefix; the
+                          script checks the window changes the logits); config.json exactly
+                          as transformers 5 writes it.
    Each directory: config.json, model.safetensors, cases.json (input sequences),
    conformance.json (what the fixture declares to the conformance suite,
    Sources/LoupeConformance: it ships no tokenizer) and
@@ -97,6 +103,8 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -402,6 +410,15 @@ def build(kind, seed):
                            rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=64,
                            bos_token_id=0, eos_token_id=0, pad_token_id=0)
         cls = Gemma2ForCausalLM
+    elif kind == "mistral-tiny":
+        # A window of 4 positions on every layer, and a head_dim other than hidden / heads.
+        cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                            intermediate_size=96, sliding_window=4, rms_norm_eps=1e-5,
+                            rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                            tie_word_embeddings=False, max_position_embeddings=64,
+                            bos_token_id=0, eos_token_id=0)
+        cls = MistralForCausalLM
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = cls(cfg).eval()
@@ -481,7 +498,7 @@ def neox_to_hub_form(dirpath):
 
 
 TINY_KINDS = ["gpt2-tiny", "llama-tiny", "llama-tiny-untied", "qwen2-tiny", "qwen3-tiny", "llama3-tiny",
-              "pythia-tiny", "pythia-tiny-sequential", "gemma3-tiny", "gemma2-tiny"]
+              "pythia-tiny", "pythia-tiny-sequential", "gemma3-tiny", "gemma2-tiny", "mistral-tiny"]
 
 
 def make_tiny(out_root, only=None):
@@ -525,6 +542,18 @@ def make_tiny(out_root, only=None):
             assert loaded.gpt_neox.layers[0].attention.rotary_ndims == 5
             assert loaded.gpt_neox.rotary_emb.inv_freq.shape == (3,)
             assert loaded.gpt_neox.layers[0].attention.query_key_value.bias is None
+        if kind == "mistral-tiny":
+            assert loaded.config.sliding_window == 4 and loaded.config.head_dim == 24
+            assert not loaded.config.tie_word_embeddings
+            # The window matters: the same weights attending to the whole prefix differ.
+            whole = copy.deepcopy(loaded)
+            whole.config.sliding_window = None
+            longest = max(seqs, key=len)
+            with torch.no_grad():
+                windowed = loaded(torch.tensor([longest])).logits
+                unwindowed = whole(torch.tensor([longest])).logits
+            assert (windowed - unwindowed).abs().max() > 1e-2, "sliding_window does not change the logits"
+            assert (windowed[0, :4] - unwindowed[0, :4]).abs().max() < 1e-5, "positions inside the first window changed"
         compare_models(model, loaded, seqs, f"{kind} reload")
         alone, worst, batched = write_expected(loaded, seqs, os.path.join(d, "expected.safetensors"))
         print(f"{kind}: padded-vs-alone max |diff| = {worst:.3g}")

@@ -202,7 +202,7 @@ def vectors():
     ok = {"status": "ok"}
     yield "hello", {"op": "hello", "protocol": PROTOCOL, "client": "conformance"}, {
         **ok, "protocol": PROTOCOL, "server": "loupe", "server_version": "", "instance": "", "started": "",
-        "architectures": ["gpt2", "llama", "qwen2", "qwen3", "gpt_neox"],
+        "architectures": ["gpt2", "llama", "qwen2", "qwen3", "gpt_neox", "gemma3", "gemma2", "mistral"],
         "interventions": [{"name": name} for name in INTERVENTIONS], "trace_ops": TRACE_OPS, "ops": OPS,
         "sweep": {"kinds": ["residual", "heads", "head_positions", "mlp"], "metrics": ["logit_diff", "logprob", "kl"],
                   "interventions": ["patch", "ablate"], "ablation_modes": ["zero", "mean", "resample"]},

@@ -19,6 +19,7 @@ public enum BuiltInPlugins {
         GPTNeoXArchitecture.self,
         Gemma3Architecture.self,
         Gemma2Architecture.self,
+        MistralArchitecture.self,
     ]
 
     public static let interventions: [any Intervention.Type] = [

@@ -69,10 +69,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         guard hidden % heads == 0 else {
             throw ModelError.badConfig(file: file, key: "n_head", "n_embd \(hidden) is not divisible by n_head \(heads)")
         }
-        let activation = config.string("activation_function") ?? "gelu_new"
-        guard ["gelu_new", "gelu_pytorch_tanh"].contains(activation) else {
-            throw ModelError.badConfig(file: file, key: "activation_function", "'\(activation)' is not supported (GPT-2 uses gelu_new)")
-        }
+        try ConfigCheck.activation(config, key: "activation_function", allowed: ["gelu_new", "gelu_pytorch_tanh"])
         let configEpsilon = try ConfigCheck.positive(config.double("layer_norm_epsilon") ?? 1e-5, key: "layer_norm_epsilon", file: file)
         epsilon = Float(configEpsilon)
         let headDim = hidden / heads

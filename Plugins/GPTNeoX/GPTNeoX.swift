@@ -293,10 +293,8 @@ extension GPTNeoXModel.Settings {
             throw ModelError.badConfig(file: file, key: "head_dim", "\(declared) differs from hidden_size / num_attention_heads = \(headDim)")
         }
         epsilon = try ConfigCheck.positive(c.double("layer_norm_eps") ?? 1e-5, key: "layer_norm_eps", file: file)
-        let activation = c.values["hidden_act"].map { $0.stringValue ?? "\($0)" } ?? "gelu"
-        guard activation == "gelu" else {
-            throw ModelError.badConfig(file: file, key: "hidden_act", "'\(activation)' is not supported (GPT-NeoX uses gelu, the exact-erf GELU)")
-        }
+        try ConfigCheck.activation(c, key: "hidden_act", allowed: ["gelu"])  // the exact-erf GELU
+        try ConfigCheck.denseMLP(c)
         parallelResidual = try c.bool("use_parallel_residual") ?? true
         attentionBias = try c.bool("attention_bias") ?? true
         tied = try c.bool("tie_word_embeddings") ?? false  // GPTNeoXConfig's default

@@ -313,10 +313,9 @@ extension GemmaModel.Settings {
         func softcap(_ key: String, _ fallback: Double?) throws -> Double? { c.values[key] == nil ? fallback : try c.double(key) }
         finalSoftcap = try softcap("final_logit_softcapping", variant.defaultFinalSoftcap)
         attentionSoftcap = variant.capsAttention ? try softcap("attn_logit_softcapping", variant.defaultAttentionSoftcap) : nil
-        let activationKey = c.values["hidden_activation"] != nil ? "hidden_activation" : "hidden_act"
-        if let activation = c.string(activationKey), activation != "gelu_pytorch_tanh" {
-            throw ModelError.badConfig(file: c.path, key: activationKey, "\(activation): only gelu_pytorch_tanh is supported")
-        }
+        try ConfigCheck.activation(c, key: c.values["hidden_activation"] != nil ? "hidden_activation" : "hidden_act",
+                                   allowed: ["gelu_pytorch_tanh"])
+        try ConfigCheck.denseMLP(c)
         if try c.bool("use_bidirectional_attention") == true {
             throw ModelError.badConfig(file: c.path, key: "use_bidirectional_attention", "true: only causal attention is supported")
         }
@@ -336,17 +335,19 @@ extension GemmaModel.Settings {
         try check()
     }
 
-    /// The global and local layers' RoPE. transformers 5 writes `rope_parameters`, per layer
-    /// type (Gemma 3) or one for all (Gemma 2); transformers 4 `rope_theta`, Gemma 3's
-    /// `rope_local_base_freq` and a `rope_scaling` for the global layers.
+    /// The global and local layers' RoPE, as transformers 5 settles them. Gemma 3: per layer
+    /// type (`rope_parameters.full_attention` / `.sliding_attention`), a `rope_scaling`
+    /// merged into the global layers', bases defaulting to `rope_theta` and
+    /// `rope_local_base_freq` (transformers 4's keys). Gemma 2: one for all layers, a
+    /// non-empty `rope_scaling` replacing `rope_parameters` (`HFConfig.ropeParameters`).
     private static func ropes(_ c: HFConfig, _ variant: GemmaModel.Variant) throws -> (global: GemmaModel.Rope, local: GemmaModel.Rope) {
-        func rope(_ members: [String: JSONValue]?, key: String, theta: Double) throws -> GemmaModel.Rope {
-            var rope = GemmaModel.Rope(theta: members?["rope_theta"]?.doubleValue ?? theta)
-            let type = members?["rope_type"]?.stringValue ?? members?["type"]?.stringValue ?? "default"
+        func rope(_ members: [String: JSONValue], key: String, theta: Double) throws -> GemmaModel.Rope {
+            var rope = GemmaModel.Rope(theta: members["rope_theta"]?.doubleValue ?? theta)
+            let type = members["rope_type"]?.stringValue ?? members["type"]?.stringValue ?? "default"
             switch type {
             case "default": break
             case "linear":
-                guard let factor = members?["factor"]?.doubleValue, factor.isFinite, factor > 0 else {
+                guard let factor = members["factor"]?.doubleValue, factor.isFinite, factor > 0 else {
                     throw ModelError.badConfig(file: c.path, key: "\(key).factor", "a positive number is required for linear rotary scaling")
                 }
                 rope.factor = factor
@@ -356,18 +357,23 @@ extension GemmaModel.Settings {
             return rope
         }
         let globalTheta = try c.double("rope_theta") ?? variant.defaultRopeTheta
-        let localTheta = try variant.defaultLocalRopeTheta.map { try c.double("rope_local_base_freq") ?? $0 } ?? globalTheta
-        if let parameters = c.values["rope_parameters"]?.objectValue {
-            if parameters["full_attention"] != nil || parameters["sliding_attention"] != nil {
-                return (try rope(parameters["full_attention"]?.objectValue, key: "rope_parameters.full_attention", theta: globalTheta),
-                        try rope(parameters["sliding_attention"]?.objectValue, key: "rope_parameters.sliding_attention", theta: localTheta))
-            }
-            let shared = try rope(parameters, key: "rope_parameters", theta: globalTheta)
-            return (shared, variant.defaultLocalRopeTheta == nil ? shared : GemmaModel.Rope(theta: localTheta))
+        guard let localDefault = variant.defaultLocalRopeTheta else {
+            let parameters = c.ropeParameters
+            let shared = try rope(parameters?.members ?? [:], key: parameters?.key ?? "rope_parameters", theta: globalTheta)
+            return (shared, shared)
         }
-        let scaling = c.values["rope_scaling"]?.objectValue
-        let global = try rope(scaling, key: "rope_scaling", theta: globalTheta)
-        return (global, variant.defaultLocalRopeTheta == nil ? global : GemmaModel.Rope(theta: localTheta))
+        let parameters = c.values["rope_parameters"]?.objectValue
+        if let parameters, !parameters.isEmpty, parameters["full_attention"] == nil, parameters["sliding_attention"] == nil {
+            throw ModelError.badConfig(file: c.path, key: "rope_parameters",
+                                       "one set for all layers: Gemma 3 takes one per layer type (full_attention, sliding_attention)")
+        }
+        var global = parameters?["full_attention"]?.objectValue ?? [:]
+        let scaling = c.values["rope_scaling"]?.objectValue ?? [:]
+        global.merge(scaling) { $1 }
+        let key = scaling.isEmpty ? "rope_parameters.full_attention" : "rope_scaling"
+        return (try rope(global, key: key, theta: globalTheta),
+                try rope(parameters?["sliding_attention"]?.objectValue ?? [:], key: "rope_parameters.sliding_attention",
+                         theta: try c.double("rope_local_base_freq") ?? localDefault))
     }
 
     /// From GGUF metadata (llama.cpp's `gemma3.*` keys), with HF's defaults for what GGUF

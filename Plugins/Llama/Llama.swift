@@ -11,7 +11,8 @@ import LoupeTensor
 /// residual add, `resid_post` the layer's output; `attn_out` is o_proj's output and `mlp_out`
 /// down_proj's; `attn.q`/`attn.k` after RoPE, `attn.v` as projected, `attn.z` o_proj's input
 /// per head; `attn.pattern` the softmax probabilities; `logits` lm_head's output.
-/// Qwen2 and Qwen3 (Qwen2.swift, Qwen3.swift) are this model with a `Variant`.
+/// Qwen2, Qwen3 and Mistral (Qwen2.swift, Qwen3.swift, Mistral.swift) are this model with a
+/// `Variant`; Mistral's attention keeps to a sliding window (`Settings.slidingWindow`).
 public enum LlamaArchitecture: ArchitectureAdapter {
     public static let name = "llama"
     public static let modelTypes = ["llama"]
@@ -41,18 +42,26 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         var qkvBias: Bool
         var outputBias: Bool
         var mlpBias: Bool
+        /// Sliding-window attention on every layer (Mistral): a query sees itself and the
+        /// `slidingWindow - 1` positions before it. nil: the whole prefix.
+        var slidingWindow: Int?
         var variant: Variant
     }
 
-    /// What a family built on Llama's layer changes: its HF class names and, for Qwen3, an
-    /// RMSNorm of each query and key head before RoPE.
+    /// What a family built on Llama's layer changes: its HF class names, for Qwen3 an
+    /// RMSNorm of each query and key head before RoPE, and its config class's defaults.
     struct Variant {
-        /// The adapter's name (`llama`, `qwen2`, `qwen3`).
+        /// The adapter's name (`llama`, `qwen2`, `qwen3`, `mistral`).
         var architecture: String
         /// HF's class-name prefix: `Llama` for LlamaForCausalLM, LlamaRMSNorm, ...
         var classPrefix: String
         /// q_norm and k_norm (RMSNorm over head_dim, weights shared across heads).
         var queryKeyNorm: Bool
+        /// `num_key_value_heads` when config.json leaves it out (null is one per query head,
+        /// as is nil here: LlamaConfig's default).
+        var defaultKeyValueHeads: Int? = nil
+        /// `max_position_embeddings` when config.json leaves it out.
+        var defaultContext = 2048
 
         static let llama = Variant(architecture: LlamaArchitecture.name, classPrefix: "Llama", queryKeyNorm: false)
     }
@@ -70,6 +79,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     private let norm: NormModule
     private let model: ModulePath
     private let rotary: RotaryTable
+    private let slidingWindow: Int?
 
     /// One `LlamaDecoderLayer`.
     struct Block {
@@ -94,6 +104,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
                                      headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
         epsilon = Float(s.epsilon)
         architecture = s.variant.architecture
+        slidingWindow = s.slidingWindow
         let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
         let normExtra = "(\(s.hidden),), eps=\(s.epsilon)"
         let prefix = s.variant.classPrefix
@@ -166,7 +177,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         var x = try pass.hook(b.module.input, input)
         x = try pass.hook(.residPre(l), x)
 
-        // Attention: o(softmax(q kᵀ / √d) v), q and k rotated by position.
+        // Attention: o(softmax(q kᵀ / √d) v) over the window, if any, q and k rotated by position.
         let normed = try pass.call(b.inputNorm.module, x) { rmsNorm($0, weight: b.inputNorm.weight, eps: epsilon) }
         var attention = try pass.call(b.selfAttention, normed, tuple: true) { h in
             let projected = try pass.call(b.qkv, h)
@@ -182,7 +193,8 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
             v = try pass.hook(.v(l), v, shape: [rows, length, kvHeads, headDim])
             let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: kvHeads, headDim: headDim)
             let (keys, values) = pass.attentionInputs(layer: l, keys: k, values: v)
-            var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: 1 / Float(headDim).squareRoot())
+            var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: 1 / Float(headDim).squareRoot(),
+                                           window: slidingWindow)
             pattern = try pass.hook(.pattern(l), pattern, shape: pattern.shape)
             var z = try pass.hook(b.o.module.input, attendValues(pattern: pattern, v: values, geometry: geometry))
             z = try pass.hook(.z(l), z, shape: [rows, length, heads, headDim])
@@ -248,18 +260,16 @@ struct Llama3RopeScaling {
     }
 
     /// The scaling a config asks for: transformers 4's `rope_scaling` or transformers 5's
-    /// `rope_parameters` (`rope_type`, or `type` in older files). nil for plain RoPE; any type
-    /// other than `default` and `llama3` is refused naming the key and the value.
+    /// `rope_parameters` (`rope_type`, or `type` in older files), whichever transformers 5
+    /// applies (`HFConfig.ropeParameters`). nil for plain RoPE; any type other than `default`
+    /// and `llama3` is refused naming the key and the value.
     static func read(_ c: HFConfig) throws -> Llama3RopeScaling? {
-        var found: (key: String, members: [String: JSONValue])?
         for key in ["rope_scaling", "rope_parameters"] {
-            guard let value = c.values[key], value != .null else { continue }
-            guard let members = value.objectValue else {
+            if let value = c.values[key], value != .null, value.objectValue == nil {
                 throw ModelError.badConfig(file: c.path, key: key, "expected an object, got \(value)")
             }
-            if found == nil || members["rope_type"] != nil || members["type"] != nil { found = (key, members) }
         }
-        guard let (key, members) = found else { return nil }
+        guard let (key, members) = c.ropeParameters else { return nil }
         if members["rope_type"] == nil, members["type"] == nil, let nested = members.first(where: { $0.value.objectValue != nil }) {
             throw ModelError.badConfig(file: c.path, key: "\(key).\(nested.key)", "rotary parameters per layer type are not supported")
         }
@@ -298,11 +308,13 @@ extension LlamaModel.Settings {
         hidden = try c.requireInt("hidden_size")
         layers = try c.requireInt("num_hidden_layers")
         heads = try c.requireInt("num_attention_heads")
-        keyValueHeads = try c.int("num_key_value_heads") ?? heads
+        // Left out, the config class's default; null, one per query head.
+        keyValueHeads = c.values["num_key_value_heads"] == nil
+            ? variant.defaultKeyValueHeads ?? heads : try c.int("num_key_value_heads") ?? heads
         headDim = try c.int("head_dim") ?? Self.headDim(hidden: hidden, heads: heads, file: c.path, key: "num_attention_heads")
         intermediate = try c.requireInt("intermediate_size")
         vocabulary = try c.requireInt("vocab_size")
-        context = try c.int("max_position_embeddings") ?? 2048
+        context = try c.int("max_position_embeddings") ?? variant.defaultContext
         epsilon = try c.double("rms_norm_eps") ?? 1e-6
         ropeTheta = try c.ropeTheta ?? 10_000
         tied = try c.bool("tie_word_embeddings") ?? false  // LlamaConfig's default
@@ -310,6 +322,9 @@ extension LlamaModel.Settings {
         outputBias = qkvBias
         mlpBias = try c.bool("mlp_bias") ?? false
         ropeScaling = try Llama3RopeScaling.read(c)
+        try ConfigCheck.activation(c, key: "hidden_act", allowed: ["silu"])
+        try ConfigCheck.denseMLP(c)
+        slidingWindow = nil
         try check(keys: ["layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
                          "keyValueHeads": "num_key_value_heads", "headDim": try c.int("head_dim") == nil ? "num_attention_heads" : "head_dim",
                          "intermediate": "intermediate_size", "vocabulary": "vocab_size", "context": "max_position_embeddings",
@@ -320,6 +335,7 @@ extension LlamaModel.Settings {
     init(gguf f: GGUFFile) throws {
         variant = .llama
         ropeScaling = nil
+        slidingWindow = nil
         func int(_ key: String) throws -> Int {
             guard let value = f.metadata["llama." + key]?.intValue else {
                 throw ModelError.format(FormatError(.missingKey, file: f.path, item: "llama." + key, "required metadata key is missing"))

@@ -52,16 +52,24 @@ public struct HFConfig: Sendable {
         return value
     }
 
-    /// RoPE theta as transformers 4 writes it (`rope_theta`) or transformers 5
-    /// (`rope_parameters: {rope_theta: ...}`, possibly one entry per layer type, in which case
-    /// full attention's is taken, else the first layer type's in name order); nil if neither.
+    /// The RoPE parameters that apply, as transformers 5 picks them: a non-empty
+    /// `rope_scaling` (transformers 4's key) replaces `rope_parameters` whole. Nil if neither.
+    public var ropeParameters: (key: String, members: [String: JSONValue])? {
+        if let scaling = values["rope_scaling"]?.objectValue, !scaling.isEmpty { return ("rope_scaling", scaling) }
+        return values["rope_parameters"]?.objectValue.map { ("rope_parameters", $0) }
+    }
+
+    /// RoPE theta, as transformers 5 settles it: the applying parameters' own (`ropeParameters`;
+    /// one entry per layer type takes full attention's, else the first layer type's in name
+    /// order), else the top-level `rope_theta` transformers 4 writes; nil if neither.
     public var ropeTheta: Double? {
         get throws {
-            if let theta = try double("rope_theta") { return theta }
-            guard let parameters = values["rope_parameters"]?.objectValue else { return nil }
-            if let theta = parameters["rope_theta"]?.doubleValue { return theta }
-            if let theta = parameters["full_attention"]?["rope_theta"]?.doubleValue { return theta }
-            return parameters.keys.sorted().lazy.compactMap { parameters[$0]?["rope_theta"]?.doubleValue }.first
+            if let parameters = ropeParameters?.members {
+                if let theta = parameters["rope_theta"]?.doubleValue { return theta }
+                if let theta = parameters["full_attention"]?["rope_theta"]?.doubleValue { return theta }
+                if let theta = parameters.keys.sorted().lazy.compactMap({ parameters[$0]?["rope_theta"]?.doubleValue }).first { return theta }
+            }
+            return try double("rope_theta")
         }
     }
 

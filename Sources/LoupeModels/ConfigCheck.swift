@@ -31,4 +31,23 @@ public enum ConfigCheck {
         }
         return value
     }
+
+    /// The MLP activation a config names under `key` (`hidden_act`, `hidden_activation`),
+    /// when it is one the architecture computes; absent means the architecture's default.
+    public static func activation(_ config: HFConfig, key: String, allowed: [String]) throws {
+        if let value = config.values[key], value.stringValue.map(allowed.contains) != true {
+            throw ModelError.badConfig(file: config.path, key: key,
+                                       "\(value.stringValue ?? "\(value)"): only \(allowed.joined(separator: " and ")) is supported")
+        }
+    }
+
+    /// Mixture-of-experts MLPs: keys that ask for experts in place of the one MLP a dense
+    /// layer computes are refused, whichever model type names them.
+    public static func denseMLP(_ config: HFConfig) throws {
+        for key in ["num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size"] {
+            if let count = config.values[key], count != .null, count.intValue != 0 {
+                throw ModelError.badConfig(file: config.path, key: key, "\(count): mixture-of-experts layers are not supported")
+            }
+        }
+    }
 }

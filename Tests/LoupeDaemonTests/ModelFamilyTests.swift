@@ -12,7 +12,9 @@ final class ModelFamilyTests: XCTestCase {
         let live = try LiveDaemon()
         defer { live.stop() }
         let families = [("qwen2-tiny", "qwen2", "Qwen2ForCausalLM("), ("qwen3-tiny", "qwen3", "Qwen3ForCausalLM("),
-                        ("llama3-tiny", "llama", "LlamaForCausalLM("), ("pythia-tiny", "gpt_neox", "GPTNeoXForCausalLM(")]
+                        ("llama3-tiny", "llama", "LlamaForCausalLM("), ("pythia-tiny", "gpt_neox", "GPTNeoXForCausalLM("),
+                        ("gemma3-tiny", "gemma3", "Gemma3ForCausalLM("), ("gemma2-tiny", "gemma2", "Gemma2ForCausalLM("),
+                        ("mistral-tiny", "mistral", "MistralForCausalLM(")]
         for (fixture, architecture, printed) in families {
             let reply = try live.call("models.load", ["name": .string(fixture), "source": .string(fixture)])
             XCTAssertEqual(reply["architecture"], .string(architecture), fixture)

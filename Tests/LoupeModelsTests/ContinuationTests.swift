@@ -8,7 +8,7 @@ import XCTest
 /// computes at the same positions.
 final class ContinuationTests: XCTestCase {
     func testContinuationMatchesFullPass() throws {
-        for name in ["gpt2-tiny", "llama-tiny", "llama-tiny-untied"] {
+        for name in ["gpt2-tiny", "llama-tiny", "llama-tiny-untied", "mistral-tiny"] {
             let model = try LoadedModel.load(fixturesDirectory + "/models/" + name, registry: testRegistry).model
             let tokens = [3, 141, 59, 26, 5, 35, 89, 79, 32, 38]
             let layers = model.dimensions.layers

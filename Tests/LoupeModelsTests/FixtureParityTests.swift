@@ -157,6 +157,15 @@ final class FixtureParityTests: XCTestCase {
         try checkBatched(f)
     }
 
+    /// A window of 4 positions on every layer, head_dim 24 (not hidden / heads), untied.
+    func testMistralSlidingWindowMatchesTransformers() throws {
+        let f = try fixture("mistral-tiny")
+        XCTAssertEqual(f.model.architecture, "mistral")
+        XCTAssertEqual(f.model.moduleTree.type, "MistralForCausalLM")
+        try checkAlone(f)
+        try checkBatched(f)
+    }
+
     func testLlamaUntiedWithBiasAndHeadDimMatchesTransformers() throws {
         let f = try fixture("llama-tiny-untied")
         XCTAssertEqual(f.model.dimensions.headDim, 24)

@@ -13,29 +13,8 @@ final class GPTNeoXTests: XCTestCase {
         try LoadedModel.load(fixturesDirectory + "/models/" + fixture, registry: testRegistry).model
     }
 
-    /// A copy of a fixture in a temporary directory, its config edited.
-    func checkpoint(_ fixture: String, editing edit: (inout [String: Any]) -> Void) throws -> String {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("loupe-neox-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: directory) }
-        let source = fixturesDirectory + "/models/" + fixture
-        try FileManager.default.copyItem(atPath: source + "/model.safetensors", toPath: directory + "/model.safetensors")
-        var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: source + "/config.json"))) as? [String: Any])
-        edit(&config)
-        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: directory + "/config.json"))
-        return directory
-    }
-
     func logits(_ directory: String) throws -> Tensor {
         try LoadedModel.load(directory, registry: testRegistry).model.forward(TokenBatch([[5, 300, 17, 42, 9, 511, 0, 77]]))
-    }
-
-    func assertBadConfig(_ source: String, key: String, mentioning value: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertThrowsError(try LoadedModel.load(source, registry: testRegistry), file: file, line: line) { error in
-            guard case ModelError.badConfig(_, let badKey, let message) = error else { return XCTFail("\(error)", file: file, line: line) }
-            XCTAssertEqual(badKey, key, message, file: file, line: line)
-            XCTAssertTrue(message.contains(value), message, file: file, line: line)
-        }
     }
 
     func testLoadsAsGPTNeoX() throws {

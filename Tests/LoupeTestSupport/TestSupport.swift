@@ -60,3 +60,28 @@ public func assertClose(_ actual: Tensor?, _ expected: Tensor, tolerance: Float 
     let difference = maxDifference(actual, expected, file: file, line: line)
     XCTAssertLessThanOrEqual(difference, tolerance, "\(what): max |difference| \(difference)", file: file, line: line)
 }
+
+extension XCTestCase {
+    /// A copy of a fixture model in a temporary directory (removed after the test), its
+    /// config edited.
+    public func checkpoint(_ fixture: String, editing edit: (inout [String: Any]) -> Void) throws -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("loupe-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: directory) }
+        let source = fixturesDirectory + "/models/" + fixture
+        try FileManager.default.copyItem(atPath: source + "/model.safetensors", toPath: directory + "/model.safetensors")
+        var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: source + "/config.json"))) as? [String: Any])
+        edit(&config)
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: directory + "/config.json"))
+        return directory
+    }
+
+    /// Loading `source` is refused with a config error naming `key`, its message mentioning `value`.
+    public func assertBadConfig(_ source: String, key: String, mentioning value: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try LoadedModel.load(source, registry: testRegistry), file: file, line: line) { error in
+            guard case ModelError.badConfig(_, let badKey, let message) = error else { return XCTFail("\(error)", file: file, line: line) }
+            XCTAssertEqual(badKey, key, message, file: file, line: line)
+            XCTAssertTrue(message.contains(value), message, file: file, line: line)
+        }
+    }
+}
