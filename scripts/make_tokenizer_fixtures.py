@@ -3,6 +3,7 @@
 
 Needs `pip install tokenizers transformers gguf` (transformers' GGUF path also imports torch)
 and the files scripts/fetch-models.sh puts in $LOUPE_MODELS (default ~/.cache/loupe/models).
+Gemma's vocabulary is not committed (its terms of use): only the ids it gives the corpus.
 
 Writes
   corpus.json       {"seed", "strings": [...]}: >2,000 strings, the same on every run.
@@ -12,8 +13,10 @@ Writes
                     the vocab and merges left empty, for the Swift tests to fill from the
                     model files (the full vocabularies are too big to commit twice), and
                     "pieces": where HF's pre-tokenizer ends each piece of each string (code-point
-                    offsets; null for strings holding an added token, which the pre-tokenizer
-                    alone does not know).
+                    offsets, in the normalized text; null for strings holding an added token,
+                    which the pre-tokenizer alone does not know), and "decoded": HF's decoding of
+                    each string's ids (less a leading BOS) where it is not the string itself.
+  <name>/tokenizer.json  the small tokenizers trained here, whole.
 
 The corpus is checked to tell apart each reference pre-tokenizer from near-miss variants (case
 folding, lookahead, which whitespace, marks as letters ...): every variant must split at least
@@ -30,23 +33,41 @@ The references:
                 ones where it differs.
   gpt2-llama3   GPT-2's vocabulary behind Llama-3's Split pre-tokenizer, with ignore_merges,
                 to pin the Split path and the Llama-3 pattern.
+  gemma3        Gemma 3's tokenizer as transformers builds it from the GGUF file
+                (AutoTokenizer.from_pretrained(gguf_file=...)); ids with BOS, as HF encodes.
+  llama2-style  A SentencePiece-style BPE trained here on the corpus: byte fallback, "▁" for
+                spaces from the normalizer (Prepend + Replace, as Llama-2's tokenizer.json),
+                <s> put first by the post-processor. llama2-metaspace: the same vocabulary
+                with the Metaspace pre-tokenizer (prepend_scheme "first") instead, as
+                transformers' LlamaTokenizer builds it now.
+  llama-gguf    The llama2-style vocabulary written as a GGUF file (tokenizer.ggml.model =
+                llama, scores and no merges), as transformers' GGUF loader builds it: merges
+                derived from the scores, Metaspace, <s> first.
+  gpt-neox-style  A stand-in for Pythia's (GPT-NeoX-20B's) tokenizer, trained here: byte-level
+                BPE, NFC, <|endoftext|> and <|padding|>, and runs of spaces as normalized added
+                tokens.
+  qwen2-style   A stand-in for Qwen2's tokenizer, trained here: NFC, Qwen2's Split regex then
+                ByteLevel, <|endoftext|>, <|im_start|>, <|im_end|>.
 """
+import itertools
 import json
 import os
 import random
 import sys
 import unicodedata
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 SEED = 20240601
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "Tests", "Fixtures", "tokenizers")
 MODELS = os.environ.get("LOUPE_MODELS", os.path.expanduser("~/.cache/loupe/models"))
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_GGUF = "gemma-3-270m-q4_k_m.gguf"
 
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 # ---------------------------------------------------------------------------------------------
 # The corpus
@@ -244,20 +265,42 @@ def encode_all(tok, corpus):
     return [e.ids for e in tok.encode_batch(corpus, add_special_tokens=False)]
 
 
-def decode_cases(tok, vocab_size, rng, count=400):
-    """Random id sequences, many of them cutting multi-byte characters apart."""
+def decode_cases(tok, vocab_size, rng, count=400, favoured=(), pool=None):
+    """Random id sequences, many of them cutting multi-byte characters apart; half the ids
+    drawn from `favoured` (byte tokens) when it is given, the others from `pool` if given."""
     cases = []
     for _ in range(count):
-        ids = [rng.randrange(vocab_size) for _ in range(rng.randint(1, 6))]
+        ids = [rng.choice(favoured) if favoured and rng.random() < 0.5
+               else rng.choice(pool) if pool else rng.randrange(vocab_size)
+               for _ in range(rng.randint(1, 6))]
         cases.append({"ids": ids, "text": tok.decode(ids, skip_special_tokens=False)})
     return cases
 
 
 def pieces(tok, corpus):
-    """Where each piece of each string ends (null when the string holds an added token)."""
+    """Where each piece of each normalized string ends (null when the string holds an added token)."""
     added = [t.content for t in tok.get_added_tokens_decoder().values()]
-    return [None if any(a in s for a in added) else [end for _, (_, end) in tok.pre_tokenizer.pre_tokenize_str(s)]
-            for s in corpus]
+
+    def ends(s):
+        text = tok.normalizer.normalize_str(s) if tok.normalizer else s
+        if tok.pre_tokenizer is None:
+            return [len(text)] if text else []
+        split = tok.pre_tokenizer.pre_tokenize_str(text)
+        if isinstance(tok.pre_tokenizer, pre_tokenizers.Metaspace):
+            # Its pieces gain a "▁" the offsets into the text do not count.
+            return list(itertools.accumulate(len(piece) for piece, _ in split))
+        return [end for _, (_, end) in split]
+    return [None if any(a in s for a in added) else ends(s) for s in corpus]
+
+
+def decoded(tok, corpus, ids, bos=None):
+    """HF's decoding of each string's ids, less a leading BOS, where it is not the string."""
+    out = {}
+    for i, (s, row) in enumerate(zip(corpus, ids)):
+        text = tok.decode(row[1:] if bos is not None and row[:1] == [bos] else row, skip_special_tokens=False)
+        if text != s:
+            out[str(i)] = text
+    return out
 
 
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -288,10 +331,11 @@ def mutants_of(pattern):
         out["no newline rule"] = pattern.replace(r"|\s*[\r\n]+", "")
         out["space-only prefix"] = pattern.replace(r"[^\r\n\p{L}\p{N}]?\p{L}+", r" ?\p{L}+")
         out["no newlines after punctuation"] = pattern.replace(r"+[\r\n]*", "+")
+        out["digit runs"] = pattern.replace(r"|\p{N}|", r"|\p{N}+|")
     else:
         out["case-insensitive contractions"] = "(?i:" + contractions + ")" + pattern[len(contractions):]
         out["any whitespace as prefix"] = pattern.replace(" ?", r"\s?")
-    return out
+    return {label: variant for label, variant in out.items() if variant != pattern}
 
 
 def check_corpus_separates(name, tok, corpus, variants):
@@ -327,6 +371,105 @@ def check_round_trip(name, tok, corpus, ids):
     print(f"{name}: round trip holds; {dropped} strings lose characters the vocabulary cannot spell")
 
 
+def byte_tokens(tok):
+    """The ids of a SentencePiece vocabulary's <0xNN> tokens."""
+    vocab = tok.get_vocab()
+    return [vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab]
+
+
+def train(tok, corpus, vocab_size, **options):
+    """Trains `tok`'s BPE model on the corpus; returns its vocabulary and merges."""
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, **options)
+    tok.train_from_iterator(corpus, trainer)
+    model = json.loads(tok.to_str())["model"]
+    return model["vocab"], [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+
+
+def llama2_style(corpus, metaspace):
+    """A small SentencePiece-style BPE laid out as Llama-2's: <unk> <s> </s>, the 256 byte
+    tokens, then the trained ones. Its rarer characters are left to byte fallback."""
+    trainee = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainee.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    trained, merges = train(trainee, corpus, 1000, limit_alphabet=120)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for token, _ in sorted(trained.items(), key=lambda item: item[1]):
+        vocab.setdefault(token, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    strip = [decoders.Strip(" ", 1, 0)]
+    if metaspace:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    else:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()] + strip)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in ("<unk>", "<s>", "</s>")])
+    return tok
+
+
+def gpt_neox_style(corpus):
+    """A stand-in for GPT-NeoX-20B's tokenizer (Pythia's): byte-level BPE after NFC, with its
+    special tokens first and runs of 2-24 spaces as added tokens matched after normalizing."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    train(tok, corpus, 1000, special_tokens=["<|endoftext|>", "<|padding|>"],
+          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in ("<|endoftext|>", "<|padding|>")])
+    tok.add_tokens([AddedToken(" " * n, normalized=True, special=False) for n in range(24, 1, -1)])
+    return tok
+
+
+def qwen2_style(corpus):
+    """A stand-in for Qwen2's tokenizer: NFC, Qwen2's Split regex then ByteLevel, and the chat
+    special tokens after the vocabulary."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = split_rules(QWEN2_SPLIT)
+    train(tok, corpus, 1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                            for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])
+    return tok
+
+
+def sentencepiece_gguf(source, path):
+    """A tokenizer-only GGUF file (tokenizer.ggml.model = llama, no merges) of the trained
+    SentencePiece vocabulary in `source`, scored best-first as SentencePiece scores BPE pieces,
+    for transformers' GGUF conversion to derive its merges from."""
+    from gguf import GGUFWriter, TokenType
+    import numpy as np
+    vocab = json.load(open(source, encoding="utf-8"))["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    types = [TokenType.CONTROL if t in ("<unk>", "<s>", "</s>") else TokenType.BYTE if t in byte_names
+             else TokenType.NORMAL for t in tokens for byte_names in [{f"<0x{b:02X}>" for b in range(256)}]]
+    writer = GGUFWriter(path, "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-float(i) if ty == TokenType.NORMAL else 0.0 for i, ty in enumerate(types)])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_tensor("token_embd.weight", np.zeros((1, 1), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    print(f"wrote {path} ({os.path.getsize(path) // 1024} KiB)")
+
+
+def save_trained(name, tok):
+    path = os.path.join(OUT, name, "tokenizer.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tok.save(path)
+    print(f"wrote {path} ({os.path.getsize(path) // 1024} KiB)")
+
+
 def write(name, obj):
     path = os.path.join(OUT, name)
     with open(path, "w", encoding="utf-8") as f:
@@ -356,6 +499,7 @@ def main():
     write("gpt2.json", {"reference": "tokenizers BPE from encoder.json + vocab.bpe, ByteLevel",
                         "ids": ids, "decode": decode_cases(gpt2, len(vocab), rng),
                         "pieces": check_corpus_separates("gpt2", gpt2, corpus, variants),
+                        "decoded": decoded(gpt2, corpus, ids),
                         "tokenizer_json": skeleton(gpt2)})
 
     # GPT-2's vocabulary behind Llama-3's Split pre-tokenizer.
@@ -365,6 +509,7 @@ def main():
     variants = {k: split_rules(v) for k, v in mutants_of(LLAMA3_SPLIT).items()}
     write("gpt2-llama3.json", {"reference": "GPT-2 vocab + merges, Llama-3 Split, ignore_merges",
                                "ids": ids, "pieces": check_corpus_separates("gpt2-llama3", llama3, corpus, variants),
+                               "decoded": decoded(llama3, corpus, ids),
                                "tokenizer_json": skeleton(llama3)})
 
     # SmolLM2
@@ -389,7 +534,51 @@ def main():
                            "transformers_gguf_differs": differs,
                            "ids": ids, "decode": decode_cases(smol, len(vocab), rng),
                            "pieces": check_corpus_separates("smollm2", smol, corpus, variants),
+                           "decoded": decoded(smol, corpus, ids),
                            "tokenizer_json": skeleton(smol)})
+
+    # Small tokenizers trained here, committed whole.
+    for name, tok, bos, variants in [
+        ("llama2-style", llama2_style(corpus, metaspace=False), 1, {}),
+        ("llama2-metaspace", llama2_style(corpus, metaspace=True), 1, {}),
+        ("gpt-neox-style", gpt_neox_style(corpus), None, {}),
+        ("qwen2-style", qwen2_style(corpus), None, {k: split_rules(v) for k, v in mutants_of(QWEN2_SPLIT).items()}),
+    ]:
+        save_trained(name, tok)
+        tok = Tokenizer.from_file(os.path.join(OUT, name, "tokenizer.json"))
+        ids = [e.ids for e in tok.encode_batch(corpus, add_special_tokens=True)]
+        write(f"{name}.json", {"reference": f"tokenizers from {name}/tokenizer.json", "ids": ids,
+                               "decode": decode_cases(tok, tok.get_vocab_size(), rng, favoured=byte_tokens(tok)),
+                               "decoded": decoded(tok, corpus, ids, bos),
+                               "pieces": check_corpus_separates(name, tok, corpus, variants)})
+
+    # The Llama-2-style vocabulary as a GGUF file, as transformers builds it from there.
+    from transformers import AutoTokenizer
+    directory = os.path.join(OUT, "llama-gguf")
+    os.makedirs(directory, exist_ok=True)
+    sentencepiece_gguf(os.path.join(OUT, "llama2-style", "tokenizer.json"), os.path.join(directory, "tokenizer.gguf"))
+    hf = AutoTokenizer.from_pretrained(directory, gguf_file="tokenizer.gguf")
+    tok = hf.backend_tokenizer
+    ids = hf(corpus)["input_ids"]
+    assert ids == [e.ids for e in tok.encode_batch(corpus, add_special_tokens=True)], "transformers and its backend differ"
+    write("llama-gguf.json", {"reference": "transformers AutoTokenizer from llama-gguf/tokenizer.gguf", "ids": ids,
+                              "decode": decode_cases(tok, tok.get_vocab_size(), rng, favoured=byte_tokens(tok)),
+                              "decoded": decoded(tok, corpus, ids, 1),
+                              "pieces": pieces(tok, corpus)})
+
+    # Gemma 3, as transformers builds it from the GGUF file.
+    gemma = AutoTokenizer.from_pretrained(MODELS, gguf_file=GEMMA_GGUF)
+    tok = gemma.backend_tokenizer
+    ids = gemma(corpus)["input_ids"]
+    assert ids == [e.ids for e in tok.encode_batch(corpus, add_special_tokens=True)], "transformers and its backend differ"
+    assert ids[corpus.index("The quick brown fox jumps over the lazy dog.")][0] == 2
+    # Decode cases drawn from the ids the corpus gives, so that they spell the corpus's text
+    # and not more of the vocabulary.
+    seen = sorted({i for row in ids for i in row})
+    write("gemma3.json", {"reference": f"transformers AutoTokenizer from {GEMMA_GGUF}", "ids": ids,
+                          "decode": decode_cases(tok, tok.get_vocab_size(), rng, favoured=byte_tokens(tok), pool=seen),
+                          "decoded": decoded(tok, corpus, ids, 2),
+                          "pieces": pieces(tok, corpus)})
 
 
 if __name__ == "__main__":

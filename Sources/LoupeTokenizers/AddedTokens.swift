@@ -21,14 +21,14 @@ struct AddedTokenMatcher: Sendable {
         case token(Int)
     }
 
-    /// The text cut into plain stretches and added tokens.
-    func segments(_ text: ScannedText) -> [Segment] {
-        guard !candidates.isEmpty else { return text.count > 0 ? [.text(0..<text.count)] : [] }
+    /// `range` of the text cut into plain stretches and added tokens.
+    func segments(_ text: ScannedText, in range: Range<Int>) -> [Segment] {
+        guard !candidates.isEmpty else { return range.isEmpty ? [] : [.text(range)] }
         var out: [Segment] = []
-        var plainStart = 0
-        var i = 0
-        while i < text.count {
-            guard let match = candidates[text.scalars[i]]?.first(where: { matches($0.scalars, text, at: i) }) else {
+        var plainStart = range.lowerBound
+        var i = range.lowerBound
+        while i < range.upperBound {
+            guard let match = candidates[text.scalars[i]]?.first(where: { matches($0.scalars, text, at: i, end: range.upperBound) }) else {
                 i += 1
                 continue
             }
@@ -37,12 +37,12 @@ struct AddedTokenMatcher: Sendable {
             i += match.scalars.count
             plainStart = i
         }
-        if plainStart < text.count { out.append(.text(plainStart..<text.count)) }
+        if plainStart < range.upperBound { out.append(.text(plainStart..<range.upperBound)) }
         return out
     }
 
-    private func matches(_ token: [Unicode.Scalar], _ text: ScannedText, at i: Int) -> Bool {
-        guard i + token.count <= text.count else { return false }
+    private func matches(_ token: [Unicode.Scalar], _ text: ScannedText, at i: Int, end: Int) -> Bool {
+        guard i + token.count <= end else { return false }
         for k in 1..<token.count where text.scalars[i + k] != token[k] { return false }
         return true
     }

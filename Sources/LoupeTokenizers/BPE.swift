@@ -1,17 +1,26 @@
 import Foundation
 
-/// Byte-level BPE over token ids: a pre-token's bytes start as the ids of their one-byte
-/// tokens and are merged pairwise, lowest merge rank first, as HF's `BPE` model does.
+/// BPE over token ids, as HF's `BPE` model does: a pre-token starts as the ids of its bytes
+/// (byte-level BPE) or of its characters (SentencePiece-style BPE), which are merged pairwise,
+/// lowest merge rank first.
 struct BytePairModel: Sendable {
-    /// The id of each byte's one-character token (nil when the vocabulary lacks it).
-    let byteTokens: [Int?]
+    let alphabet: Alphabet
     /// (left id, right id) packed into one key -> (rank, merged id).
     let merges: [UInt64: Merge]
     /// With `ignore_merges` (Llama-3), a pre-token that is itself a token is taken whole.
     let wholeTokens: [[UInt8]: Int]?
-    /// HF's `unk_token`: stands in for a byte the vocabulary lacks (else the byte is dropped).
+    /// HF's `unk_token`: stands in for what the vocabulary cannot spell (else it is dropped).
     let unknownToken: Int?
     let fusesUnknown: Bool
+
+    /// What a pre-token starts as.
+    enum Alphabet: Sendable {
+        /// Each byte is the token that spells it in GPT-2's byte alphabet (nil: no such token).
+        case bytes([Int?])
+        /// Each character is its own token; one the vocabulary lacks becomes the `<0xNN>` tokens
+        /// of its UTF-8 bytes when `byteFallback` (indexed by byte) holds them all.
+        case characters([UInt32: Int], byteFallback: [Int?]?)
+    }
 
     struct Merge: Sendable {
         let rank: Int32
@@ -20,23 +29,60 @@ struct BytePairModel: Sendable {
 
     static func key(_ left: Int, _ right: Int) -> UInt64 { UInt64(left) << 32 | UInt64(right) }
 
-    /// The ids of one pre-token.
+    /// The ids of one pre-token, given as UTF-8.
     func encode(_ bytes: ArraySlice<UInt8>) -> [Int] {
         if let whole = wholeTokens?[Array(bytes)] { return [whole] }
         var symbols: [Int] = []
         symbols.reserveCapacity(bytes.count)
-        var lastWasUnknown = false
-        for byte in bytes {
-            if let id = byteTokens[Int(byte)] {
-                symbols.append(id)
-                lastWasUnknown = false
-            } else if let unknown = unknownToken {
-                if !(fusesUnknown && lastWasUnknown) { symbols.append(unknown) }
-                lastWasUnknown = true
-            }
-            // With no unknown token HF drops the byte, and so do we.
+        // HF's `merge_word` holds an unknown token back until a character the vocabulary has
+        // (or the end) comes, so byte-fallback tokens in between go before it.
+        var pendingUnknown = 0
+        func flushUnknown() {
+            if let unknown = unknownToken { symbols += repeatElement(unknown, count: pendingUnknown) }
+            pendingUnknown = 0
         }
+        func add(_ id: Int) {
+            flushUnknown()
+            symbols.append(id)
+        }
+        func miss() {
+            guard unknownToken != nil else { return }  // HF drops it, and so do we
+            if !(fusesUnknown && pendingUnknown > 0) { pendingUnknown += 1 }
+        }
+        switch alphabet {
+        case .bytes(let table):
+            for byte in bytes {
+                if let id = table[Int(byte)] { add(id) } else { miss() }
+            }
+        case .characters(let table, let byteFallback):
+            var i = bytes.startIndex
+            while i < bytes.endIndex {
+                let (scalar, length) = Self.scalar(in: bytes, at: i)
+                if let id = table[scalar] {
+                    add(id)
+                } else if let byteFallback, bytes[i..<(i + length)].allSatisfy({ byteFallback[Int($0)] != nil }) {
+                    for byte in bytes[i..<(i + length)] { symbols.append(byteFallback[Int(byte)]!) }
+                } else {
+                    miss()
+                }
+                i += length
+            }
+        }
+        flushUnknown()
         return symbols.count > 1 ? merge(symbols) : symbols
+    }
+
+    /// The scalar whose UTF-8 starts at `i` of valid UTF-8, and its length in bytes.
+    private static func scalar(in bytes: ArraySlice<UInt8>, at i: Int) -> (UInt32, Int) {
+        let lead = UInt32(bytes[i])
+        switch lead {
+        case ..<0x80: return (lead, 1)
+        case ..<0xE0: return ((lead & 0x1F) << 6 | UInt32(bytes[i + 1] & 0x3F), 2)
+        case ..<0xF0: return ((lead & 0x0F) << 12 | UInt32(bytes[i + 1] & 0x3F) << 6 | UInt32(bytes[i + 2] & 0x3F), 3)
+        default:
+            return ((lead & 0x07) << 18 | UInt32(bytes[i + 1] & 0x3F) << 12 | UInt32(bytes[i + 2] & 0x3F) << 6
+                    | UInt32(bytes[i + 3] & 0x3F), 4)
+        }
     }
 
     /// HF's `Word::merge_all`: a priority queue of adjacent pairs keyed by (rank, position),

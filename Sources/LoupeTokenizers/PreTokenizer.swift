@@ -75,6 +75,9 @@ struct ScannedText {
         utf8[utf8Offsets[range.lowerBound]..<utf8Offsets[range.upperBound]]
     }
 
+    /// The scalars in `range` as a String.
+    func string(_ range: Range<Int>) -> String { String(String.UnicodeScalarView(scalars[range])) }
+
     /// The end of the run of `kind` characters that starts at `i` (not past `end`).
     func run(of kind: CharacterClass, from i: Int, to end: Int) -> Int {
         var j = i
@@ -93,6 +96,18 @@ enum SplitRule: Sendable, Equatable {
     case gpt2
     /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
     case llama3
+    /// Qwen2's pattern: Llama-3's with `\p{N}` for `\p{N}{1,3}`, one digit a piece.
+    case qwen2
+    /// A Split on a literal string: each match kept apart (`isolated`), or ending the piece
+    /// before it (`mergedWithPrevious`, Gemma's " "), or starting the next (`mergedWithNext`,
+    /// Metaspace's "▁").
+    case literal([Unicode.Scalar], Behaviour)
+
+    enum Behaviour: String, Sendable {
+        case isolated = "Isolated"
+        case mergedWithPrevious = "MergedWithPrevious"
+        case mergedWithNext = "MergedWithNext"
+    }
     /// HF's Digits pre-tokenizer: numeric characters (`\p{N}`) apart from the rest, one per piece
     /// when `individual`, else in runs.
     case digits(individual: Bool)
@@ -101,11 +116,13 @@ enum SplitRule: Sendable, Equatable {
     static func recognising(pattern: String) -> SplitRule? {
         let gpt2 = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"#
         let llama3 = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        let qwen2 = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
         switch pattern {
         // With Isolated splitting, text no alternative matches becomes a piece of its own, and
         // that is exactly what the trailing `|\s+` would match: both spellings are one rule.
         case gpt2, gpt2 + #"|\s+"#: return .gpt2
         case llama3: return .llama3
+        case qwen2: return .qwen2
         default: return nil
         }
     }
@@ -123,15 +140,41 @@ enum SplitRule: Sendable, Equatable {
                 out.append(i..<j)
                 i = j
             }
-        case .gpt2, .llama3:
+        case .gpt2, .llama3, .qwen2:
             var i = piece.lowerBound
             while i < piece.upperBound {
-                let j = self == .gpt2
-                    ? Self.gpt2Match(text, at: i, end: piece.upperBound)
-                    : Self.llama3Match(text, at: i, end: piece.upperBound)
+                let j = switch self {
+                case .gpt2: Self.gpt2Match(text, at: i, end: piece.upperBound)
+                case .qwen2: Self.llama3Match(text, at: i, end: piece.upperBound, digits: 1)
+                default: Self.llama3Match(text, at: i, end: piece.upperBound, digits: 3)
+                }
                 out.append(i..<j)
                 i = j
             }
+        case .literal(let pattern, let behaviour):
+            var start = piece.lowerBound
+            var i = piece.lowerBound
+            while i + pattern.count <= piece.upperBound {
+                guard text.scalars[i..<(i + pattern.count)].elementsEqual(pattern) else {
+                    i += 1
+                    continue
+                }
+                let end = i + pattern.count
+                switch behaviour {
+                case .isolated:
+                    if start < i { out.append(start..<i) }
+                    out.append(i..<end)
+                    start = end
+                case .mergedWithPrevious:
+                    out.append(start..<end)
+                    start = end
+                case .mergedWithNext:
+                    if start < i { out.append(start..<i) }
+                    start = i
+                }
+                i = end
+            }
+            if start < piece.upperBound { out.append(start..<piece.upperBound) }
         }
     }
 
@@ -146,8 +189,8 @@ enum SplitRule: Sendable, Equatable {
         return whitespace(text, at: i, end: end)
     }
 
-    /// The end of Llama-3's match at `i`.
-    private static func llama3Match(_ text: ScannedText, at i: Int, end: Int) -> Int {
+    /// The end of Llama-3's match at `i` (Qwen2's with `digits` 1).
+    private static func llama3Match(_ text: ScannedText, at i: Int, end: Int, digits: Int) -> Int {
         if let length = contraction(text, at: i, end: end, ignoringCase: true) { return i + length }
         let kind = text.classes[i]
         // `[^\r\n\p{L}\p{N}]?\p{L}+`: letters, after at most one character that is not a
@@ -157,7 +200,7 @@ enum SplitRule: Sendable, Equatable {
             return text.run(of: .letter, from: i + 1, to: end)
         }
         // `\p{N}{1,3}`
-        if kind == .number { return min(text.run(of: .number, from: i, to: end), i + 3) }
+        if kind == .number { return min(text.run(of: .number, from: i, to: end), i + digits) }
         // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
         var start = i
         if text.scalars[i] == " ", i + 1 < end, text.classes[i + 1] == .other { start = i + 1 }

@@ -1,5 +1,6 @@
-/// A byte-level BPE tokenizer (GPT-2, SmolLM2, Llama-3 and their kin) that gives the same ids
-/// as HF `tokenizers`. Safe to share between threads. Load one with the `load` functions.
+/// A BPE tokenizer that gives the same ids as HF `tokenizers`: byte-level (GPT-2, SmolLM2,
+/// Llama-3, Qwen2, GPT-NeoX and their kin) or SentencePiece-style with byte fallback (Llama-2,
+/// Gemma). Safe to share between threads. Load one with the `load` functions.
 public final class Tokenizer: Sendable {
     public let bosTokenID: Int?
     public let eosTokenID: Int?
@@ -9,10 +10,13 @@ public final class Tokenizer: Sendable {
 
     private let vocabulary: Vocabulary
     private let model: BytePairModel
-    private let rules: [SplitRule]
+    /// Added tokens matched in the raw text, and those matched after normalization.
     private let addedTokens: AddedTokenMatcher
-    /// The bytes each id stands for, for `decode`.
-    private let tokenBytes: [[UInt8]]
+    private let normalizedAddedTokens: AddedTokenMatcher
+    private let normalizer: [NormalizerStep]
+    private let metaspace: Metaspace?
+    private let rules: [SplitRule]
+    private let decoder: [DecoderStep]
     private let cache = PieceCache()
 
     /// Builds the tokenizer a loader has read, resolving merges to ids. Errors name `file`.
@@ -20,7 +24,7 @@ public final class Tokenizer: Sendable {
         let vocabulary = definition.vocabulary
         let file = definition.file
         func id(of token: String, item: String, role: String) throws -> Int {
-            guard let id = vocabulary.ids[token] else {
+            guard let id = vocabulary.id(token) else {
                 throw TokenizerError(.unknownToken, file: file, item: item, "\(role) \"\(token)\" is not in the vocabulary")
             }
             return id
@@ -29,30 +33,56 @@ public final class Tokenizer: Sendable {
         guard !vocabulary.tokens.isEmpty else {
             throw TokenizerError(.badValue, file: file, item: definition.vocabularyItem, "the vocabulary has no tokens")
         }
-        guard definition.merges.count <= Self.maximumMerges else {
-            throw TokenizerError(.badValue, file: file, item: definition.mergesItem,
-                                 "\(definition.merges.count) merges is more than the \(Self.maximumMerges) a tokenizer may have")
-        }
         var merges: [UInt64: BytePairModel.Merge] = [:]
-        merges.reserveCapacity(definition.merges.count)
-        for (rank, merge) in definition.merges.enumerated() {
-            let item = definition.mergeItem(rank)
-            let left = try id(of: merge.left, item: item, role: "the merge's left token")
-            let right = try id(of: merge.right, item: item, role: "the merge's right token")
-            let merged = try id(of: merge.left + merge.right, item: item, role: "the merged token")
-            // A repeated pair takes its last rank, as in HF's merge map.
-            merges[BytePairModel.key(left, right)] = .init(rank: Int32(rank), id: Int32(merged))
+        switch definition.merges {
+        case .spelled(let spelled):
+            guard spelled.count <= Self.maximumMerges else {
+                throw TokenizerError(.badValue, file: file, item: definition.mergesItem,
+                                     "\(spelled.count) merges is more than the \(Self.maximumMerges) a tokenizer may have")
+            }
+            merges.reserveCapacity(spelled.count)
+            for (rank, merge) in spelled.enumerated() {
+                let item = definition.mergeItem(rank)
+                let left = try id(of: merge.left, item: item, role: "the merge's left token")
+                let right = try id(of: merge.right, item: item, role: "the merge's right token")
+                let merged = try id(of: merge.left + merge.right, item: item, role: "the merged token")
+                // A repeated pair takes its last rank, as in HF's merge map.
+                merges[BytePairModel.key(left, right)] = .init(rank: Int32(rank), id: Int32(merged))
+            }
+        case .resolved(let resolved):
+            merges.reserveCapacity(resolved.count)
+            for (rank, merge) in resolved.enumerated() {
+                merges[BytePairModel.key(merge.left, merge.right)] = .init(rank: Int32(rank), id: Int32(merge.merged))
+            }
         }
 
+        // The bytes a pre-token must be to be taken whole under `ignore_merges`.
+        let spelling: (String) -> [UInt8]?
+        let alphabet: BytePairModel.Alphabet
+        switch definition.alphabet {
+        case .byteLevel:
+            spelling = ByteLevel.decode
+            alphabet = .bytes(ByteLevel.characters.map { vocabulary.id(String($0)) })
+        case .characters(let byteFallback):
+            spelling = { Array($0.utf8) }
+            var characters: [UInt32: Int] = [:]
+            for (id, token) in vocabulary.tokens.enumerated() {
+                guard let token, token.unicodeScalars.count == 1, let scalar = token.unicodeScalars.first,
+                      vocabulary.id(token) == id else { continue }
+                characters[scalar.value] = id
+            }
+            alphabet = .characters(characters, byteFallback: byteFallback ? (0..<256).map { vocabulary.id(ByteFallback.token($0)) } : nil)
+        }
         var wholeTokens: [[UInt8]: Int]?
         if definition.ignoresMerges {
             wholeTokens = [:]
-            for (token, id) in vocabulary.ids { if let bytes = ByteLevel.decode(token) { wholeTokens![bytes] = id } }
+            for (id, token) in vocabulary.tokens.enumerated() {
+                if let token, vocabulary.id(token) == id, let bytes = spelling(token) { wholeTokens![bytes] = id }
+            }
         }
-        let unknown = try definition.unknownToken.map { try id(of: $0, item: "unk_token", role: "the unknown token") }
-        model = BytePairModel(
-            byteTokens: ByteLevel.characters.map { vocabulary.ids[String($0)] },
-            merges: merges, wholeTokens: wholeTokens, unknownToken: unknown, fusesUnknown: definition.fusesUnknown)
+        let unknown = try definition.unknownToken.map { try id(of: $0, item: definition.unknownItem, role: "the unknown token") }
+        model = BytePairModel(alphabet: alphabet, merges: merges, wholeTokens: wholeTokens,
+                              unknownToken: unknown, fusesUnknown: definition.fusesUnknown)
 
         for (role, id, item) in [("BOS", definition.bos, definition.bosItem), ("EOS", definition.eos, definition.eosItem)] {
             guard let id else { continue }
@@ -69,76 +99,100 @@ public final class Tokenizer: Sendable {
         self.vocabulary = vocabulary
         rules = definition.rules
         addedTokens = AddedTokenMatcher(definition.addedTokens)
-        // HF's ByteLevel decoder: a token spelled in the byte alphabet stands for its bytes,
-        // any other (an added token like "<think>" stored as is) for its own UTF-8.
-        tokenBytes = vocabulary.tokens.map { token in token.map { ByteLevel.decode($0) ?? Array($0.utf8) } ?? [] }
+        normalizedAddedTokens = AddedTokenMatcher(definition.normalizedAddedTokens)
+        normalizer = definition.normalizer
+        metaspace = definition.metaspace
+        decoder = definition.decoder
         bosTokenID = definition.bos
         eosTokenID = definition.eos
         addsBOS = definition.addsBOS
     }
 
-    /// The ids of `text`: added tokens found whole, the rest pre-tokenized and merged. Characters
-    /// whose bytes have no token are dropped (HF does the same when there is no unknown token).
+    /// The ids of `text`: added tokens found whole, the rest normalized, pre-tokenized and merged.
+    /// Characters the vocabulary cannot spell become the unknown token, or are dropped when
+    /// there is none (HF does the same).
     public func encode(_ text: String) -> [Int] {
         var ids: [Int] = []
         if addsBOS, let bos = bosTokenID { ids.append(bos) }
-        let scanned = ScannedText(text)
-        forEachPiece(of: scanned) { piece in
+        forEachPiece(of: text) { piece in
             switch piece {
             case .token(let id): ids.append(id)
-            case .text(let range): ids += cache.ids(for: scanned.bytes(range), compute: model.encode)
+            case .text(let text, let range): ids += cache.ids(for: text.bytes(range), compute: model.encode)
             }
         }
         return ids
     }
 
-    /// The pieces BPE works on, in order: added tokens whole, the rest as the pre-tokenizer
-    /// cuts it. They join up to `text`. Shows why a string tokenizes the way it does.
+    /// The pieces BPE works on, in order: added tokens whole, the rest normalized and cut as
+    /// the pre-tokenizer cuts it ("▁Hello" where a SentencePiece vocabulary marks spaces).
+    /// Without a normalizer they join up to `text`. Shows why a string tokenizes as it does.
     public func preTokenize(_ text: String) -> [String] {
         var pieces: [String] = []
-        let scanned = ScannedText(text)
-        forEachPiece(of: scanned) { piece in
+        forEachPiece(of: text) { piece in
             switch piece {
             case .token(let id): pieces.append(vocabulary.tokens[id] ?? "")
-            case .text(let range): pieces.append(String(String.UnicodeScalarView(scanned.scalars[range])))
+            case .text(let text, let range): pieces.append(text.string(range))
             }
         }
         return pieces
     }
 
-    /// Cuts `text` at added tokens, then runs the split rules over each stretch between them.
-    private func forEachPiece(of text: ScannedText, _ body: (AddedTokenMatcher.Segment) -> Void) {
+    private enum Piece {
+        case token(Int)
+        case text(ScannedText, Range<Int>)
+    }
+
+    /// HF's order: added tokens matched in the raw text; each stretch between them normalized;
+    /// added tokens matched in the normalized text; each stretch between those rewritten by
+    /// Metaspace and cut by the split rules.
+    private func forEachPiece(of text: String, _ body: (Piece) -> Void) {
         var pieces: [Range<Int>] = [], split: [Range<Int>] = []
-        for segment in addedTokens.segments(text) {
+        let raw = ScannedText(text)
+        for segment in addedTokens.segments(raw, in: 0..<raw.count) {
             guard case .text(let range) = segment else {
-                body(segment)
+                if case .token(let id) = segment { body(.token(id)) }
                 continue
             }
-            pieces = [range]
-            for rule in rules {
-                split.removeAll(keepingCapacity: true)
-                for piece in pieces { rule.split(text, piece, into: &split) }
-                swap(&pieces, &split)
+            let normalized = normalizer.isEmpty ? raw : ScannedText(NormalizerStep.apply(normalizer, to: raw.string(range)))
+            let normalizedRange = normalizer.isEmpty ? range : 0..<normalized.count
+            for inner in normalizedAddedTokens.segments(normalized, in: normalizedRange) {
+                guard case .text(let innerRange) = inner else {
+                    if case .token(let id) = inner { body(.token(id)) }
+                    continue
+                }
+                var scanned = normalized
+                pieces = [innerRange]
+                if let metaspace {
+                    // Metaspace's "first" scheme marks only the piece the text starts with.
+                    let atStart = range.lowerBound == 0 && innerRange.lowerBound == normalizedRange.lowerBound
+                    scanned = ScannedText(metaspace.apply(normalized.string(innerRange), atStart: atStart))
+                    pieces = [0..<scanned.count]
+                }
+                for rule in rules {
+                    split.removeAll(keepingCapacity: true)
+                    for piece in pieces { rule.split(scanned, piece, into: &split) }
+                    swap(&pieces, &split)
+                }
+                for piece in pieces where !piece.isEmpty { body(.text(scanned, piece)) }
             }
-            for piece in pieces { body(.text(piece)) }
         }
     }
 
-    /// The text of `ids`. Byte sequences that are not valid UTF-8 (a token sequence cut inside
-    /// a character) become U+FFFD, one per maximal invalid subsequence, as HF's
-    /// `String::from_utf8_lossy` does. Ids outside the vocabulary are skipped, as HF skips them.
+    /// The text of `ids`, as HF's decoder makes it: each id's token string through the decoder
+    /// steps (the byte alphabet or `<0xNN>` tokens back to bytes, "▁" back to spaces ...).
+    /// Invalid UTF-8 (a token sequence cut inside a character) becomes U+FFFD as HF makes it.
+    /// Ids outside the vocabulary are skipped, as HF skips them.
     public func decode(_ ids: [Int]) -> String {
-        var bytes: [UInt8] = []
-        for id in ids where tokenBytes.indices.contains(id) { bytes += tokenBytes[id] }
-        return String(decoding: bytes, as: UTF8.self)
+        let tokens = ids.compactMap { vocabulary.tokens.indices.contains($0) ? vocabulary.tokens[$0] : nil }
+        return DecoderStep.apply(decoder, to: tokens)
     }
 
-    /// The vocabulary entry for `id` as the file spells it ("ĠJohn").
+    /// The vocabulary entry for `id` as the file spells it ("ĠJohn", "▁John").
     public func tokenString(_ id: Int) -> String? {
         vocabulary.tokens.indices.contains(id) ? vocabulary.tokens[id] : nil
     }
 
-    public func id(forToken token: String) -> Int? { vocabulary.ids[token] }
+    public func id(forToken token: String) -> Int? { vocabulary.id(token) }
 
     /// One more than the largest id (added tokens included).
     public var vocabularySize: Int { vocabulary.tokens.count }
@@ -147,10 +201,33 @@ public final class Tokenizer: Sendable {
     static let maximumMerges = 1 << 22
 }
 
+/// A token's spelling as a dictionary key that compares UTF-8 bytes. String keys compare by
+/// canonical equivalence, which would make "é" and "e\u{301}" (both in Gemma's vocabulary)
+/// one token.
+struct Spelling: Hashable, Sendable {
+    let text: String
+
+    init(_ text: String) {
+        var text = text
+        text.makeContiguousUTF8()
+        self.text = text
+    }
+
+    static func == (a: Spelling, b: Spelling) -> Bool {
+        var a = a.text, b = b.text
+        return a.withUTF8 { a in b.withUTF8 { b in a.elementsEqual(b) } }
+    }
+
+    func hash(into hasher: inout Hasher) {
+        var text = text
+        text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+}
+
 /// Tokens by id and ids by token.
 struct Vocabulary: Sendable {
     private(set) var tokens: [String?] = []
-    private(set) var ids: [String: Int] = [:]
+    private(set) var ids: [Spelling: Int] = [:]
     /// Ids run below this: the tokens listed plus `maximumHoles`.
     private(set) var idLimit = 0
 
@@ -169,7 +246,7 @@ struct Vocabulary: Sendable {
         tokens = list
         idLimit = list.count
         ids.reserveCapacity(list.count)
-        for (id, token) in list.enumerated() { ids[token] = id }
+        for (id, token) in list.enumerated() { ids[Spelling(token)] = id }
     }
 
     /// An empty vocabulary that will be given `count` tokens with `add`.
@@ -199,32 +276,58 @@ struct Vocabulary: Sendable {
         if let existing = tokens[id], existing != token {
             throw TokenizerError(.badValue, file: file, item: item, "id \(id) is given to both \"\(existing)\" and \"\(token)\"")
         }
-        if let existing = ids[token], existing != id {
+        if let existing = ids[Spelling(token)], existing != id {
             throw TokenizerError(.badValue, file: file, item: item, "\"\(token)\" is given both id \(existing) and id \(id)")
         }
         tokens[id] = token
-        ids[token] = id
+        ids[Spelling(token)] = id
     }
+
+    /// The id of the token spelled exactly so (byte for byte).
+    func id(_ token: String) -> Int? { ids[Spelling(token)] }
 }
 
 /// What a loader reads from its files, before merges are resolved to ids.
 struct TokenizerDefinition {
     var file: String
     var vocabulary: Vocabulary
-    var merges: [(left: String, right: String)]
+    var merges: Merges
     /// Names merge `i` in error messages ("vocab.bpe line 5", "model.merges[3]").
     var mergeItem: (Int) -> String
-    /// Name the vocabulary, the merges, and where the BOS and EOS ids come from, in errors.
+    /// Name the vocabulary, the merges, and where the special token ids come from, in errors.
     var vocabularyItem = "vocabulary"
     var mergesItem = "merges"
     var bosItem = "bos token"
     var eosItem = "eos token"
+    var unknownItem = "unk_token"
     var rules: [SplitRule]
+    var alphabet = Alphabet.byteLevel
+    /// Added tokens matched whole in the raw text, and (HF's `normalized: true`) in the text
+    /// the normalizer has made.
     var addedTokens: [(content: String, id: Int)] = []
+    var normalizedAddedTokens: [(content: String, id: Int)] = []
+    var normalizer: [NormalizerStep] = []
+    var metaspace: Metaspace? = nil
+    var decoder: [DecoderStep] = [.byteLevel]
     var ignoresMerges = false
     var unknownToken: String? = nil
     var fusesUnknown = false
     var bos: Int? = nil
     var eos: Int? = nil
     var addsBOS = false
+
+    enum Merges {
+        /// Merges as token strings, best first.
+        case spelled([(left: String, right: String)])
+        /// Merges already resolved to ids, best first.
+        case resolved([(left: Int, right: Int, merged: Int)])
+    }
+
+    enum Alphabet {
+        /// Byte-level BPE: tokens spell bytes in GPT-2's alphabet.
+        case byteLevel
+        /// SentencePiece-style BPE: tokens are text; with byte fallback, `<0xNN>` tokens spell
+        /// bytes of characters the vocabulary lacks.
+        case characters(byteFallback: Bool)
+    }
 }

@@ -120,4 +120,57 @@ final class BehaviourTests: XCTestCase {
         XCTAssertEqual(tokenizer.decode(Array(ids.dropLast())), "\u{FFFD}")
         XCTAssertEqual(tokenizer.decode(ids + [99_999_999, -1]), "😀", "ids outside the vocabulary are skipped")
     }
+
+    // MARK: SentencePiece-style BPE
+
+    /// A character-level vocabulary with byte fallback behind Metaspace, as HF builds Llama's.
+    private func sentencePiece(prepend: String, decoder: [String: Any]? = nil) throws -> Tokenizer {
+        let added: (String, Int, Bool) -> [String: Any] = { content, id, special in
+            ["id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special]
+        }
+        let json: [String: Any] = [
+            "version": "1.0", "normalizer": NSNull(), "post_processor": NSNull(),
+            "added_tokens": [added("<s>", 1, true), added("x", 8, false)],
+            "pre_tokenizer": ["type": "Metaspace", "replacement": "▁", "prepend_scheme": prepend, "split": false],
+            "decoder": decoder ?? ["type": "Sequence", "decoders": [
+                ["type": "Replace", "pattern": ["String": "▁"], "content": " "], ["type": "ByteFallback"], ["type": "Fuse"],
+                ["type": "Strip", "content": " ", "start": 1, "stop": 0]]],
+            "model": ["type": "BPE", "dropout": NSNull(), "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true,
+                      "vocab": ["<unk>": 0, "<s>": 1, "▁": 2, "h": 3, "i": 4, "▁h": 5, "▁hi": 6, "hi": 7, "x": 8, "<0x41>": 9],
+                      "merges": [["▁", "h"], ["▁h", "i"], ["h", "i"]]],
+        ]
+        return try Tokenizer.load(tokenizerJSON: Fixtures.write(json, in: Fixtures.temporaryDirectory(self)))
+    }
+
+    /// Metaspace's prepend schemes around added tokens; byte fallback, and HF's unknown token
+    /// held back until a character the vocabulary has (or the end).
+    func testMetaspaceAndByteFallback() throws {
+        let first = try sentencePiece(prepend: "first")
+        XCTAssertEqual(first.encode("hi hi"), [6, 6])
+        XCTAssertEqual(first.encode("<s>hi hi"), [1, 7, 6])
+        XCTAssertEqual(first.encode("hi<s>hi"), [6, 1, 7])
+        XCTAssertEqual(first.encode("hxh"), [5, 8, 3])
+        XCTAssertEqual(first.encode("A"), [2, 9])
+        XCTAssertEqual(first.encode("héA"), [5, 9, 0], "é has no byte tokens: <unk>, after A's byte token")
+        XCTAssertEqual(first.encode(""), [])
+        XCTAssertEqual(first.preTokenize("hi hi<s>"), ["▁hi▁hi", "<s>"])
+        let always = try sentencePiece(prepend: "always")
+        XCTAssertEqual(always.encode("<s>hi hi"), [1, 6, 6])
+        XCTAssertEqual(always.encode("hi<s>hi"), [6, 1, 6])
+        XCTAssertEqual(try sentencePiece(prepend: "never").encode("hi hi"), [7, 6])
+    }
+
+    /// HF's decoders, added tokens going through them too.
+    func testSentencePieceDecoders() throws {
+        let tokenizer = try sentencePiece(prepend: "first")
+        XCTAssertEqual(tokenizer.decode([1, 6]), "<s> hi")
+        XCTAssertEqual(tokenizer.decode([6, 1, 6]), "hi<s> hi")
+        XCTAssertEqual(tokenizer.decode([9, 9]), "AA")
+        XCTAssertEqual(tokenizer.decode([2, 2]), " ")
+        XCTAssertEqual(tokenizer.decode([0]), "<unk>")
+        let metaspace = try sentencePiece(prepend: "first", decoder: ["type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false])
+        XCTAssertEqual(metaspace.decode([6, 6]), "hi hi")
+        XCTAssertEqual(metaspace.decode([1, 6, 6]), "<s> hi hi")
+        XCTAssertEqual(metaspace.decode([2, 2, 6]), "  hi")
+    }
 }

@@ -100,12 +100,45 @@ final class ErrorTests: XCTestCase {
         assertError(.unsupported, file: "tokenizer.json", item: "pre_tokenizer.pretokenizers[0].pattern", mentioning: "\\w+") {
             try Tokenizer.load(tokenizerJSON: split)
         }
-        let noByteLevel = try write(tokenizerJSON { $0["pre_tokenizer"] = ["type": "Digits", "individual_digits": true] })
-        assertError(.unsupported, file: "tokenizer.json", item: "pre_tokenizer", mentioning: "ByteLevel") {
-            try Tokenizer.load(tokenizerJSON: noByteLevel)
+        let lateMetaspace = try write(tokenizerJSON {
+            $0["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [
+                ["type": "Digits", "individual_digits": true],
+                ["type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": false]]]
+        })
+        assertError(.unsupported, file: "tokenizer.json", item: "pre_tokenizer.pretokenizers[1]", mentioning: "Metaspace") {
+            try Tokenizer.load(tokenizerJSON: lateMetaspace)
         }
-        let normalizer = try write(tokenizerJSON { $0["normalizer"] = ["type": "NFC"] })
-        assertError(.unsupported, file: "tokenizer.json", item: "normalizer") { try Tokenizer.load(tokenizerJSON: normalizer) }
+        let byteFallback = try write(tokenizerJSON { json in
+            var model = json["model"] as! [String: Any]
+            model["byte_fallback"] = true
+            json["model"] = model
+        })
+        assertError(.unsupported, file: "tokenizer.json", item: "model.byte_fallback", mentioning: "ByteLevel") {
+            try Tokenizer.load(tokenizerJSON: byteFallback)
+        }
+        let eos = try write(tokenizerJSON {
+            $0["post_processor"] = ["type": "TemplateProcessing",
+                                    "single": [["Sequence": ["id": "A", "type_id": 0]], ["SpecialToken": ["id": "b", "type_id": 0]]]]
+        })
+        assertError(.unsupported, file: "tokenizer.json", item: "post_processor.single", mentioning: "BOS") {
+            try Tokenizer.load(tokenizerJSON: eos)
+        }
+        let bert = try write(tokenizerJSON { $0["post_processor"] = ["type": "BertProcessing", "sep": ["b", 1], "cls": ["a", 0]] })
+        assertError(.unsupported, file: "tokenizer.json", item: "post_processor.type", mentioning: "BertProcessing") {
+            try Tokenizer.load(tokenizerJSON: bert)
+        }
+        let regexReplace = try write(tokenizerJSON { $0["normalizer"] = ["type": "Replace", "pattern": ["Regex": " +"], "content": " "] })
+        assertError(.unsupported, file: "tokenizer.json", item: "normalizer.pattern", mentioning: " +") {
+            try Tokenizer.load(tokenizerJSON: regexReplace)
+        }
+        let wordPieceDecoder = try write(tokenizerJSON { $0["decoder"] = ["type": "WordPiece", "prefix": "##", "cleanup": true] })
+        assertError(.unsupported, file: "tokenizer.json", item: "decoder", mentioning: "WordPiece") {
+            try Tokenizer.load(tokenizerJSON: wordPieceDecoder)
+        }
+        let normalizer = try write(tokenizerJSON { $0["normalizer"] = ["type": "Sequence", "normalizers": [["type": "NFC"], ["type": "NFKC"]]] })
+        assertError(.unsupported, file: "tokenizer.json", item: "normalizer.normalizers[1].type", mentioning: "NFKC") {
+            try Tokenizer.load(tokenizerJSON: normalizer)
+        }
         let wordPiece = try write(tokenizerJSON { json in
             var model = json["model"] as! [String: Any]
             model["type"] = "WordPiece"
@@ -134,11 +167,11 @@ final class ErrorTests: XCTestCase {
         XCTAssertEqual(tokenizer.eosTokenID, 4)
         XCTAssertNil(tokenizer.bosTokenID)
 
-        assertError(.unsupported, file: "tiny.gguf", item: "tokenizer.ggml.pre", mentioning: "qwen2") {
-            try Tokenizer.load(ggufMetadata: metadata { $0["tokenizer.ggml.pre"] = .string("qwen2") }, file: "tiny.gguf")
+        assertError(.unsupported, file: "tiny.gguf", item: "tokenizer.ggml.pre", mentioning: "tekken") {
+            try Tokenizer.load(ggufMetadata: metadata { $0["tokenizer.ggml.pre"] = .string("tekken") }, file: "tiny.gguf")
         }
-        assertError(.unsupported, file: "tiny.gguf", item: "tokenizer.ggml.model", mentioning: "llama") {
-            try Tokenizer.load(ggufMetadata: metadata { $0["tokenizer.ggml.model"] = .string("llama") }, file: "tiny.gguf")
+        assertError(.unsupported, file: "tiny.gguf", item: "tokenizer.ggml.model", mentioning: "t5") {
+            try Tokenizer.load(ggufMetadata: metadata { $0["tokenizer.ggml.model"] = .string("t5") }, file: "tiny.gguf")
         }
         assertError(.missingKey, file: "tiny.gguf", item: "tokenizer.ggml.tokens") {
             try Tokenizer.load(ggufMetadata: metadata { $0["tokenizer.ggml.tokens"] = nil }, file: "tiny.gguf")
@@ -151,6 +184,38 @@ final class ErrorTests: XCTestCase {
         }
         assertError(.unknownToken, file: "tiny.gguf", item: "tokenizer.ggml.eos_token_id", mentioning: "99") {
             try Tokenizer.load(ggufMetadata: metadata { $0["tokenizer.ggml.eos_token_id"] = .uint32(99) }, file: "tiny.gguf")
+        }
+    }
+
+    /// SentencePiece GGUF metadata: settings Loupe does not implement are refused.
+    func testSentencePieceGGUFMetadata() throws {
+        let llama: (inout [String: GGUFValue]) -> Void = {
+            $0["tokenizer.ggml.model"] = .string("llama")
+            $0["tokenizer.ggml.tokens"] = .array(["<unk>", "<s>", "</s>", "▁", "a", "▁a"].map { .string($0) })
+            $0["tokenizer.ggml.token_type"] = .array([3, 3, 3, 1, 1, 1].map { .int32($0) })
+            $0["tokenizer.ggml.scores"] = .array([0, 0, 0, -1, -2, -3].map { .float32($0) })
+            $0["tokenizer.ggml.merges"] = nil
+            $0["tokenizer.ggml.bos_token_id"] = .uint32(1)
+            $0["tokenizer.ggml.eos_token_id"] = .uint32(2)
+        }
+        let tokenizer = try Tokenizer.load(ggufMetadata: metadata(llama), file: "tiny.gguf")
+        XCTAssertTrue(tokenizer.addsBOS, "a SentencePiece GGUF adds BOS unless it says not to")
+        XCTAssertEqual(tokenizer.encode("a a"), [1, 5, 5])
+
+        assertError(.unsupported, file: "tiny.gguf", item: "tokenizer.ggml.add_eos_token", mentioning: "BOS") {
+            try Tokenizer.load(ggufMetadata: metadata { llama(&$0); $0["tokenizer.ggml.add_eos_token"] = .bool(true) }, file: "tiny.gguf")
+        }
+        assertError(.unsupported, file: "tiny.gguf", item: "general.architecture", mentioning: "phi3") {
+            try Tokenizer.load(ggufMetadata: metadata { llama(&$0); $0["general.architecture"] = .string("phi3") }, file: "tiny.gguf")
+        }
+        assertError(.missingKey, file: "tiny.gguf", item: "tokenizer.ggml.scores") {
+            try Tokenizer.load(ggufMetadata: metadata { llama(&$0); $0["tokenizer.ggml.scores"] = nil }, file: "tiny.gguf")
+        }
+        assertError(.badValue, file: "tiny.gguf", item: "tokenizer.ggml.scores[4]") {
+            try Tokenizer.load(ggufMetadata: metadata {
+                llama(&$0)
+                $0["tokenizer.ggml.scores"] = .array([0, 0, 0, -1, .nan, -3].map { .float32($0) })
+            }, file: "tiny.gguf")
         }
     }
 

@@ -29,6 +29,10 @@ enum Fixtures {
     static var gpt2EncoderJSON: String { get throws { try model("gpt2-tokenizer/encoder.json") } }
     static var gpt2VocabBPE: String { get throws { try model("gpt2-tokenizer/vocab.bpe") } }
     static var smolGGUF: String { get throws { try model("SmolLM2-135M-Instruct.Q4_1.gguf") } }
+    static var gemmaGGUF: String { get throws { try model("gemma-3-270m-q4_k_m.gguf") } }
+
+    /// A small tokenizer trained by the script, committed whole in its own directory.
+    static func trained(_ name: String) -> String { directory + "/" + name }
 
     struct Corpus: Decodable {
         let seed: Int
@@ -46,8 +50,12 @@ enum Fixtures {
         /// Where HF's pre-tokenizer ends each piece, in scalars (nil: the string has an added token).
         let pieces: [[Int]?]
         let decode: [DecodeCase]
-        /// The tokenizer.json HF writes for the reference, vocabulary and merges left empty.
-        let tokenizerJSON: [String: Any]
+        /// HF's decoding of each string's ids (less a leading BOS), by corpus index, where it
+        /// is not the string itself.
+        let decoded: [String: String]
+        /// The tokenizer.json HF writes for the reference, vocabulary and merges left empty
+        /// (for references whose vocabulary is not committed).
+        let tokenizerJSON: [String: Any]?
     }
 
     static func corpus() throws -> [String] {
@@ -61,13 +69,12 @@ enum Fixtures {
             let ids: [[Int]]
             let pieces: [[Int]?]
             let decode: [DecodeCase]?
+            let decoded: [String: String]
         }
-        let decoded = try JSONDecoder().decode(Decoded.self, from: data)
+        let golden = try JSONDecoder().decode(Decoded.self, from: data)
         let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
-        guard let skeleton = object?["tokenizer_json"] as? [String: Any] else {
-            throw Missing(description: "\(name).json has no tokenizer_json")
-        }
-        return Golden(ids: decoded.ids, pieces: decoded.pieces, decode: decoded.decode ?? [], tokenizerJSON: skeleton)
+        return Golden(ids: golden.ids, pieces: golden.pieces, decode: golden.decode ?? [], decoded: golden.decoded,
+                      tokenizerJSON: object?["tokenizer_json"] as? [String: Any])
     }
 
     /// A fresh temporary directory, removed when the test ends.
@@ -79,8 +86,8 @@ enum Fixtures {
     }
 
     /// Writes `skeleton` with `vocab` and `merges` filled in, as HF would have written it.
-    static func writeTokenizerJSON(_ skeleton: [String: Any], vocab: [String: Int], merges: [[String]], to path: String) throws {
-        var json = skeleton
+    static func writeTokenizerJSON(_ skeleton: [String: Any]?, vocab: [String: Int], merges: [[String]], to path: String) throws {
+        guard var json = skeleton else { throw Missing(description: "the golden file has no tokenizer_json") }
         var model = json["model"] as? [String: Any] ?? [:]
         model["vocab"] = vocab
         model["merges"] = merges

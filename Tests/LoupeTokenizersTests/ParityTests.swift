@@ -81,6 +81,67 @@ final class ParityTests: XCTestCase {
         try assertParity(Tokenizer.load(tokenizerJSON: path), golden: golden)
     }
 
+    // MARK: SentencePiece-style BPE
+
+    /// Gemma 3's real vocabulary of 262,144 tokens, from the GGUF file, against transformers'
+    /// conversion of the same file: merges derived from vocabulary order, byte fallback, runs of
+    /// newlines and tabs as added tokens, BOS first.
+    func testGemma3FromGGUFMatchesHF() throws {
+        let path = try Fixtures.gemmaGGUF
+        let tokenizer = try Tokenizer.load(ggufMetadata: GGUFFile(path: path).metadata, file: path)
+        XCTAssertEqual(tokenizer.vocabularySize, 262_144)
+        XCTAssertEqual(tokenizer.bosTokenID, 2)
+        XCTAssertEqual(tokenizer.eosTokenID, 1)
+        XCTAssertTrue(tokenizer.addsBOS)
+        XCTAssertEqual(tokenizer.encode("Hello world"), [2, 9259, 1902])
+        XCTAssertEqual(tokenizer.preTokenize("Hello world<start_of_turn>"), ["Hello▁world", "<start_of_turn>"])
+        XCTAssertEqual(tokenizer.decode([2, 9259, 1902]), "<bos>Hello world")
+        try assertParity(tokenizer, golden: "gemma3")
+    }
+
+    /// Llama-2's layout: "▁" from the normalizer (Prepend + Replace), byte fallback, <s> first.
+    func testLlama2StyleMatchesHF() throws {
+        let tokenizer = try Tokenizer.load(directory: Fixtures.trained("llama2-style"))
+        XCTAssertEqual(tokenizer.bosTokenID, 1)
+        XCTAssertTrue(tokenizer.addsBOS)
+        XCTAssertEqual(tokenizer.tokenString(3), "<0x00>")
+        try assertParity(tokenizer, golden: "llama2-style")
+    }
+
+    /// The same vocabulary behind the Metaspace pre-tokenizer ("▁" before the first piece only).
+    func testLlama2MetaspaceMatchesHF() throws {
+        try assertParity(Tokenizer.load(directory: Fixtures.trained("llama2-metaspace")), golden: "llama2-metaspace")
+    }
+
+    /// The Llama-2-style vocabulary as a GGUF file with scores and no merges, against
+    /// transformers' conversion of it: merges derived from the scores, Metaspace, <s> first.
+    func testLlamaFromGGUFMatchesHF() throws {
+        let tokenizer = try Tokenizer.load(ggufFile: Fixtures.trained("llama-gguf/tokenizer.gguf"))
+        XCTAssertEqual(tokenizer.bosTokenID, 1)
+        XCTAssertEqual(tokenizer.eosTokenID, 2)
+        XCTAssertTrue(tokenizer.addsBOS)
+        try assertParity(tokenizer, golden: "llama-gguf")
+    }
+
+    /// A stand-in for Pythia's GPT-NeoX tokenizer: NFC, byte-level, runs of spaces as added
+    /// tokens matched in the normalized text.
+    func testGPTNeoXStyleMatchesHF() throws {
+        let tokenizer = try Tokenizer.load(directory: Fixtures.trained("gpt-neox-style"))
+        XCTAssertEqual(tokenizer.id(forToken: "<|endoftext|>"), 0)
+        XCTAssertEqual(tokenizer.id(forToken: "<|padding|>"), 1)
+        XCTAssertFalse(tokenizer.addsBOS)
+        try assertParity(tokenizer, golden: "gpt-neox-style")
+    }
+
+    /// A stand-in for Qwen2's tokenizer: NFC, Qwen2's split pattern, chat special tokens.
+    func testQwen2StyleMatchesHF() throws {
+        let tokenizer = try Tokenizer.load(directory: Fixtures.trained("qwen2-style"))
+        let start = try XCTUnwrap(tokenizer.id(forToken: "<|im_start|>"))
+        XCTAssertEqual(tokenizer.encode("<|im_start|>").first, start)
+        XCTAssertFalse(tokenizer.addsBOS)
+        try assertParity(tokenizer, golden: "qwen2-style")
+    }
+
     func testDirectoryWithOneGGUFLoadsIt() throws {
         let directory = try Fixtures.temporaryDirectory(self)
         try FileManager.default.createSymbolicLink(atPath: directory + "/model.gguf", withDestinationPath: Fixtures.smolGGUF)
@@ -104,7 +165,8 @@ final class ParityTests: XCTestCase {
     func testEncodingTheCorpusIsFast() throws {
         let corpus = try Fixtures.corpus()
         for (name, load) in [("gpt2", { try Tokenizer.load(encoderJSON: Fixtures.gpt2EncoderJSON, vocabBPE: Fixtures.gpt2VocabBPE) }),
-                             ("smollm2", { try Tokenizer.load(ggufFile: Fixtures.smolGGUF) })] {
+                             ("smollm2", { try Tokenizer.load(ggufFile: Fixtures.smolGGUF) }),
+                             ("gemma3", { try Tokenizer.load(ggufFile: Fixtures.gemmaGGUF) })] {
             let loadStart = Date()
             let tokenizer = try load()
             let loaded = Date().timeIntervalSince(loadStart)
@@ -119,6 +181,9 @@ final class ParityTests: XCTestCase {
                          name, loaded, corpus.count, count, times[0], times[1]))
             #if !DEBUG
             XCTAssertLessThan(times[0], 0.5, "\(name): encoding the corpus took \(times[0]) s")
+            // Gemma's 262,144 tokens load in 0.6-1.4 s on a busy two-core machine; the bound
+            // is for a load gone quadratic, not for that.
+            XCTAssertLessThan(loaded, 3, "\(name): loading took \(loaded) s")
             #endif
         }
     }
@@ -129,14 +194,15 @@ final class ParityTests: XCTestCase {
         try assertParity(tokenizer, golden: Fixtures.golden(name), file: file, line: line)
     }
 
-    /// Same pre-token pieces and ids as HF on every corpus string; the ids decode back to the
-    /// string (less any character the vocabulary has no bytes for, which HF drops too); HF's
-    /// decodings of random id sequences, invalid UTF-8 included.
+    /// Same pre-token pieces and ids as HF on every corpus string; HF's ids (less a leading
+    /// BOS) decode to what HF decodes them to; HF's decodings of random id sequences, invalid
+    /// UTF-8 included.
     private func assertParity(_ tokenizer: Tokenizer, golden: Fixtures.Golden, file: StaticString = #filePath, line: UInt = #line) throws {
         let corpus = try Fixtures.corpus()
         XCTAssertGreaterThanOrEqual(corpus.count, 2000, file: file, line: line)
         XCTAssertEqual(corpus.count, golden.ids.count, "golden file and corpus differ in length: regenerate them", file: file, line: line)
         var pieceFailures: [String] = [], idFailures: [String] = [], textFailures: [String] = []
+        var matching = 0
         for (index, (text, expected)) in zip(corpus, golden.ids).enumerated() {
             if let ends = golden.pieces[index] {
                 let pieces = tokenizer.preTokenize(text)
@@ -144,18 +210,22 @@ final class ParityTests: XCTestCase {
                 if got != ends { pieceFailures.append("\(visible(text)) splits as \(pieces.map { visible($0) })") }
             }
             let ids = tokenizer.encode(text)
-            if ids != expected {
+            if ids == expected {
+                matching += 1
+            } else {
                 idFailures.append("\(visible(text)):\n  expected \(expected.prefix(24))\n  got      \(ids.prefix(24))")
             }
-            let kept = String(String.UnicodeScalarView(text.unicodeScalars.filter { !tokenizer.encode(String($0)).isEmpty }))
-            let decoded = tokenizer.decode(ids)
-            if !sameText(decoded, kept) { textFailures.append("\(visible(text)) decodes to \(visible(decoded))") }
+            let bos = tokenizer.addsBOS && expected.first == tokenizer.bosTokenID ? 1 : 0
+            let want = golden.decoded[String(index)] ?? text
+            let decoded = tokenizer.decode(Array(expected.dropFirst(bos)))
+            if !sameText(decoded, want) { textFailures.append("\(visible(text)) decodes to \(visible(decoded)), HF gives \(visible(want))") }
         }
+        print("\(matching) of \(corpus.count) corpus strings tokenize as HF does")
         XCTAssert(pieceFailures.isEmpty, "\(pieceFailures.count) of \(corpus.count) strings pre-tokenize differently from HF, e.g.\n"
                   + pieceFailures.prefix(5).joined(separator: "\n"), file: file, line: line)
         XCTAssert(idFailures.isEmpty, "\(idFailures.count) of \(corpus.count) strings tokenize differently from HF, e.g.\n"
                   + idFailures.prefix(5).joined(separator: "\n"), file: file, line: line)
-        XCTAssert(textFailures.isEmpty, "\(textFailures.count) strings do not survive a round trip, e.g.\n"
+        XCTAssert(textFailures.isEmpty, "\(textFailures.count) strings decode differently from HF, e.g.\n"
                   + textFailures.prefix(5).joined(separator: "\n"), file: file, line: line)
         for test in golden.decode where !sameText(tokenizer.decode(test.ids), test.text) {
             XCTFail("decode(\(test.ids)) = \(visible(tokenizer.decode(test.ids))), HF gives \(visible(test.text))", file: file, line: line)
