@@ -82,6 +82,11 @@ def dequantized_directory(gguf):
     tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=name)
     os.makedirs(root, exist_ok=True)
     staging = f"{out}.partial-{os.getpid()}"
+    # The weights are plain float32 tensors by now, but transformers still marks the model as
+    # GGUF-quantized and refuses to save it: unmark it.
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     try:
