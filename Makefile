@@ -11,6 +11,12 @@ test:
 bench:
 	scripts/bench.sh
 
+# Gemma 3 270M alone (scripts/bench.sh explains): load, memory, forward 1x16 against torch, and
+# the tutorial's residual and head sweeps against nnsight in the same run.
+.PHONY: bench-gemma3
+bench-gemma3:
+	scripts/bench.sh gemma3
+
 # Regenerates the committed golden files (needs torch, transformers and nnsight: a developer
 # machine, see README.md).
 fixtures:
@@ -18,6 +24,7 @@ fixtures:
 	python3 scripts/make_tokenizer_fixtures.py
 	python3 scripts/make_model_fixtures.py
 	python3 scripts/nnsight_reference.py
+	python3 scripts/nnsight_reference.py --model gemma3
 	python3 scripts/make_tutorial_golden.py
 	python3 scripts/make_protocol_vectors.py
 	python3 scripts/make_example_plugin_fixture.py

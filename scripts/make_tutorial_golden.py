@@ -2,7 +2,8 @@
 """Golden numbers for the Python client's tutorial tests, computed with nnsight.
 
 NEEDS torch, transformers, gguf, accelerate, nnsight (0.8.x) and einops: a developer
-machine, not CI. Writes two files under Tests/Fixtures/python/:
+machine, not CI. Writes these files under Tests/Fixtures/python/ (--model picks which;
+repeat it for more, default all):
 
   tutorial-gpt2-random-nnsight.json
       The activation-patching tutorial's cells 7, 8, 9 and 13 (token ids of " John" and
@@ -10,10 +11,14 @@ machine, not CI. Writes two files under Tests/Fixtures/python/:
       patching trace) on a GPT-2-small-shaped model with the seeded random weights of
       scripts/make_random_gpt2.py and GPT-2's real tokenizer (encoder.json + vocab.bpe
       from ~/.cache/loupe/models/gpt2-tokenizer, as scripts/fetch-models.sh fetches them).
-  tutorial-smollm2-heads-nnsight.json
+  tutorial-smollm2-heads-nnsight.json                                   (--model smollm2)
       Cells 18-23 (attention-head patching with einops) with Llama-3.1-8B's constants
       replaced by SmolLM2-135M's (9 heads of 64, hidden 576, no BOS token so the answer ids
       sit at index 0), on the tutorial's own Lisa/Sarah prompts.
+  tutorial-gemma3-heads-nnsight.json                                    (--model gemma3)
+      The same cells with Gemma 3 270M's constants (4 heads of 256, hidden 640; its
+      tokenizer adds BOS as Llama-3.1's does, so the answer ids sit at index 1, as the
+      tutorial has them), on its Q4_K_M GGUF dequantized to float32.
 
 The GPT-2 weights are written by scripts/make_random_gpt2.py into --gpt2-dir (default
 $LOUPE_MODELS/gpt2-small-random) unless a model is already there.
@@ -24,7 +29,8 @@ are read from the embedding's input (no `tracer.invoker.inputs`), and the invoke
 trace run as coroutines, so a module's output is read into a variable before writing into
 it (see scripts/nnsight_reference.py).
 
-  python3 scripts/make_tutorial_golden.py [--gpt2-dir DIR] [--gguf FILE]
+  python3 scripts/make_tutorial_golden.py [--model gpt2|smollm2|gemma3]... [--gpt2-dir DIR]
+      [--gguf FILE] [--gemma3-gguf FILE]
 """
 import argparse
 import json
@@ -112,14 +118,22 @@ def residual_cells(model):
     }
 
 
-def head_cells(llm):
-    """Cells 20-22 with SmolLM2's constants."""
+# The tutorial's constants per model: heads, hidden size, and where the answer's id sits in
+# `tokenizer(answer)["input_ids"]` (after BOS where the tokenizer adds one).
+HEAD_CONSTANTS = {"smollm2": (9, 576, 0), "gemma3": (4, 640, 1)}
+
+
+def head_cells(llm, name):
+    """Cells 20-22 with the model's constants."""
     import einops
 
-    answer_token_indices = [[llm.tokenizer(HEAD_ANSWERS[i][j])["input_ids"][0] for j in range(2)]
+    n_heads, d_model, answer_index = HEAD_CONSTANTS[name]
+    answer_token_indices = [[llm.tokenizer(HEAD_ANSWERS[i][j])["input_ids"][answer_index] for j in range(2)]
                             for i in range(len(HEAD_ANSWERS))]
+    # The index picks the answer's own token, not BOS.
+    assert answer_token_indices == [[llm.tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in pair]
+                                    for pair in HEAD_ANSWERS], answer_token_indices
     n_layers = len(llm.model.layers)
-    n_heads, d_model = 9, 576
     prompt_id = 0
     corrupt_id = prompt_id + 1 if prompt_id % 2 == 0 else prompt_id - 1
     ioi_patching_results = []
@@ -160,7 +174,7 @@ def head_cells(llm):
         "prompts": HEAD_PROMPTS, "answers": HEAD_ANSWERS, "prompt_id": prompt_id,
         "answer_token_indices": answer_token_indices,
         "clean_tokens": clean_tokens[0].tolist(),
-        "n_heads": n_heads, "d_model": d_model,
+        "n_heads": n_heads, "d_model": d_model, "answer_index": answer_index,
         "clean_logit_diff": float(clean_logit_diff), "corrupted_logit_diff": float(corrupted_logit_diff),
         "values": [[float(v) for v in row] for row in ioi_patching_results],
     }
@@ -169,8 +183,12 @@ def head_cells(llm):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gpt2-dir", default=os.path.join(MODELS, "gpt2-small-random"))
-    ap.add_argument("--gguf", default=ref.default_gguf())
+    ap.add_argument("--gguf", default=ref.default_gguf("smollm2"), help="SmolLM2's GGUF")
+    ap.add_argument("--gemma3-gguf", default=ref.default_gguf("gemma3"), help="Gemma 3 270M's GGUF")
+    ap.add_argument("--model", action="append", choices=["gpt2", "smollm2", "gemma3"],
+                    help="which golden file to write (repeatable; default all)")
     args = ap.parse_args()
+    chosen = args.model or ["gpt2", "smollm2", "gemma3"]
     torch, transformers, nnsight = ref.import_stack()
     torch.set_num_threads(2)
     import importlib.metadata as md
@@ -178,6 +196,27 @@ def main():
     versions = {"nnsight_version": md.version("nnsight"), "transformers_version": transformers.__version__,
                 "torch_version": torch.__version__}
     os.makedirs(OUT_DIR, exist_ok=True)
+    if "gpt2" in chosen:
+        write_gpt2(args, versions)
+    models = {
+        "smollm2": (args.gguf, "SmolLM2-135M-Instruct.Q4_1 (GGUF dequantized to float32 by transformers; eager attention)"),
+        "gemma3": (args.gemma3_gguf, "gemma-3-270m-q4_k_m (Q4_K_M GGUF dequantized to float32 by transformers; eager attention)"),
+    }
+    for name in ("smollm2", "gemma3"):
+        if name not in chosen:
+            continue
+        gguf, description = models[name]
+        with torch.no_grad():
+            heads = head_cells(ref.load(gguf), name)
+        heads = {"model": description, **versions, **heads}
+        with open(os.path.join(OUT_DIR, f"tutorial-{name}-heads-nnsight.json"), "w") as f:
+            f.write(ref.dumps(heads) + "\n")
+        print(f"{name} heads: clean {heads['clean_logit_diff']:.4f}, corrupted {heads['corrupted_logit_diff']:.4f}",
+              file=sys.stderr)
+
+
+def write_gpt2(args, versions):
+    torch, _, _ = ref.import_stack()
     with torch.no_grad():
         gpt2 = residual_cells(gpt2_random(args.gpt2_dir))
     gpt2 = {"model": "GPT-2 small shape, seeded random weights (scripts/make_random_gpt2.py), GPT-2's tokenizer",
@@ -185,15 +224,6 @@ def main():
     with open(os.path.join(OUT_DIR, "tutorial-gpt2-random-nnsight.json"), "w") as f:
         f.write(ref.dumps(gpt2) + "\n")
     print(f"gpt2: clean {gpt2['clean_logit_diff']:.4f}, corrupted {gpt2['corrupted_logit_diff']:.4f}", file=sys.stderr)
-
-    with torch.no_grad():
-        heads = head_cells(ref.load(args.gguf))
-    heads = {"model": "SmolLM2-135M-Instruct.Q4_1 (GGUF dequantized to float32 by transformers; eager attention)",
-             **versions, **heads}
-    with open(os.path.join(OUT_DIR, "tutorial-smollm2-heads-nnsight.json"), "w") as f:
-        f.write(ref.dumps(heads) + "\n")
-    print(f"smollm2 heads: clean {heads['clean_logit_diff']:.4f}, corrupted {heads['corrupted_logit_diff']:.4f}",
-          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ imported it prints one line to stderr and exits with code 3, so a benchmark can 
 
 Reproduces the two batched experiments of nnsight's activation-patching tutorial on
 SmolLM2-135M-Instruct (the Q4_1 GGUF dequantized to float32 by transformers, eager
-attention, 2 torch threads), on the tutorial's IOI pair:
+attention, 2 torch threads) or, with --model gemma3, on Gemma 3 270M (its Q4_K_M GGUF
+likewise), on the tutorial's IOI pair:
 
   clean      "After John and Mary went to the store, Mary gave a bottle of milk to"
   corrupted  "After John and Mary went to the store, John gave a bottle of milk to"
@@ -17,28 +18,37 @@ attention, 2 torch threads), on the tutorial's IOI pair:
   residual   tutorial cell 13: one trace, one invoke for the clean prompt, one for the
              corrupted prompt, then one corrupted invoke per (layer, position) that
              overwrites [:, position, :] of that decoder layer's output with the clean
-             run's. 2 + 30 x 16 = 482 rows in one forward.
-  heads      tutorial cell 22 with SmolLM2's shapes (9 heads of 64, hidden 576): the
-             input of self_attn.o_proj is rearranged 'b s (nh dh) -> b s nh dh', one
-             head is replaced by the clean run's and the result written back through
-             `o_proj.input = ...`. 2 + 30 x 9 = 272 rows in one forward.
+             run's. SmolLM2: 2 + 30 x 16 = 482 rows in one forward; Gemma 3, whose
+             tokenizer puts BOS (id 2) first: 2 + 18 x 17 = 308.
+  heads      tutorial cell 22 with the model's shapes (SmolLM2: 9 heads of 64, hidden
+             576; Gemma 3: 4 heads of 256, hidden 640, attention width 1024): the input
+             of self_attn.o_proj is rearranged 'b s (nh dh) -> b s nh dh', one head is
+             replaced by the clean run's and the result written back through
+             `o_proj.input = ...`. SmolLM2: 2 + 30 x 9 = 272 rows in one forward;
+             Gemma 3: 2 + 18 x 4 = 74.
 
 Each cell is the normalized logit difference
   (patched_diff - corrupted_diff) / (clean_diff - corrupted_diff)
-with diff = logit(" John") - logit(" Mary") at the last position.
+with diff = logit(" John") - logit(" Mary") at the last position. The answers are
+tokenized without special tokens (`add_special_tokens=False`), so each answer's id is at
+index 0 for both models (Gemma's tokenizer would otherwise put BOS at index 0).
 
 The traces run under torch.no_grad() (the tutorial leaves autograd on; the values are
 the same and the batched forward needs far less memory without it).
 
-  python3 scripts/nnsight_reference.py [--out FILE]
+  python3 scripts/nnsight_reference.py [--model smollm2|gemma3] [--out FILE]
       Runs both sweeps, checks them (see `check`), and writes the JSON fixture
-      (default Tests/Fixtures/sweeps/smollm2-ioi-nnsight.json).
-  python3 scripts/nnsight_reference.py --time [--repeats N]
+      (default Tests/Fixtures/sweeps/smollm2-ioi-nnsight.json, gemma3-ioi-nnsight.json).
+  python3 scripts/nnsight_reference.py [--model M] --time [--repeats N]
       Runs only the two batched traces, N times each after one small warm-up trace, and
       prints one JSON line {"residual_s": ..., "heads_s": ...} (medians, seconds).
 
-The model is $LOUPE_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf (default
-~/.cache/loupe/models; scripts/fetch-models.sh puts it there), or --gguf FILE.
+The model is $LOUPE_MODELS/SmolLM2-135M-Instruct.Q4_1.gguf or
+$LOUPE_MODELS/gemma-3-270m-q4_k_m.gguf (default ~/.cache/loupe/models;
+scripts/fetch-models.sh puts them there), or --gguf FILE. With --hf-cache (as the
+benchmarks use it) the dequantized weights are kept as an HF directory under
+~/.cache/loupe/hf the first time and loaded from there after (see
+scripts/reference_forward.py): transformers takes about 50 s to dequantize Gemma 3.
 """
 import argparse
 import json
@@ -52,16 +62,37 @@ import warnings
 EXIT_NO_TORCH = 3
 os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's progress bar
 
-MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CLEAN = "After John and Mary went to the store, Mary gave a bottle of milk to"
 CORRUPTED = "After John and Mary went to the store, John gave a bottle of milk to"
 CORRECT, INCORRECT = " John", " Mary"
-# Cells re-run as one trace per patch (tutorial cell 10 style) to check the batched
-# sweeps: (layer, position) for the residual sweep, (layer, head) for the head sweep.
-RESIDUAL_SPOT_CHECKS = [(0, 9), (21, 15), (29, 15)]
-HEAD_SPOT_CHECKS = [(23, 3), (24, 4)]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(REPO, "Tests", "Fixtures", "sweeps", "smollm2-ioi-nnsight.json")
+SWEEPS = os.path.join(REPO, "Tests", "Fixtures", "sweeps")
+
+
+class Spec:
+    """One model's file, fixture and what its checks expect."""
+
+    def __init__(self, file, weights, fixture, diffs, first, residual_spots, head_spots):
+        self.file, self.weights, self.fixture = file, weights, os.path.join(SWEEPS, fixture)
+        # The seed pair's clean and corrupted logit differences (HF transformers, MODELS.md
+        # and Tests/Fixtures/models/*-golden.json) and the first position where they differ.
+        self.diffs, self.first = diffs, first
+        # Cells re-run as one trace per patch (tutorial cell 10 style) to check the batched
+        # sweeps: (layer, position) for the residual sweep, (layer, head) for the head sweep.
+        self.residual_spots, self.head_spots = residual_spots, head_spots
+
+
+MODELS = {
+    "smollm2": Spec("SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "Q4_1 GGUF dequantized to float32 by transformers; eager attention",
+                    "smollm2-ioi-nnsight.json", (5.137, -3.829), 9,
+                    [(0, 9), (21, 15), (29, 15)], [(23, 3), (24, 4)]),
+    # BOS (id 2) first: the pair is 17 tokens and differs at 10.
+    "gemma3": Spec("gemma-3-270m-q4_k_m.gguf",
+                   "Q4_K_M GGUF (Q5_0/Q4_K/Q8_0/Q6_K) dequantized to float32 by transformers; eager attention",
+                   "gemma3-ioi-nnsight.json", (2.813, -4.809), 10,
+                   [(0, 10), (12, 16), (17, 16)], [(9, 1), (14, 3)]),
+}
 
 
 def import_stack():
@@ -95,17 +126,28 @@ def rearrange_fns():
         return split, merge, "reshape"
 
 
-def default_gguf():
+def default_gguf(model="smollm2"):
     models = os.environ.get("LOUPE_MODELS") or os.path.expanduser("~/.cache/loupe/models")
-    return os.path.join(models, MODEL_NAME)
+    return os.path.join(models, MODELS[model].file)
 
 
-def load(path):
+def load(path, hf_cache=False):
+    """nnsight's LanguageModel on the GGUF dequantized to float32 (eager attention); with
+    hf_cache, from the HF directory scripts/reference_forward.py keeps of it."""
     torch, _, nnsight = import_stack()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not os.path.isfile(path):
         sys.exit(f"{path}: no such file (run scripts/fetch-models.sh or pass --gguf)")
+    if hf_cache:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import reference_forward
+
+        hf_dir = reference_forward.dequantized_directory(path)
+        hf = AutoModelForCausalLM.from_pretrained(
+            hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        return nnsight.LanguageModel(hf, tokenizer=tokenizer)
     d, name = os.path.split(os.path.abspath(path))
     hf = AutoModelForCausalLM.from_pretrained(
         d, gguf_file=name, dtype=torch.float32, attn_implementation="eager").eval()
@@ -114,9 +156,10 @@ def load(path):
 
 
 def answer_ids(model):
-    # No BOS from SmolLM2's tokenizer: the answer token is at index 0 (the tutorial's
-    # Llama-3.1 cell takes index 1, after <|begin_of_text|>).
-    ids = [model.tokenizer(word)["input_ids"] for word in (CORRECT, INCORRECT)]
+    # Without special tokens: SmolLM2's tokenizer adds none, Gemma's adds BOS (id 2), so
+    # `tokenizer(" John")` is [2, 3415] there (the tutorial's Llama-3.1 cell takes index 1
+    # for the same reason). Without them the answer token is at index 0 for every model.
+    ids = [model.tokenizer(word, add_special_tokens=False)["input_ids"] for word in (CORRECT, INCORRECT)]
     assert all(len(i) == 1 for i in ids), ids
     return ids[0][0], ids[1][0]
 
@@ -226,15 +269,15 @@ def head_sweep(model, correct, incorrect):
     split, merge, _ = rearrange_fns()
     layers = model.model.layers
     n_layers = len(layers)
-    n_heads = model.config.num_attention_heads  # 9
+    n_heads = model.config.num_attention_heads  # SmolLM2 9, Gemma 3 4
     results = []
     t0 = time.perf_counter()
     with model.trace() as tracer:
         with tracer.invoke(CLEAN):
             z_hs = {}
             for layer_idx in range(n_layers):
-                z = layers[layer_idx].self_attn.o_proj.input  # [1, 16, 576]
-                z_reshaped = split(z, n_heads)  # [1, 16, 9, 64]
+                z = layers[layer_idx].self_attn.o_proj.input  # SmolLM2 [1, 16, 576]
+                z_reshaped = split(z, n_heads)  # SmolLM2 [1, 16, 9, 64]
                 for head_idx in range(n_heads):
                     z_hs[layer_idx, head_idx] = z_reshaped[:, :, head_idx, :]
             clean_logits = model.lm_head.output
@@ -268,7 +311,7 @@ def head_sweep(model, correct, incorrect):
 
 # -- checks ---------------------------------------------------------------------------
 
-def check(model, ref, residual, heads, correct, incorrect):
+def check(spec, model, ref, residual, heads, correct, incorrect):
     """Sanity checks; returns a list of failure messages and the spot-check records."""
     failures, spot = [], {"residual": [], "heads": []}
     tol = 1e-4
@@ -277,15 +320,16 @@ def check(model, ref, residual, heads, correct, incorrect):
                           ("corrupted_logit_diff", ref["corrupted_diff"])):
             if abs(sweep[key] - want) > tol:
                 failures.append(f"{name} {key} {sweep[key]:.6f} != single trace {want:.6f}")
-    if abs(ref["clean_diff"] - 5.137) > 5e-3 or abs(ref["corrupted_diff"] + 3.829) > 5e-3:
+    want_clean, want_corrupted = spec.diffs
+    if abs(ref["clean_diff"] - want_clean) > 5e-3 or abs(ref["corrupted_diff"] - want_corrupted) > 5e-3:
         failures.append(f"logit diffs {ref['clean_diff']:.4f} / {ref['corrupted_diff']:.4f}, "
-                        "expected 5.137 / -3.829")
+                        f"expected {want_clean} / {want_corrupted}")
 
     values = residual["values"]
     first = next(i for i, (a, b) in enumerate(zip(ref["clean_tokens"], ref["corrupted_tokens"]))
                  if a != b)
-    if first != 9:
-        failures.append(f"first differing token at {first}, expected 9")
+    if first != spec.first:
+        failures.append(f"first differing token at {first}, expected {spec.first}")
     worst = max(abs(v) for row in values for v in row[:first])
     if worst > 1e-6:
         failures.append(f"residual cells before position {first} reach {worst:.3g}, expected 0")
@@ -294,7 +338,7 @@ def check(model, ref, residual, heads, correct, incorrect):
     if abs(values[-1][-1] - 1.0) > 1e-4:
         failures.append(f"residual[-1][-1] = {values[-1][-1]:.6f}, expected 1")
 
-    for layer_idx, token_idx in RESIDUAL_SPOT_CHECKS:
+    for layer_idx, token_idx in spec.residual_spots:
         single = single_residual_patch(model, ref, layer_idx, token_idx, correct, incorrect)
         batched = values[layer_idx][token_idx]
         spot["residual"].append({"layer": layer_idx, "position": token_idx,
@@ -302,7 +346,7 @@ def check(model, ref, residual, heads, correct, incorrect):
         if abs(single - batched) > tol:
             failures.append(f"residual[{layer_idx}][{token_idx}]: batched {batched:.6f}, "
                             f"single trace {single:.6f}")
-    for layer_idx, head_idx in HEAD_SPOT_CHECKS:
+    for layer_idx, head_idx in spec.head_spots:
         single = single_head_patch(model, ref, layer_idx, head_idx, correct, incorrect)
         batched = heads["values"][layer_idx][head_idx]
         spot["heads"].append({"layer": layer_idx, "head": head_idx,
@@ -339,21 +383,25 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
-    ap.add_argument("--gguf", default=None, help=f"model file (default $LOUPE_MODELS/{MODEL_NAME})")
-    ap.add_argument("--out", default=DEFAULT_OUT, help="fixture to write")
+    ap.add_argument("--model", default="smollm2", choices=sorted(MODELS))
+    ap.add_argument("--gguf", default=None, help="model file (default $LOUPE_MODELS/ and the model's file name)")
+    ap.add_argument("--out", default=None, help="fixture to write (default Tests/Fixtures/sweeps/MODEL-ioi-nnsight.json)")
     ap.add_argument("--time", action="store_true", help="only time the two batched traces")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--hf-cache", action="store_true",
+                    help="load the dequantized weights from (or first save them to) an HF directory under ~/.cache/loupe/hf")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats must be positive")
+    spec = MODELS[args.model]
 
     torch, transformers, nnsight = import_stack()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    model = load(args.gguf or default_gguf())
+    model = load(args.gguf or default_gguf(args.model), hf_cache=args.hf_cache)
     load_s = time.perf_counter() - t0
     correct, incorrect = answer_ids(model)
-    n_tokens = len(model.tokenizer(CLEAN)["input_ids"])
+    n_tokens = len(model.tokenizer(CLEAN)["input_ids"])  # with BOS where the tokenizer adds it
 
     with torch.no_grad():
         if args.time:
@@ -372,7 +420,7 @@ def main():
         print(summary("residual", residual, "position"), file=sys.stderr)
         heads = head_sweep(model, correct, incorrect)
         print(summary("heads", heads, "head"), file=sys.stderr)
-        failures, spot = check(model, ref, residual, heads, correct, incorrect)
+        failures, spot = check(spec, model, ref, residual, heads, correct, incorrect)
 
     if failures:
         for f in failures:
@@ -383,8 +431,8 @@ def main():
     _, _, how = rearrange_fns()
     tok = model.tokenizer
     out = {
-        "model": MODEL_NAME.rsplit(".gguf", 1)[0],
-        "weights": "Q4_1 GGUF dequantized to float32 by transformers; eager attention",
+        "model": spec.file.rsplit(".gguf", 1)[0],
+        "weights": spec.weights,
         "nnsight_version": md.version("nnsight"),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
@@ -394,7 +442,9 @@ def main():
         "clean_tokens": ref["clean_tokens"],
         "corrupted_tokens": ref["corrupted_tokens"],
         "token_labels": [f"{tok.decode([t])}_{i}" for i, t in enumerate(ref["clean_tokens"])],
+        "answers": [CORRECT, INCORRECT],
         "answer_ids": [correct, incorrect],
+        "answer_tokenization": "tokenizer(answer, add_special_tokens=False)['input_ids'][0]",
         "metric": "(patched_diff - corrupted_diff) / (clean_diff - corrupted_diff), "
                   "diff = logit[answer_ids[0]] - logit[answer_ids[1]] at the last position",
         "load_seconds": load_s,
@@ -413,10 +463,11 @@ def main():
         },
         "single_trace_checks": spot,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    path = args.out or spec.fixture
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
         f.write(dumps(out) + "\n")
-    print(args.out)
+    print(path)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,8 @@ struct SweepSpec: Sendable {
             guard let tokenizer = model.loaded.tokenizer else {
                 throw ProtocolError(.badRequest, "this model has no tokenizer; give the answer as a token id", field: field)
             }
-            let ids = tokenizer.encode(text)
+            // Without BOS: a tokenizer that adds one (Gemma's) gives [BOS, id] for " John".
+            let ids = tokenizer.encodeWithoutSpecialTokens(text)
             guard ids.count == 1 else {
                 let pieces = ids.map { tokenizer.decode([$0]).debugDescription }.joined(separator: ", ")
                 throw ProtocolError(.badRequest, "the answer \(text.debugDescription) is \(ids.count) tokens (\(pieces)), not one; a sweep's answer must be a single token (mind the leading space)", field: field)

@@ -13,14 +13,18 @@ struct BlockConverter {
 
     /// The tensor of `shape` stored `offset` bytes into `file`, which the caller has bounds-checked.
     /// Float32 data is not copied: the tensor borrows the mapping (privately: writes to it never
-    /// reach the file) and keeps it alive.
+    /// reach the file) and keeps it alive. Converted data's pages are handed back once read: a
+    /// borrowed tensor keeps the whole mapping alive, and without this every page of a quantized
+    /// file stayed resident beside its float32 copy (Gemma 3's 247 MB GGUF).
     func tensor(shape: [Int], at offset: Int, in file: MappedFile) -> Tensor {
         let source = file.pointer(at: offset)
         if isFloat32, Int(bitPattern: source) % MemoryLayout<Float>.alignment == 0 {
             let floats = UnsafeMutablePointer(mutating: source.assumingMemoryBound(to: Float.self))
             return Tensor(storage: TensorStorage(borrowing: floats, count: shape.reduce(1, *), owner: file), shape: shape)
         }
-        return tensor(shape: shape, from: source)
+        let converted = tensor(shape: shape, from: source)
+        file.release(at: offset, count: shape.reduce(1, *) / blockSize * typeSize)
+        return converted
     }
 
     /// A new float32 tensor of `shape` decoded from `source` (which holds the whole tensor).

@@ -38,6 +38,18 @@ final class MappedFile: @unchecked Sendable {
     /// A pointer `offset` bytes in; the caller has checked `offset + length <= count`.
     func pointer(at offset: Int) -> UnsafeRawPointer { bytes.baseAddress! + offset }
 
+    /// Hands back to the kernel the pages wholly inside `count` bytes at `offset` (bounds-checked
+    /// by the caller), which a tensor was converted from and nothing borrows: they leave the
+    /// resident set. Still readable: an untouched private page is read again from the file.
+    func release(at offset: Int, count: Int) {
+        guard let base = bytes.baseAddress, count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: base) + offset + page - 1) / page * page
+        let end = (Int(bitPattern: base) + offset + count) / page * page
+        guard end > start, let pointer = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        madvise(pointer, end - start, MADV_DONTNEED)
+    }
+
     deinit {
         if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
     }

@@ -50,7 +50,8 @@ struct EngineBenchmark: ParsableCommand {
         print(String(format: "load: %.3f s; resident after one pass +%.0f MB for %.0f MB of float32 weights (%.2fx)",
                      loadSeconds, Double(resident) / 1e6, Double(network.weightBytes) / 1e6,
                      Double(resident) / Double(network.weightBytes)))
-        let gated = network.architecture == "llama"
+        // A gated MLP (gate and up projections) everywhere but GPT-2 and GPT-NeoX.
+        let gated = !["gpt2", "gpt_neox"].contains(network.architecture)
         for rows in rows {
             let tokens = (0..<16).map { ($0 * 37 + rows) % 1000 }
             let batch = TokenBatch(Array(repeating: tokens, count: rows))
@@ -173,13 +174,16 @@ struct EngineBenchmark: ParsableCommand {
         }
         return (tokenizer.encode("After John and Mary went to the store, Mary gave a bottle of milk to"),
                 tokenizer.encode("After John and Mary went to the store, John gave a bottle of milk to"),
-                tokenizer.encode(" John")[0], tokenizer.encode(" Mary")[0])
+                tokenizer.encodeWithoutSpecialTokens(" John")[0], tokenizer.encodeWithoutSpecialTokens(" Mary")[0])
     }
 
-    /// nnsight's times for the tutorial's batched cells on SmolLM2, or nil where it is not installed.
+    /// nnsight's times for the tutorial's batched cells on SmolLM2 or Gemma 3 (on the same IOI
+    /// pair, in the same run), or nil where it is not installed.
     func nnsightSeconds() -> [String: Double]? {
-        guard model.hasSuffix("SmolLM2-135M-Instruct.Q4_1.gguf") else { return nil }
-        return runJSONScript("nnsight_reference.py", ["--time", "--gguf", model])?.compactMapValues { $0 as? Double }
+        let known = ["SmolLM2-135M-Instruct.Q4_1.gguf": "smollm2", "gemma-3-270m-q4_k_m.gguf": "gemma3"]
+        guard let reference = known.first(where: { model.hasSuffix($0.key) })?.value else { return nil }
+        return runJSONScript("nnsight_reference.py", ["--time", "--model", reference, "--gguf", model, "--hf-cache"])?
+            .compactMapValues { $0 as? Double }
     }
 
     /// The matrix products of one forward pass as the engine makes them: (inputs, outputs,
@@ -221,9 +225,11 @@ struct EngineBenchmark: ParsableCommand {
         }
     }
 
-    /// HF transformers' median forward time on the same weights, or nil without torch.
+    /// HF transformers' median forward time on the same weights, or nil without torch. A GGUF
+    /// is read from the float32 HF directory reference_forward.py keeps of it (dequantizing
+    /// Gemma 3 takes transformers about 50 s; the forward pass timed is the same).
     func torchSeconds(_ source: String, rows: Int) -> Double? {
-        runJSONScript("reference_forward.py", ["--time", source, "--batch", "\(rows)", "--seq", "16", "--repeats", "\(repeats)"])?["median_s"] as? Double
+        runJSONScript("reference_forward.py", ["--time", source, "--batch", "\(rows)", "--seq", "16", "--repeats", "\(repeats)", "--hf-cache"])?["median_s"] as? Double
     }
 
     /// The last line of a reference script's output as JSON, or nil when it fails (exit code 3

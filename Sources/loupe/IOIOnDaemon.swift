@@ -22,9 +22,13 @@ struct IOIOnDaemon {
                 : String(format: "loaded in %.2f s", load["load_seconds"]?.doubleValue ?? 0)
             print("\(name) on \(endpoint): \(load["path"]?.stringValue ?? source) (\(load["architecture"]?.stringValue ?? "?"), \(load["dimensions"]?["layers"]?.intValue ?? 0) layers), \(how)")
 
+            // An answer is tokenized without special tokens: `tokenize` puts BOS first where the
+            // tokenizer adds one (Gemma's), so drop it.
+            let addsBOS = try client.call("models.describe", ["name": .string(name), "sites": false]).body["tokenizer"]?["adds_bos"]?.boolValue ?? false
             var ids = [Int]()
             for text in [answer, wrong] {
-                let tokens = try client.call("tokenize", ["model": .string(name), "text": .string(text)]).body["tokens"]?.arrayValue ?? []
+                let tokens = Array((try client.call("tokenize", ["model": .string(name), "text": .string(text)]).body["tokens"]?.arrayValue ?? [])
+                    .dropFirst(addsBOS ? 1 : 0))
                 guard tokens.count == 1, let id = tokens[0].intValue else { throw ValidationError("each answer must be one token, '\(text)' is \(tokens.count)") }
                 ids.append(id)
             }

@@ -47,7 +47,7 @@ struct IOI: ParsableCommand {
         guard let tokenizer = loaded.tokenizer else { throw ValidationError("\(model) has no tokenizer") }
         print(String(format: "loaded %@ (%@, %d layers) in %.2f s", loaded.resolvedPath, loaded.model.architecture,
                      loaded.model.dimensions.layers, loaded.loadSeconds))
-        let answerIDs = [answer, wrong].map { tokenizer.encode($0) }
+        let answerIDs = [answer, wrong].map { tokenizer.encodeWithoutSpecialTokens($0) }
         guard answerIDs.allSatisfy({ $0.count == 1 }) else { throw ValidationError("each answer must be one token, got \(answerIDs)") }
         let (right, other) = (answerIDs[0][0], answerIDs[1][0])
 

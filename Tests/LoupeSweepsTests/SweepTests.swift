@@ -105,27 +105,47 @@ final class SweepTests: XCTestCase {
     }
 }
 
-/// The tutorial's two experiments on SmolLM2 against nnsight on HF transformers, on the same
-/// dequantized weights (Tests/Fixtures/sweeps, made by scripts/nnsight_reference.py).
+/// The tutorial's two experiments against nnsight on HF transformers, on the same dequantized
+/// weights (Tests/Fixtures/sweeps, made by scripts/nnsight_reference.py): SmolLM2, and Gemma 3,
+/// whose tokenizer puts BOS first.
 final class NNsightParityTests: XCTestCase {
     struct Reference: Decodable {
         struct Matrix: Decodable { let clean_logit_diff: Float; let corrupted_logit_diff: Float; let values: [[Float]] }
+        let clean_prompt: String
+        let corrupted_prompt: String
         let clean_tokens: [Int]
         let corrupted_tokens: [Int]
+        let answers: [String]?
         let answer_ids: [Int]
         let residual: Matrix
         let heads: Matrix
     }
 
-    func testEveryCellMatchesNNsight() throws {
-        let path = try fetchedModel("SmolLM2-135M-Instruct.Q4_1.gguf")
-        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: URL(fileURLWithPath: fixtures + "/sweeps/smollm2-ioi-nnsight.json")))
+    func testEveryCellMatchesNNsightOnSmolLM2() throws {
+        try checkEveryCell("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-ioi-nnsight.json", shape: (layers: 30, positions: 16, heads: 9))
+    }
+
+    func testEveryCellMatchesNNsightOnGemma3() throws {
+        try checkEveryCell("gemma-3-270m-q4_k_m.gguf", "gemma3-ioi-nnsight.json", shape: (layers: 18, positions: 17, heads: 4))
+    }
+
+    /// Every cell of both matrices within 1e-3 of nnsight's, the prompts' and the answers' ids
+    /// as nnsight's tokenizer made them.
+    func checkEveryCell(_ model: String, _ fixture: String, shape: (layers: Int, positions: Int, heads: Int)) throws {
+        let path = try fetchedModel(model)
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: URL(fileURLWithPath: fixtures + "/sweeps/" + fixture)))
         let loaded = try LoadedModel.load(path, registry: registry)
         let tokenizer = try XCTUnwrap(loaded.tokenizer)
-        let clean = tokenizer.encode("After John and Mary went to the store, Mary gave a bottle of milk to")
-        let corrupted = tokenizer.encode("After John and Mary went to the store, John gave a bottle of milk to")
+        let clean = tokenizer.encode(reference.clean_prompt)
+        let corrupted = tokenizer.encode(reference.corrupted_prompt)
         XCTAssertEqual(clean, reference.clean_tokens)
         XCTAssertEqual(corrupted, reference.corrupted_tokens)
+        XCTAssertEqual(clean.count, shape.positions)
+        // The answers without special tokens, as nnsight_reference.py tokenizes them.
+        XCTAssertEqual((reference.answers ?? [" John", " Mary"]).map { tokenizer.encodeWithoutSpecialTokens($0) },
+                       reference.answer_ids.map { [$0] })
+        XCTAssertEqual(reference.residual.values.count, shape.layers)
+        XCTAssertEqual(reference.heads.values.first?.count, shape.heads)
         for (kind, expected) in [(SweepKind.residual, reference.residual), (.heads, reference.heads)] {
             let result = try PatchingSweep(model: loaded.model, interventions: testInterventions).run(SweepRequest(
                 clean: clean, corrupted: corrupted, kind: kind,

@@ -90,6 +90,10 @@ final class BehaviourTests: XCTestCase {
         XCTAssertTrue(tokenizer.addsBOS)
         XCTAssertEqual(tokenizer.bosTokenID, 7)
         XCTAssertEqual(tokenizer.encode("ab"), [7, 3])
+        // Without special tokens (HF's add_special_tokens=False): no BOS, but one written in the text stays.
+        XCTAssertEqual(tokenizer.encodeWithoutSpecialTokens("ab"), [3])
+        XCTAssertEqual(tokenizer.encodeWithoutSpecialTokens("<s>ab"), [7, 3])
+        XCTAssertEqual(tokenizer.encodeWithoutSpecialTokens(""), [])
     }
 
     /// BOS and EOS named in a tokenizer_config.json beside the file.
@@ -105,6 +109,7 @@ final class BehaviourTests: XCTestCase {
         XCTAssertEqual(tokenizer.bosTokenID, 7)
         XCTAssertEqual(tokenizer.eosTokenID, 8)
         XCTAssertFalse(tokenizer.addsBOS)
+        XCTAssertEqual(tokenizer.encodeWithoutSpecialTokens("ab"), tokenizer.encode("ab"), "a BOS the tokenizer does not add is not dropped")
     }
 
     /// Decoding cut inside a character: one U+FFFD per maximal invalid subsequence.

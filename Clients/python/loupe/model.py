@@ -103,16 +103,22 @@ class Tokenizer:
         self.bos_token_id, self.eos_token_id = self.info.get("bos"), self.info.get("eos")
         self._decoded, self._encoded = {}, {}
 
-    def encode(self, text):
+    def encode(self, text, add_special_tokens=True):
+        """The ids of `text`; with add_special_tokens=False without the BOS a tokenizer that adds
+        one (Gemma's) puts first, as HF's tokenizers do: the form for a lone answer token."""
         # Remembered: the tutorial's batched cells tokenize one prompt for hundreds of invocations.
         if text not in self._encoded:
             if len(self._encoded) >= 4096:
                 self._encoded.clear()
             self._encoded[text] = self._model._request("tokenize", {"text": text})["tokens"]
-        return list(self._encoded[text])
+        ids = list(self._encoded[text])
+        return ids[1:] if not add_special_tokens and self.info.get("adds_bos") else ids
 
-    def __call__(self, text, return_tensors=None, **_):
-        rows = [self.encode(text)] if isinstance(text, str) else [self.encode(t) for t in text]
+    def __call__(self, text, return_tensors=None, add_special_tokens=True, **_):
+        def encode(t):
+            return self.encode(t, add_special_tokens=add_special_tokens)
+
+        rows = [encode(text)] if isinstance(text, str) else [encode(t) for t in text]
         if return_tensors is not None:  # "pt" or "np": a numpy array either way
             if len({len(r) for r in rows}) > 1:
                 raise ValueError("return_tensors needs texts of one length in tokens (no padding here)")

@@ -3,8 +3,8 @@ temporary directory, stopped (server.shutdown) at the end. The binary is $LOUPE_
 what `swift build -c release --product loupe` builds in the repository (the debug build
 works too, about four times slower).
 
-Models: SmolLM2 from $LOUPE_MODELS (default ~/.cache/loupe/models; scripts/fetch-models.sh
-puts it there) and a GPT-2-small-shaped model with the seeded random weights of
+Models: SmolLM2 and Gemma 3 270M from $LOUPE_MODELS (default ~/.cache/loupe/models;
+scripts/fetch-models.sh puts them there) and a GPT-2-small-shaped model with the seeded random weights of
 scripts/make_random_gpt2.py, generated on first use into $LOUPE_MODELS/gpt2-small-random
 with GPT-2's real tokenizer files (gpt2-tokenizer/) linked beside them."""
 import os
@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[3]
 MODELS = Path(os.environ.get("LOUPE_MODELS") or Path.home() / ".cache" / "loupe" / "models")
 FIXTURES = REPO / "Tests" / "Fixtures"
 SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
 GPT2_RANDOM = MODELS / "gpt2-small-random"
 
 
@@ -107,6 +108,13 @@ def smollm2():
     if not SMOLLM2.is_file():
         pytest.fail(f"{SMOLLM2} is missing: run scripts/fetch-models.sh")
     return str(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    if not GEMMA3.is_file():
+        pytest.fail(f"{GEMMA3} is missing: run scripts/fetch-models.sh")
+    return str(GEMMA3)
 
 
 @pytest.fixture(scope="session")
