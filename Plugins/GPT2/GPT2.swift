@@ -135,9 +135,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
     /// One block: x + attn(ln_1(x)), then + mlp(ln_2(·)).
     func layer(_ l: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
         let b = blocks[l]
-        let (rows, length) = (pass.rows, pass.length)
         let (heads, headDim, hidden) = (dimensions.heads, dimensions.headDim, dimensions.hidden)
-        let headShape = [rows, length, heads, headDim]
         var x = try pass.hook(b.module.input, input)
         x = try pass.hook(.residPre(l), x)
 
@@ -145,17 +143,10 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         let normed = try pass.call(b.ln1.module, x) { layerNorm($0, weight: b.ln1.weight, bias: b.ln1.bias!, eps: epsilon) }
         var attention = try pass.call(b.attention, normed, tuple: true) { h in
             let qkv = try pass.call(b.cAttn, h)
-            let q = try pass.hook(.q(l), qkv.slice(axis: 1, 0..<hidden), shape: headShape)
-            let k = try pass.hook(.k(l), qkv.slice(axis: 1, hidden..<(2 * hidden)), shape: headShape)
-            let v = try pass.hook(.v(l), qkv.slice(axis: 1, (2 * hidden)..<(3 * hidden)), shape: headShape)
-            let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: heads, headDim: headDim)
-            let (keys, values) = pass.attentionInputs(layer: l, keys: k, values: v)
-            var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: b.attentionScale)
-            pattern = try pass.hook(.pattern(l), pattern, shape: pattern.shape)
-            pattern = try pass.identity(b.attentionDropout, pattern, shape: pattern.shape)
-            var z = try pass.hook(b.cProj.module.input, attendValues(pattern: pattern, v: values, geometry: geometry))
-            z = try pass.hook(.z(l), z, shape: headShape)
-            return try pass.identity(b.residualDropout, pass.hook(b.cProj.module.output, b.cProj.map(z)))
+            let attended = try pass.attend(layer: l, q: qkv.slice(axis: 1, 0..<hidden), k: qkv.slice(axis: 1, hidden..<(2 * hidden)),
+                                           v: qkv.slice(axis: 1, (2 * hidden)..<(3 * hidden)), heads: heads, keyValueHeads: heads,
+                                           headDim: headDim, scale: b.attentionScale, dropout: b.attentionDropout, output: b.cProj)
+            return try pass.identity(b.residualDropout, attended)
         }
         attention = try pass.hook(.attnOut(l), attention)
         addInPlace(x, attention)

@@ -200,9 +200,8 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
     private func attend(_ l: Int, _ h: Tensor, _ pass: ForwardPass) throws -> Tensor {
         let b = blocks[l]
         let (heads, headDim) = (dimensions.heads, dimensions.headDim)
-        let headShape = [pass.rows, pass.length, heads, headDim]
         let qkv = try pass.call(b.queryKeyValue, h)
-        var (q, k, v) = (part(qkv, 0), part(qkv, 1), part(qkv, 2))
+        let (q, k, v) = (part(qkv, 0), part(qkv, 1), part(qkv, 2))
         if let rotary {
             // The first rotary dims of every head, as rows [positions · heads, rotary dims].
             let positions = pass.positionIDs.flatMap { repeatElement($0, count: heads) }
@@ -210,16 +209,8 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
                 rotary.apply(t.reshaped([-1, headDim]).slice(axis: 1, 0..<rotary.dim), heads: 1, positions: positions)
             }
         }
-        q = try pass.hook(.q(l), q, shape: headShape)
-        k = try pass.hook(.k(l), k, shape: headShape)
-        v = try pass.hook(.v(l), v, shape: headShape)
-        let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: heads, headDim: headDim)
-        let (keys, values) = pass.attentionInputs(layer: l, keys: k, values: v)
-        var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: 1 / Float(headDim).squareRoot())
-        pattern = try pass.hook(.pattern(l), pattern, shape: pattern.shape)
-        var z = try pass.hook(b.dense.module.input, attendValues(pattern: pattern, v: values, geometry: geometry))
-        z = try pass.hook(.z(l), z, shape: headShape)
-        return try pass.hook(b.dense.module.output, b.dense.map(z))
+        return try pass.attend(layer: l, q: q, k: k, v: v, heads: heads, keyValueHeads: heads, headDim: headDim,
+                               scale: 1 / Float(headDim).squareRoot(), output: b.dense)
     }
 
     /// Part `index` (0 q, 1 k, 2 v) of every head of query_key_value's output, as HF's

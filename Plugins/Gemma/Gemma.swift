@@ -223,7 +223,6 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
     /// One decoder layer: x + post_norm(attn(norm(x))), then + post_norm(mlp(norm(·))).
     func layer(_ l: Int, _ input: Tensor, _ pass: ForwardPass) throws -> Tensor {
         let b = blocks[l]
-        let (rows, length) = (pass.rows, pass.length)
         let (heads, kvHeads, headDim) = (dimensions.heads, dimensions.keyValueHeads, dimensions.headDim)
         var x = try pass.hook(b.module.input, input)
         x = try pass.hook(.residPre(l), x)
@@ -239,17 +238,8 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
             let rotary = b.local ? localRotary : globalRotary
             rotary.apply(q, heads: heads, positions: pass.positionIDs)
             rotary.apply(k, heads: kvHeads, positions: pass.positionIDs)
-            q = try pass.hook(.q(l), q, shape: [rows, length, heads, headDim])
-            k = try pass.hook(.k(l), k, shape: [rows, length, kvHeads, headDim])
-            v = try pass.hook(.v(l), v, shape: [rows, length, kvHeads, headDim])
-            let geometry = pass.attentionGeometry(heads: heads, keyValueHeads: kvHeads, headDim: headDim)
-            let (keys, values) = pass.attentionInputs(layer: l, keys: k, values: v)
-            var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: queryScale,
-                                           window: b.local ? slidingWindow : nil, softcap: attentionSoftcap)
-            pattern = try pass.hook(.pattern(l), pattern, shape: pattern.shape)
-            var z = try pass.hook(b.o.module.input, attendValues(pattern: pattern, v: values, geometry: geometry))
-            z = try pass.hook(.z(l), z, shape: [rows, length, heads, headDim])
-            return try pass.hook(b.o.module.output, b.o.map(z))
+            return try pass.attend(layer: l, q: q, k: k, v: v, heads: heads, keyValueHeads: kvHeads, headDim: headDim, scale: queryScale,
+                                   window: b.local ? slidingWindow : nil, softcap: attentionSoftcap, output: b.o)
         }
         attention = try pass.hook(.attnOut(l), try apply(b.postAttentionNorm, attention, pass))
         addInPlace(x, attention)

@@ -193,6 +193,28 @@ extension ForwardPass {
         }
     }
 
+    /// Causal self-attention of layer `l`, `output`(softmax(q kᵀ · scale) v), from projected
+    /// q [rows, heads · headDim] and k, v [rows, keyValueHeads · headDim], q and k already
+    /// rotated. The canonical sites attn.q, attn.k, attn.v, attn.pattern and attn.z fire in
+    /// that order, `dropout` (GPT-2's attention dropout, the identity in inference) sees the
+    /// pattern, and `output`'s sites its input and output. `window` and `softcap` as
+    /// `attentionPattern`'s.
+    public func attend(layer l: Int, q: Tensor, k: Tensor, v: Tensor, heads: Int, keyValueHeads: Int, headDim: Int,
+                       scale: Float, window: Int? = nil, softcap: Float? = nil, dropout: ModulePath? = nil,
+                       output: LinearModule) throws -> Tensor {
+        let q = try hook(.q(l), q, shape: [rows, length, heads, headDim])
+        let k = try hook(.k(l), k, shape: [rows, length, keyValueHeads, headDim])
+        let v = try hook(.v(l), v, shape: [rows, length, keyValueHeads, headDim])
+        let geometry = attentionGeometry(heads: heads, keyValueHeads: keyValueHeads, headDim: headDim)
+        let (keys, values) = attentionInputs(layer: l, keys: k, values: v)
+        var pattern = attentionPattern(q: q, k: keys, geometry: geometry, scale: scale, window: window, softcap: softcap)
+        pattern = try hook(.pattern(l), pattern, shape: pattern.shape)
+        if let dropout { pattern = try identity(dropout, pattern, shape: pattern.shape) }
+        var z = try hook(output.module.input, attendValues(pattern: pattern, v: values, geometry: geometry))
+        z = try hook(.z(l), z, shape: [rows, length, heads, headDim])
+        return try hook(output.module.output, output.map(z))
+    }
+
     /// activation(gate) · up, a gated MLP's inner value, its act_fn declared as `module`: one
     /// kernel when no hook watches, else act_fn's output shown as its own site before the product.
     public func gated(_ module: ModulePath, _ activation: Activation, _ gate: Tensor, _ up: Tensor) throws -> Tensor {
