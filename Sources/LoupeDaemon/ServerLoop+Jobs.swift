@@ -1,4 +1,5 @@
 import Foundation
+import LoupeModels
 import LoupeWire
 
 /// Jobs: creating them, queueing them per model, running them on the model's worker,
@@ -127,6 +128,8 @@ extension ServerLoop {
         job.subscribers.removeAll()
         finishedJobs.append(job.id)
         expireResults(now: Date())
+        // What the job's passes allocated stays with the allocator only while the job runs.
+        LoadedModel.releaseFreedMemory()
     }
 
     /// A stored outcome (which carries its own status) to one requester.

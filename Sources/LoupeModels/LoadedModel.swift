@@ -80,9 +80,10 @@ public final class LoadedModel: Sendable {
         throw FormatError(.notFound, file: source, "no such file or directory, and not an HF id (org/name)")
     }
 
-    /// Loading frees large temporaries (dequantized tensors before their transposition); hand
-    /// that memory back to the system so a warm model costs only its weights.
-    private static func releaseFreedMemory() {
+    /// Loading frees large temporaries (dequantized tensors before their transposition), and a
+    /// job its activations; hand that memory back to the system so a warm model costs only its
+    /// weights (the thresholds below keep it only for the passes within one job).
+    public static func releaseFreedMemory() {
         malloc_trim(0)
     }
 
