@@ -225,20 +225,6 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
     }
 }
 
-/// HF's `GELUActivation` (`hidden_act` "gelu", torch's default GELU): x · Φ(x) with the exact
-/// error function, 0.5 · x · (1 + erf(x / √2)), in place.
-func geluErfInPlace(_ x: Tensor) {
-    precondition(x.isContiguous)
-    let p = x.data
-    let scale = Float(0.5.squareRoot())
-    Parallel.forEachChunk(x.count, costPerItem: 16) { range in
-        for i in range {
-            let v = p[i]
-            p[i] = 0.5 * v * (1 + erf(v * scale))
-        }
-    }
-}
-
 /// The checkpoint's tensors, with the unembedding also under the name transformers 5 gives
 /// its module (`lm_head.weight`) when it is stored as GPT-NeoX checkpoints store it
 /// (`embed_out.weight`, which transformers renames at load and back at save).

@@ -212,7 +212,7 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
 
     func embed(_ pass: ForwardPass) throws -> Tensor {
         let x = embeddingLookup(embedTokens.table, pass.tokenIDs ?? [])
-        for i in 0..<x.count { x.data[i] *= embedScale }
+        scaleInPlace(x, embedScale)
         return try pass.hook(embedTokens.module.output, x)
     }
 

@@ -155,12 +155,11 @@ public struct ForwardPass {
         switch which {
         case .all, .none: return hidden
         case .last:
-            let width = hidden.columnCount
-            let last = Tensor(zeros: [rows, width])
+            let last = Tensor(zeros: [rows, hidden.columnCount])
             var end = 0
             for row in 0..<rows {
                 end += queryCounts[row]
-                (last.data + row * width).update(from: hidden.data + (end - 1) * width, count: width)
+                last.select(axis: 0, row).assign(from: hidden.select(axis: 0, end - 1))
             }
             return last
         }

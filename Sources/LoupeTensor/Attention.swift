@@ -84,7 +84,60 @@ public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry
             }
         }
     }
+    GradientTape.record(pattern, from: [q, k]) { tape in
+        let views = (q: GradientView(q), k: GradientView(k), pattern: GradientView(pattern))
+        let saved = (q: tape.save(q), k: tape.save(k), pattern: tape.save(pattern))
+        return { gradients in
+            guard let dPattern = gradients.of(views.pattern) else { return }
+            let (dq, dk) = patternBackward(dPattern.contiguous(), saved, g, scale: scale, softcap: softcap)
+            gradients.add(dq, to: views.q)
+            gradients.add(dk, to: views.k)
+        }
+    }
     return pattern
+}
+
+/// The gradients of `attentionPattern`'s q and k from its pattern's: through the softmax
+/// (dS = P·(dP − Σ P·dP)), the soft-cap (· 1 − tanh²) and the scaled product. Parallel over
+/// key/value heads: the query heads sharing one add into its keys' gradient in turn.
+private func patternBackward(_ dPattern: Tensor, _ saved: (q: Tensor, k: Tensor, pattern: Tensor), _ g: AttentionGeometry,
+                             scale: Float, softcap: Float?) -> (Tensor, Tensor) {
+    let (q, k, p) = saved
+    let dq = Tensor(zeros: q.shape), dk = Tensor(zeros: k.shape)
+    let groups = g.heads / g.keyValueHeads
+    let (qWidth, kWidth) = (q.columnCount, k.columnCount)
+    Parallel.forEachChunk(g.batch * g.keyValueHeads, costPerItem: groups * g.queries * g.keys * g.headDim) { pairs in
+        var dScores = [Float](repeating: 0, count: g.keys)
+        for pair in pairs {
+            let b = pair / g.keyValueHeads, kvHead = pair % g.keyValueHeads
+            let kBase = k.data + b * g.keys * kWidth + kvHead * g.headDim
+            let dkBase = dk.data + b * g.keys * kWidth + kvHead * g.headDim
+            for h in (kvHead * groups)..<((kvHead + 1) * groups) {
+                for i in 0..<g.queryCounts[b] {
+                    let row = ((b * g.heads + h) * g.queries + i) * g.keys
+                    let probabilities = p.data + row, dp = dPattern.data + row
+                    var weighted: Float = 0
+                    for j in 0..<g.keys { weighted += probabilities[j] * dp[j] }
+                    let qRow = q.data + (g.queryOffsets[b] + i) * qWidth + h * g.headDim
+                    let dqRow = dq.data + (g.queryOffsets[b] + i) * qWidth + h * g.headDim
+                    for j in 0..<g.keys {
+                        guard probabilities[j] != 0 else { dScores[j] = 0; continue }
+                        var d = probabilities[j] * (dp[j] - weighted)
+                        if let softcap {
+                            let t = tanh(dot(qRow, kBase + j * kWidth, g.headDim) * scale / softcap)
+                            d *= 1 - t * t
+                        }
+                        dScores[j] = d * scale
+                    }
+                    for j in 0..<g.keys where dScores[j] != 0 {
+                        axpy(dScores[j], kBase + j * kWidth, dqRow, g.headDim)
+                        axpy(dScores[j], qRow, dkBase + j * kWidth, g.headDim)
+                    }
+                }
+            }
+        }
+    }
+    return (dq, dk)
 }
 
 /// Σⱼ pattern[b, h, i, j] · v[b, j, head(h)] for every query: [query rows, heads * headDim],
@@ -110,7 +163,44 @@ public func attendValues(pattern: Tensor, v: Tensor, geometry g: AttentionGeomet
             }
         }
     }
+    GradientTape.record(output, from: [pattern, v]) { tape in
+        let views = (pattern: GradientView(pattern), v: GradientView(v), output: GradientView(output))
+        let saved = (pattern: tape.save(pattern), v: tape.save(v))
+        return { gradients in
+            guard let dOutput = gradients.of(views.output) else { return }
+            let (dPattern, dv) = valuesBackward(dOutput, saved, g)
+            gradients.add(dPattern, to: views.pattern)
+            gradients.add(dv, to: views.v)
+        }
+    }
     return output
+}
+
+/// The gradients of `attendValues`' pattern (dP = dZ · vᵀ, for every key: the pattern is a
+/// site, and a masked key's gradient there is not zero) and values (dv = Pᵀ · dZ).
+private func valuesBackward(_ dOutput: Tensor, _ saved: (pattern: Tensor, v: Tensor), _ g: AttentionGeometry) -> (Tensor, Tensor) {
+    let (p, v) = saved
+    let dPattern = Tensor(zeros: p.shape), dv = Tensor(zeros: v.shape)
+    let groups = g.heads / g.keyValueHeads
+    let (width, vWidth) = (g.heads * g.headDim, v.columnCount)
+    Parallel.forEachChunk(g.batch * g.keyValueHeads, costPerItem: groups * g.queries * g.keys * g.headDim) { pairs in
+        for pair in pairs {
+            let b = pair / g.keyValueHeads, kvHead = pair % g.keyValueHeads
+            let vBase = v.data + b * g.keys * vWidth + kvHead * g.headDim
+            let dvBase = dv.data + b * g.keys * vWidth + kvHead * g.headDim
+            for h in (kvHead * groups)..<((kvHead + 1) * groups) {
+                for i in 0..<g.queryCounts[b] {
+                    let row = ((b * g.heads + h) * g.queries + i) * g.keys
+                    let dz = dOutput.data + (g.queryOffsets[b] + i) * width + h * g.headDim
+                    for j in 0..<g.keys {
+                        dPattern.data[row + j] = dot(dz, vBase + j * vWidth, g.headDim)
+                        if p.data[row + j] != 0 { axpy(p.data[row + j], dz, dvBase + j * vWidth, g.headDim) }
+                    }
+                }
+            }
+        }
+    }
+    return (dPattern, dv)
 }
 
 private func checkRows(_ t: Tensor, _ rows: Int, _ columns: Int, _ what: String) {

@@ -76,6 +76,17 @@ public struct Linear: Sendable {
              a: input.data, lda: inputSize, transposeA: false,
              b: weight.data, ldb: weight.shape[1], transposeB: layout == .outputMajor,
              c: output.data, ldc: outputSize, accumulate: bias != nil)
+        GradientTape.record(output, from: [x]) { _ in
+            let (into, from) = (GradientView(x), GradientView(output))
+            return { g in
+                guard let dy = g.of(from) else { return }
+                g.accumulate(into) { dx in  // dx += dy · Wᵀ (the map's transpose)
+                    gemm(rows: rows, columns: inputSize, inner: outputSize, a: dy.data, lda: outputSize, transposeA: false,
+                         b: weight.data, ldb: weight.shape[1], transposeB: layout == .inputMajor,
+                         c: dx.data, ldc: inputSize, accumulate: true)
+                }
+            }
+        }
         return output
     }
 }
@@ -140,7 +151,6 @@ public func transposeCopy(_ source: Tensor, into target: Tensor) {
 
 // MARK: - Embeddings
 
-/// Rows of `table` [vocab, dim] picked by `ids`: [ids.count, dim].
 /// The index of the first NaN or infinity in contiguous `x`, nil when every element is finite.
 /// Fast in any build: OpenBLAS's dot product of x with itself is finite exactly when every
 /// element is, except for elements past 1.8e19 whose square overflows; only then (or on a real
@@ -160,12 +170,14 @@ public func firstNonFinite(_ x: Tensor) -> Int? {
     return nil
 }
 
+/// Rows of `table` [vocab, dim] picked by `ids`: [ids.count, dim]. Under a recording tape the rows are where the activations, and their gradients, begin.
 public func embeddingLookup(_ table: Tensor, _ ids: [Int]) -> Tensor {
     let dim = table.columnCount
     let output = Tensor(zeros: [ids.count, dim])
     for (row, id) in ids.enumerated() {
         (output.data + row * dim).update(from: table.data + id * dim, count: dim)
     }
+    GradientTape.current?.track(output)
     return output
 }
 
@@ -173,34 +185,71 @@ public func embeddingLookup(_ table: Tensor, _ ids: [Int]) -> Tensor {
 
 /// torch.nn.LayerNorm over the last dimension (biased variance, eps inside the root).
 public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float) -> Tensor {
-    normalizeRows(x) { row, out, n in
-        var sum = 0.0, squares = 0.0
-        for i in 0..<n { sum += Double(row[i]) }
-        let mean = sum / Double(n)
-        for i in 0..<n { let d = Double(row[i]) - mean; squares += d * d }
-        let inverse = Float(1 / (squares / Double(n) + Double(eps)).squareRoot())
-        let m = Float(mean)
-        for i in 0..<n { out[i] = (row[i] - m) * inverse * weight.data[i] + bias.data[i] }
+    normalizeRows(x, meanFree: true, weight: weight, eps: eps) { row, out, n in
+        let (mean, inverse) = layerNormStatistics(row, n, eps)
+        for i in 0..<n { out[i] = (row[i] - mean) * inverse * weight.data[i] + bias.data[i] }
     }
 }
 
 /// HF's LlamaRMSNorm: x / sqrt(mean(x²) + eps) * weight.
 public func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor {
-    normalizeRows(x) { row, out, n in
-        var squares = 0.0
-        for i in 0..<n { squares += Double(row[i]) * Double(row[i]) }
-        let inverse = Float(1 / (squares / Double(n) + Double(eps)).squareRoot())
+    normalizeRows(x, meanFree: false, weight: weight, eps: eps) { row, out, n in
+        let inverse = rmsInverse(row, n, eps)
         for i in 0..<n { out[i] = weight.data[i] * (row[i] * inverse) }
     }
 }
 
-private func normalizeRows(_ x: Tensor,
+@inline(__always)
+private func layerNormStatistics(_ row: UnsafePointer<Float>, _ n: Int, _ eps: Float) -> (mean: Float, inverse: Float) {
+    var sum = 0.0, squares = 0.0
+    for i in 0..<n { sum += Double(row[i]) }
+    let mean = sum / Double(n)
+    for i in 0..<n { let d = Double(row[i]) - mean; squares += d * d }
+    return (Float(mean), Float(1 / (squares / Double(n) + Double(eps)).squareRoot()))
+}
+
+@inline(__always)
+private func rmsInverse(_ row: UnsafePointer<Float>, _ n: Int, _ eps: Float) -> Float {
+    var squares = 0.0
+    for i in 0..<n { squares += Double(row[i]) * Double(row[i]) }
+    return Float(1 / (squares / Double(n) + Double(eps)).squareRoot())
+}
+
+/// Normalizes each row with `body`. Its backward, with x̂ the normalized row, r the inverse
+/// root and w the weight: dx = r·(w·dy − [mean(w·dy)] − x̂·mean(w·dy·x̂)), the bracket only
+/// for LayerNorm (`meanFree`), where x̂ = (x − mean)·r; for RMSNorm x̂ = x·r.
+private func normalizeRows(_ x: Tensor, meanFree: Bool, weight: Tensor, eps: Float,
                            _ body: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void) -> Tensor {
     let input = x.contiguous()
     let n = input.columnCount
     let output = Tensor(zeros: input.shape)
     Parallel.forEachChunk(input.rowCount, costPerItem: n * 4) { rows in
         for row in rows { body(input.data + row * n, output.data + row * n, n) }
+    }
+    GradientTape.record(output, from: [x]) { tape in
+        let (into, from, saved) = (GradientView(x), GradientView(output), tape.save(input))
+        return { g in
+            guard let dy = g.of(from) else { return }
+            let dx = Tensor(zeros: saved.shape)
+            Parallel.forEachChunk(saved.rowCount, costPerItem: n * 8) { rows in
+                for row in rows {
+                    let xs = saved.data + row * n, d = dy.data + row * n, out = dx.data + row * n
+                    let (mean, inverse) = meanFree ? layerNormStatistics(xs, n, eps) : (0, rmsInverse(xs, n, eps))
+                    var weighted = 0.0, projected = 0.0
+                    for i in 0..<n {
+                        let wd = Double(weight.data[i] * d[i])
+                        weighted += wd
+                        projected += wd * Double((xs[i] - mean) * inverse)
+                    }
+                    let meanWeighted = meanFree ? Float(weighted / Double(n)) : 0
+                    let meanProjected = Float(projected / Double(n))
+                    for i in 0..<n {
+                        out[i] = inverse * (weight.data[i] * d[i] - meanWeighted - (xs[i] - mean) * inverse * meanProjected)
+                    }
+                }
+            }
+            g.add(dx, to: into)
+        }
     }
     return output
 }
@@ -229,14 +278,59 @@ public enum Activation: Sendable {
             return v / (1 + exp(pointwiseMin(-2 * Self.geluScale * (v + 0.044715 * v * v * v), Self.cap)))
         }
     }
+
+    /// d activation / dx at x, for the backward.
+    func derivative(_ x: Float) -> Float {
+        switch self {
+        case .silu:
+            let s = 1 / (1 + Foundation.exp(-x))
+            return s * (1 + x * (1 - s))
+        case .geluTanh:
+            let t = Foundation.tanh(Self.geluScale * (x + 0.044715 * x * x * x))
+            return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * Self.geluScale * (1 + 3 * 0.044715 * x * x)
+        }
+    }
+
+    /// The activation at one x (the backward's recomputation).
+    func value(_ x: Float) -> Float { callAsFunction(SIMD8<Float>(repeating: x))[0] }
+}
+
+/// Records an element-wise in-place op on `x` whose derivative at each element depends only
+/// on the element's value before the op: dx = dy · derivative(old x).
+private func recordPointwise(_ x: Tensor, _ derivative: @escaping (Float) -> Float) {
+    GradientTape.record(x, from: [x]) { tape in
+        let (view, old) = (GradientView(x), tape.save(x))
+        return { g in
+            guard let dy = g.of(view) else { return }
+            for i in 0..<old.count { dy.data[i] *= derivative(old.data[i]) }
+        }
+    }
 }
 
 /// GPT-2's GELU (the tanh approximation, HF's NewGELUActivation), in place.
 public func geluTanhInPlace(_ x: Tensor) {
     precondition(x.isContiguous)
+    recordPointwise(x, Activation.geluTanh.derivative)
     let p = x.data
     Parallel.forEachChunk(x.count, costPerItem: 4) { range in
         mapVectors(p + range.lowerBound, p + range.lowerBound, count: range.count) { Activation.geluTanh($0) }
+    }
+}
+
+/// HF's `GELUActivation` (`hidden_act` "gelu", torch's default GELU): x · Φ(x) with the exact
+/// error function, 0.5 · x · (1 + erf(x / √2)), in place.
+public func geluErfInPlace(_ x: Tensor) {
+    precondition(x.isContiguous)
+    let scale = Float(0.5.squareRoot())
+    recordPointwise(x) { v in  // Φ(x) + x·φ(x)
+        0.5 * (1 + erf(v * scale)) + v * Foundation.exp(-0.5 * v * v) / Float((2 * Double.pi).squareRoot())
+    }
+    let p = x.data
+    Parallel.forEachChunk(x.count, costPerItem: 16) { range in
+        for i in range {
+            let v = p[i]
+            p[i] = 0.5 * v * (1 + erf(v * scale))
+        }
     }
 }
 
@@ -258,12 +352,28 @@ public func gated(_ activation: Activation, _ gate: Tensor, _ up: Tensor?) -> Te
             }
         }
     }
+    GradientTape.record(output, from: [gate] + (up.map { [$0] } ?? [])) { tape in
+        let (from, gateView, upView) = (GradientView(output), GradientView(gate), up.map(GradientView.init))
+        let (savedGate, savedUp) = (tape.save(gate), up.map(tape.save))
+        return { g in
+            guard let dy = g.of(from) else { return }
+            let dGate = Tensor(zeros: savedGate.shape), dUp = Tensor(zeros: savedGate.shape)
+            for i in 0..<savedGate.count {
+                let x = savedGate.data[i], u = savedUp?.data[i] ?? 1
+                dGate.data[i] = dy.data[i] * u * activation.derivative(x)
+                dUp.data[i] = dy.data[i] * activation.value(x)
+            }
+            g.add(dGate, to: gateView)
+            if let upView { g.add(dUp, to: upView) }
+        }
+    }
     return output
 }
 
 /// x = cap · tanh(x / cap), element-wise (Gemma 2's logit soft-capping), in place.
 public func softcapInPlace(_ x: Tensor, _ cap: Float) {
     precondition(x.isContiguous && cap > 0)
+    recordPointwise(x) { v in let t = tanh(v / cap); return 1 - t * t }
     let p = x.data
     Parallel.forEachChunk(x.count, costPerItem: 8) { range in
         for i in range { p[i] = tanh(p[i] / cap) * cap }
@@ -273,6 +383,18 @@ public func softcapInPlace(_ x: Tensor, _ cap: Float) {
 /// x *= y, element-wise; `y` may be a column slice of a wider matrix.
 public func multiplyInPlace(_ x: Tensor, _ y: Tensor) {
     precondition(x.isContiguous && x.count == y.count, "multiply: \(x.shape) and \(y.shape)")
+    GradientTape.record(x, from: [x, y]) { tape in
+        let (xView, yView, oldX, savedY) = (GradientView(x), GradientView(y), tape.save(x), tape.save(y))
+        return { g in
+            guard let dz = g.of(xView) else { return }
+            let dy = Tensor(zeros: savedY.shape)
+            for i in 0..<dz.count {
+                dy.data[i] = dz.data[i] * oldX.data[i]
+                dz.data[i] *= savedY.data[i]
+            }
+            g.add(dy, to: yView)
+        }
+    }
     let width = x.columnCount
     let (b, bStride) = rowMajorView(y)
     Parallel.forEachChunk(x.rowCount, costPerItem: width) { rows in
@@ -293,10 +415,31 @@ private func rowMajorView(_ t: Tensor) -> (UnsafeMutablePointer<Float>, Int) {
 /// x += y, element-wise (the residual connection).
 public func addInPlace(_ x: Tensor, _ y: Tensor) {
     precondition(x.isContiguous && y.isContiguous && x.count == y.count, "add: \(x.shape) and \(y.shape)")
+    GradientTape.record(x, from: [x, y]) { _ in
+        let (xView, yView) = (GradientView(x), GradientView(y))
+        return { g in
+            guard let dz = g.of(xView) else { return }
+            g.add(dz.reshaped(yView.shape), to: yView)
+        }
+    }
     let a = x.data, b = y.data
     Parallel.forEachChunk(x.count) { range in
         for i in range { a[i] += b[i] }
     }
+}
+
+/// x *= scale, element-wise, in place (Gemma's embedding scale).
+public func scaleInPlace(_ x: Tensor, _ scale: Float) {
+    precondition(x.isContiguous)
+    GradientTape.record(x, from: [x]) { _ in
+        let view = GradientView(x)
+        return { g in
+            guard let dy = g.of(view) else { return }
+            for i in 0..<dy.count { dy.data[i] *= scale }
+        }
+    }
+    let p = x.data
+    for i in 0..<x.count { p[i] *= scale }
 }
 
 /// Softmax over the last dimension, in place.
@@ -366,8 +509,22 @@ public struct RotaryTable: Sendable {
     /// Rotates each head of `x` [rows, heads * dim] in place; row r sits at `positions[r]`.
     /// `x` may be a column slice of a wider matrix (Llama's fused q, k, v).
     public func apply(_ x: Tensor, heads: Int, positions: [Int]) {
+        rotate(x, heads: heads, positions: positions, backwards: false)
+        // A rotation's gradient turns back by the same angle.
+        GradientTape.record(x, from: [x]) { _ in
+            let view = GradientView(x)
+            return { g in
+                guard let dy = g.of(view) else { return }
+                self.rotate(dy, heads: heads, positions: positions, backwards: true)
+            }
+        }
+    }
+
+    /// Turns each pair (x[i], x[i + dim/2]) of every head by its position's angle, or back by it.
+    private func rotate(_ x: Tensor, heads: Int, positions: [Int], backwards: Bool) {
         precondition(x.rank == 2 && x.strides[1] == 1 && x.columnCount == heads * dim && positions.count == x.rowCount)
         let half = dim / 2, width = x.columnCount, rowStride = x.strides[0]
+        let sign: Float = backwards ? -1 : 1
         cos.withUnsafeBufferPointer { cosTable in
             sin.withUnsafeBufferPointer { sinTable in
                 Parallel.forEachChunk(x.rowCount, costPerItem: width * 4) { rows in
@@ -377,9 +534,9 @@ public struct RotaryTable: Sendable {
                         for head in 0..<heads {
                             let v = x.data + row * rowStride + head * dim
                             for i in 0..<half {
-                                let a = v[i], b = v[i + half]
-                                v[i] = a * c[i] - b * s[i]
-                                v[i + half] = b * c[i] + a * s[i]
+                                let a = v[i], b = v[i + half], turn = sign * s[i]
+                                v[i] = a * c[i] - b * turn
+                                v[i + half] = b * c[i] + a * turn
                             }
                         }
                     }

@@ -1,10 +1,14 @@
 import Foundation
+import Synchronization
 
 /// The memory behind one or more tensors: float32, either owned (zeroed)
 /// or borrowed from something that outlives it (an mmap'd weight file, say).
 public final class TensorStorage: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int
+    /// Unique for the life of the process: gradients are kept per storage (Gradients.swift).
+    public let id: UInt64 = TensorStorage.nextID.add(1, ordering: .relaxed).newValue
+    private static let nextID = Atomic<UInt64>(0)
     /// Keeps a borrowed region alive (an mmap'd file); nil when the storage owns its memory.
     private let owner: AnyObject?
 
@@ -172,9 +176,30 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         return result
     }
 
-    /// Writes `source` (same shape, any strides) into this view.
+    /// A contiguous copy that no gradient passes through: what a recorder keeps.
+    public func detachedCopy() -> Tensor {
+        let result = Tensor(zeros: shape)
+        result.assignElements(from: self)
+        return result
+    }
+
+    /// Writes `source` (same shape, any strides) into this view. Going backwards, the
+    /// gradient of what this view held goes to `source`, and the view's own becomes zero.
     public func assign(from source: Tensor) {
         precondition(source.shape == shape, "cannot assign \(source.shape) into \(shape)")
+        GradientTape.record(self, from: [source, self]) { _ in
+            let (target, from) = (GradientView(self), GradientView(source))
+            return { g in
+                guard let flowing = g.of(target) else { return }
+                g.add(flowing, to: from)
+                flowing.fill(0)
+            }
+        }
+        assignElements(from: source)
+    }
+
+    /// `assign` without recording a gradient.
+    func assignElements(from source: Tensor) {
         if isContiguous && source.isContiguous {
             data.update(from: source.data, count: count)
             return
@@ -204,12 +229,16 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         }
     }
 
-    /// Sets every element of this view to `value`.
+    /// Sets every element of this view to `value` (its gradient, going backwards, to zero).
     public func fill(_ value: Float) {
+        GradientTape.record(self, from: [self]) { _ in
+            let target = GradientView(self)
+            return { g in g.clear(target) }
+        }
         if isContiguous {
             data.update(repeating: value, count: count)
         } else {
-            assign(from: Tensor(shape: shape, values: [Float](repeating: value, count: count)))
+            assignElements(from: Tensor(shape: shape, values: [Float](repeating: value, count: count)))
         }
     }
 

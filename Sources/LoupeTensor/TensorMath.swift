@@ -66,17 +66,116 @@ public enum TensorMath {
         return Tensor(storage: t.storage, shape: shape, strides: strides, offset: t.offset)
     }
 
-    public static func binary(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
+    /// The element-wise ops with two operands that gradients pass through.
+    public enum BinaryOp: String, CaseIterable, Sendable {
+        case add, sub, mul, div, pow
+
+        func callAsFunction(_ x: Float, _ y: Float) -> Float {
+            switch self {
+            case .add: return x + y
+            case .sub: return x - y
+            case .mul: return x * y
+            case .div: return x / y
+            case .pow: return Foundation.pow(x, y)
+            }
+        }
+
+        /// (∂/∂x, ∂/∂y) at (x, y), whose result is z.
+        func partials(_ x: Float, _ y: Float, _ z: Float) -> (Float, Float) {
+            switch self {
+            case .add: return (1, 1)
+            case .sub: return (1, -1)
+            case .mul: return (y, x)
+            case .div: return (1 / y, -z / y)
+            case .pow: return (y == 0 ? 0 : y * Foundation.pow(x, y - 1), x > 0 ? z * Foundation.log(x) : 0)
+            }
+        }
+    }
+
+    /// The element-wise ops with one operand that gradients pass through.
+    public enum UnaryOp: String, CaseIterable, Sendable {
+        case neg, exp, log, abs, sqrt
+
+        func callAsFunction(_ x: Float) -> Float {
+            switch self {
+            case .neg: return -x
+            case .exp: return Foundation.exp(x)
+            case .log: return Foundation.log(x)
+            case .abs: return Swift.abs(x)
+            case .sqrt: return x.squareRoot()
+            }
+        }
+
+        /// d/dx at x, whose result is y.
+        func derivative(_ x: Float, _ y: Float) -> Float {
+            switch self {
+            case .neg: return -1
+            case .exp: return y
+            case .log: return 1 / x
+            case .abs: return x > 0 ? 1 : x < 0 ? -1 : 0
+            case .sqrt: return 0.5 / y
+            }
+        }
+    }
+
+    /// `op` element-wise with numpy broadcasting.
+    public static func binary(_ a: Tensor, _ b: Tensor, _ op: BinaryOp) -> Tensor {
         let shape = broadcastShape(a.shape, b.shape)!
         let out = Tensor(zeros: shape)
-        let ao = offsets(broadcast(a, to: shape)), bo = offsets(broadcast(b, to: shape))
+        let (wideA, wideB) = (broadcast(a, to: shape), broadcast(b, to: shape))
+        let ao = offsets(wideA), bo = offsets(wideB)
         let pa = a.storage.pointer, pb = b.storage.pointer, po = out.data
-        for i in 0..<ao.count { po[i] = f(pa[ao[i]], pb[bo[i]]) }
+        for i in 0..<ao.count { po[i] = op(pa[ao[i]], pb[bo[i]]) }
+        GradientTape.record(out, from: [a, b]) { tape in
+            let (x, y) = (tape.save(wideA), tape.save(wideB))
+            let views = (a: GradientView(wideA), b: GradientView(wideB), out: GradientView(out))
+            let result = tape.save(out)
+            return { g in
+                guard let dz = g.of(views.out) else { return }
+                let dx = Tensor(zeros: shape), dy = Tensor(zeros: shape)
+                for i in 0..<dz.count {
+                    let (px, py) = op.partials(x.data[i], y.data[i], result.data[i])
+                    dx.data[i] = dz.data[i] * px
+                    dy.data[i] = dz.data[i] * py
+                }
+                g.add(dx, to: views.a)  // a broadcast operand's elements receive the sum of theirs
+                g.add(dy, to: views.b)
+            }
+        }
         return out
     }
 
-    public static func unary(_ a: Tensor, _ f: (Float) -> Float) -> Tensor {
-        Tensor(shape: a.shape, values: a.toArray().map(f))
+    /// `op` element-wise.
+    public static func unary(_ a: Tensor, _ op: UnaryOp) -> Tensor {
+        let out = Tensor(shape: a.shape, values: a.toArray().map { op($0) })
+        GradientTape.record(out, from: [a]) { tape in
+            let (x, y, views) = (tape.save(a), tape.save(out), (a: GradientView(a), out: GradientView(out)))
+            return { g in
+                guard let dy = g.of(views.out) else { return }
+                let dx = Tensor(zeros: a.shape)
+                for i in 0..<dx.count { dx.data[i] = dy.data[i] * op.derivative(x.data[i], y.data[i]) }
+                g.add(dx, to: views.a)
+            }
+        }
+        return out
+    }
+
+    /// `f` element-wise, for code outside the trace language (a plugin's own arithmetic). It
+    /// has no gradient: a backward that reaches its result fails, naming it.
+    public static func map(_ a: Tensor, _ f: (Float) -> Float) -> Tensor {
+        let out = Tensor(shape: a.shape, values: a.toArray().map(f))
+        undifferentiable(out, from: [a], "an element-wise function given as a closure (TensorMath.map)")
+        return out
+    }
+
+    /// Records that gradients cannot pass back through `output`: a backward that reaches it throws.
+    public static func undifferentiable(_ output: Tensor, from inputs: [Tensor], _ what: String) {
+        GradientTape.record(output, from: inputs) { _ in
+            let view = GradientView(output)
+            return { g in
+                if g.of(view) != nil { throw GradientError("no gradient passes back through \(what)") }
+            }
+        }
     }
 
     /// `t` with `dims` moved to the end, as a contiguous copy, and the sizes of the kept and
@@ -117,7 +216,31 @@ public enum TensorMath {
             shape = t.shape
             for a in axes { shape[a] = 1 }
         }
-        return Tensor(shape: shape, values: result)
+        let out = Tensor(shape: shape, values: result)
+        if kind != .argmax && kind != .argmin {  // indices are constants
+            GradientTape.record(out, from: [t]) { _ in
+                let moved = GradientView(t.permuted((0..<t.rank).filter { !axes.contains($0) } + axes))
+                let view = GradientView(out)
+                return { g in
+                    guard let dy = g.of(view)?.contiguous() else { return }
+                    // Sum and mean spread each output's gradient over its elements; max and min
+                    // give it to the first element that attains the result.
+                    let dx = Tensor(zeros: moved.shape)
+                    for o in 0..<outer {
+                        let row = (o * inner)..<(o * inner + inner)
+                        switch kind {
+                        case .sum: for e in row { dx.data[e] = dy.data[o] }
+                        case .mean: for e in row { dx.data[e] = dy.data[o] / Float(inner) }
+                        default:
+                            let attained = row.first { values[$0] == result[o] || (values[$0].isNaN && result[o].isNaN) }
+                            if let e = attained { dx.data[e] = dy.data[o] }
+                        }
+                    }
+                    g.add(dx, to: moved)
+                }
+            }
+        }
+        return out
     }
 
     /// Softmax (or log-softmax) along `dim`.
@@ -137,7 +260,28 @@ public enum TensorMath {
                 out[base + j] = log ? shifted - logTotal : Float(Double(Foundation.exp(shifted)) / total)
             }
         }
-        return restore(Tensor(shape: kept + [t.shape[dim]], values: out), movedFrom: dim, rank: t.rank)
+        let result = restore(Tensor(shape: kept + [t.shape[dim]], values: out), movedFrom: dim, rank: t.rank)
+        GradientTape.record(result, from: [t]) { _ in
+            let moved = GradientView(t.permuted((0..<t.rank).filter { $0 != dim } + [dim]))
+            let view = GradientView(result)
+            return { g in
+                guard let flowing = g.of(view) else { return }
+                // softmax: dx = y·(dy − Σ y·dy); log-softmax: dx = dy − softmax·Σ dy.
+                let (dy, _, _) = moveToEnd(flowing, [dim])
+                let dx = Tensor(zeros: moved.shape)
+                for o in 0..<outer {
+                    let base = o * inner
+                    var total = 0.0
+                    for j in 0..<inner { total += Double(log ? dy[base + j] : dy[base + j] * out[base + j]) }
+                    for j in 0..<inner {
+                        dx.data[base + j] = log ? dy[base + j] - Foundation.exp(out[base + j]) * Float(total)
+                                                : out[base + j] * (dy[base + j] - Float(total))
+                    }
+                }
+                g.add(dx, to: moved)
+            }
+        }
+        return result
     }
 
     /// Undoes `moveToEnd(t, [dim])` on a tensor whose last axis came from `dim`.
@@ -163,7 +307,9 @@ public enum TensorMath {
             }
             for j in order.prefix(k) { out.append(indices ? Float(j) : values[base + j]) }
         }
-        return restore(Tensor(shape: kept + [k], values: out), movedFrom: dim, rank: t.rank)
+        let result = restore(Tensor(shape: kept + [k], values: out), movedFrom: dim, rank: t.rank)
+        if !indices { undifferentiable(result, from: [t], "topk") }
+        return result
     }
 
     /// numpy's matmul shape rule, or nil.
@@ -191,6 +337,26 @@ public enum TensorMath {
             for i in 0..<batches {
                 gemm(rows: m, columns: n, inner: k, a: lhs.data + i * m * k, lda: k, transposeA: false,
                      b: rhs.data + i * k * n, ldb: n, transposeB: false, c: out.data + i * m * n, ldc: n)
+            }
+        }
+        // The operands are private copies (whose records carry gradients on to a and b), so
+        // the backward can read them as they are.
+        GradientTape.record(out, from: [lhs, rhs]) { _ in
+            let views = (lhs: GradientView(lhs), rhs: GradientView(rhs), out: GradientView(out))
+            return { g in
+                guard let dOut = g.of(views.out), k > 0 else { return }
+                g.accumulate(views.lhs) { dLhs in  // dA = dC · Bᵀ
+                    for i in 0..<batches {
+                        gemm(rows: m, columns: k, inner: n, a: dOut.data + i * m * n, lda: n, transposeA: false,
+                             b: rhs.data + i * k * n, ldb: n, transposeB: true, c: dLhs.data + i * m * k, ldc: k, accumulate: true)
+                    }
+                }
+                g.accumulate(views.rhs) { dRhs in  // dB = Aᵀ · dC
+                    for i in 0..<batches {
+                        gemm(rows: k, columns: n, inner: m, a: lhs.data + i * m * k, lda: k, transposeA: true,
+                             b: dOut.data + i * m * n, ldb: n, transposeB: false, c: dRhs.data + i * k * n, ldc: n, accumulate: true)
+                    }
+                }
             }
         }
         return out.reshaped(result)

@@ -30,8 +30,8 @@ enum Op {
     case constant(Tensor)
     case index(Int, ResolvedIndex, raw: [IndexItem])
     case setIndex(Int, ResolvedIndex, value: Operand)
-    case binary(String, Operand, Operand)
-    case unary(String, Int)
+    case binary(TensorMath.BinaryOp, Operand, Operand)
+    case unary(TensorMath.UnaryOp, Int)
     case matmul(Operand, Operand)
     case reduce(TensorMath.Reduction, Int, dims: [Int]?, keepdim: Bool)
     case softmax(Int, dim: Int, log: Bool)
@@ -404,11 +404,11 @@ struct Compiler {
             guard let out = TensorMath.broadcastShape(operandShape(x), operandShape(y)) else {
                 throw r.error(.shapeMismatch, nil, "shapes \(operandShape(x)) and \(operandShape(y)) do not broadcast")
             }
-            return try make(r, .binary(op, x, y), shape: out, inputs: [x, y])
+            return try make(r, .binary(TensorMath.BinaryOp(rawValue: op)!, x, y), shape: out, inputs: [x, y])
 
         case "neg", "exp", "log", "abs", "sqrt":
             let x = try nodeIndex(r.fields["x"], r, "x")
-            return try make(r, .unary(op, x), shape: shape(x), inputs: [.node(x)])
+            return try make(r, .unary(TensorMath.UnaryOp(rawValue: op)!, x), shape: shape(x), inputs: [.node(x)])
 
         case "matmul":
             let x = try operand(r.fields["x"], r, "x"), y = try operand(r.fields["y"], r, "y")

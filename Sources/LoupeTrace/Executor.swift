@@ -128,7 +128,7 @@ public final class TraceRunner: @unchecked Sendable {
         let width = length * x.columnCount
         let out = Tensor(zeros: [sources.count * length, x.columnCount])
         for (k, row) in sources.enumerated() {
-            (out.data + k * width).update(from: x.data + row * width, count: width)
+            out.slice(axis: 0, (k * length)..<((k + 1) * length)).assign(from: x.slice(axis: 0, (row * length)..<((row + 1) * length)))
         }
         return out
     }
@@ -368,26 +368,10 @@ final class TraceHooks: ForwardHooks {
         case .setIndex(let x, let key, let o):
             if !(shareRows && plan.noOpWrites.contains(index)) { key.write(operand(o), into: values[x]!) }
             return values[x]!
-        case .binary(let name, let a, let b):
-            let f: (Float, Float) -> Float
-            switch name {
-            case "add": f = { $0 + $1 }
-            case "sub": f = { $0 - $1 }
-            case "mul": f = { $0 * $1 }
-            case "div": f = { $0 / $1 }
-            default: f = { Foundation.pow($0, $1) }
-            }
-            return TensorMath.binary(operand(a), operand(b), f)
-        case .unary(let name, let x):
-            let f: (Float) -> Float
-            switch name {
-            case "neg": f = { -$0 }
-            case "exp": f = { Foundation.exp($0) }
-            case "log": f = { Foundation.log($0) }
-            case "abs": f = { Swift.abs($0) }
-            default: f = { $0.squareRoot() }
-            }
-            return TensorMath.unary(values[x]!, f)
+        case .binary(let op, let a, let b):
+            return TensorMath.binary(operand(a), operand(b), op)
+        case .unary(let op, let x):
+            return TensorMath.unary(values[x]!, op)
         case .matmul(let a, let b):
             return TensorMath.matmul(operand(a), operand(b))
         case .reduce(let kind, let x, let dims, let keepdim):
@@ -437,8 +421,7 @@ final class TraceHooks: ForwardHooks {
             var j = i + 1, high = spans[i].high
             while j < spans.count && spans[j].low <= high { high = max(high, spans[j].high); j += 1 }
             let low = spans[i].low
-            let copy = TensorStorage(count: high - low + 1)
-            copy.pointer.update(from: storage.pointer + low, count: high - low + 1)
+            let copy = Tensor(storage: storage, shape: [high - low + 1], offset: low).copy().storage
             for span in spans[i..<j] {
                 let v = values[span.node]!
                 values[span.node] = Tensor(storage: copy, shape: v.shape, strides: v.strides, offset: v.offset - low)

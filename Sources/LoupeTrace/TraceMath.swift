@@ -4,16 +4,15 @@ import LoupeTensor
 public enum TraceMath {
     /// a + scale·b, with numpy broadcasting, as a new tensor.
     public static func add(_ a: Tensor, _ b: Tensor, scale: Float = 1) -> Tensor {
-        TensorMath.binary(a, b) { $0 + scale * $1 }
+        TensorMath.binary(a, scale == 1 ? b : TensorMath.binary(b, TensorMath.scalar(scale), .mul), .add)
     }
 
     /// The element-wise mean of tensors of one shape.
     public static func mean(_ tensors: [Tensor]) -> Tensor {
         precondition(!tensors.isEmpty, "mean of no tensors")
         var total = tensors[0].copy()
-        for t in tensors.dropFirst() { total = TensorMath.binary(total, t, +) }
-        let n = Float(tensors.count)
-        return TensorMath.unary(total) { $0 / n }
+        for t in tensors.dropFirst() { total = TensorMath.binary(total, t, .add) }
+        return TensorMath.binary(total, TensorMath.scalar(Float(tensors.count)), .div)
     }
 
     /// True when `from` broadcasts to `to` without growing it.

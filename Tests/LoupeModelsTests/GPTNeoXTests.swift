@@ -115,9 +115,9 @@ final class GPTNeoXTests: XCTestCase {
             func value(_ r: some Recording, _ kind: CanonicalSite.Kind) throws -> Tensor {
                 try XCTUnwrap(r.values[CanonicalSite(kind, layer: 0).site], "\(fixture) \(kind)")
             }
-            let sum = TensorMath.binary(try value(plain, .residPre), try value(plain, .attnOut), +)
+            let sum = TensorMath.binary(try value(plain, .residPre), try value(plain, .attnOut), .add)
             assertClose(try value(plain, .residMid), sum, tolerance: 1e-5, "\(fixture): resid_mid = resid_pre + attn_out")
-            let post = TensorMath.binary(try value(plain, .residMid), try value(plain, .mlpOut), +)
+            let post = TensorMath.binary(try value(plain, .residMid), try value(plain, .mlpOut), .add)
             assertClose(try value(plain, .residPost), post, tolerance: 1e-5, "\(fixture): resid_post = resid_mid + mlp_out")
 
             // Add a vector to resid_mid at every position (not a constant, which LayerNorm would remove).
@@ -128,7 +128,7 @@ final class GPTNeoXTests: XCTestCase {
             let mlpChange = maxDifference(try value(edited, .mlpOut), try value(plain, .mlpOut))
             if parallel {
                 XCTAssertEqual(mlpChange, 0, "\(fixture): the parallel MLP does not read resid_mid")
-                let shifted = TensorMath.binary(try value(plain, .residPost), delta, +)
+                let shifted = TensorMath.binary(try value(plain, .residPost), delta, .add)
                 assertClose(try value(edited, .residPost), shifted, tolerance: 1e-5, "\(fixture): resid_post moves by the edit")
             } else {
                 XCTAssertGreaterThan(mlpChange, 1e-3, "\(fixture): the sequential MLP reads resid_mid")
@@ -223,7 +223,7 @@ private final class EditThenRecord: ForwardHooks, Recording {
     func wants(_ site: Site) -> Bool { site == edit || recorder.wants(site) }
 
     func visit(_ site: Site, _ value: inout Tensor) throws {
-        if site == edit { value = TensorMath.binary(value, delta, +) }
+        if site == edit { value = TensorMath.binary(value, delta, .add) }
         if recorder.wants(site) { try recorder.visit(site, &value) }
     }
 }

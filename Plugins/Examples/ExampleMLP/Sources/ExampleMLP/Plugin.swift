@@ -31,7 +31,7 @@ public enum ScaleMLP: Intervention {
         return layers.map { layer in
             InterventionStep(site: Site("blocks.\(layer).mlp_out", .output)) { values in
                 let value = values.value(target)
-                value.assign(from: TensorMath.unary(value) { $0 * factor })
+                value.assign(from: TensorMath.map(value) { $0 * factor })
             }
         }
     }
