@@ -157,7 +157,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         var mlp = try pass.call(b.mlp, normed2) { h in
             let up = try pass.call(b.cFC, h)
             let activated = try pass.call(b.activation, up) { geluTanhInPlace($0); return $0 }
-            return try pass.identity(b.mlpDropout, pass.call(b.mlpProj, activated))
+            return try pass.identity(b.mlpDropout, pass.call(b.mlpProj, try pass.hook(.mlpHidden(l), activated)))
         }
         mlp = try pass.hook(.mlpOut(l), mlp)
         addInPlace(x, mlp)

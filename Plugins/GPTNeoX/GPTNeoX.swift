@@ -186,7 +186,7 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
         var mlp = try pass.call(b.mlp, normed2) { h in
             let up = try pass.call(b.up, h)
             let activated = try pass.call(b.activation, up) { geluErfInPlace($0); return $0 }
-            return try pass.call(b.down, activated)
+            return try pass.call(b.down, try pass.hook(.mlpHidden(l), activated))
         }
         mlp = try pass.identity(b.postMLPDropout, mlp)
         mlp = try pass.hook(.mlpOut(l), mlp)

@@ -248,7 +248,8 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
         // MLP: down(gelu(gate(x)) * up(x)).
         var mlp = try pass.call(b.mlp, try apply(b.preFeedforwardNorm, x, pass)) { h in
             let projected = try pass.call(b.gateUp, h)
-            return try pass.call(b.down, try pass.gated(b.activation, .geluTanh, projected[0], projected[1]))
+            let hidden = try pass.gated(b.activation, .geluTanh, projected[0], projected[1])
+            return try pass.call(b.down, try pass.hook(.mlpHidden(l), hidden))
         }
         mlp = try pass.hook(.mlpOut(l), try apply(b.postFeedforwardNorm, mlp, pass))
         addInPlace(x, mlp)

@@ -198,7 +198,8 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         let normed2 = try pass.call(b.postAttentionNorm.module, x) { rmsNorm($0, weight: b.postAttentionNorm.weight, eps: epsilon) }
         var mlp = try pass.call(b.mlp, normed2) { h in
             let projected = try pass.call(b.gateUp, h)
-            return try pass.call(b.down, try pass.gated(b.activation, .silu, projected[0], projected[1]))
+            let hidden = try pass.gated(b.activation, .silu, projected[0], projected[1])
+            return try pass.call(b.down, try pass.hook(.mlpHidden(l), hidden))
         }
         mlp = try pass.hook(.mlpOut(l), mlp)
         addInPlace(x, mlp)

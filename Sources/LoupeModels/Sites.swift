@@ -50,14 +50,14 @@ public final class ActivationRecorder: ForwardHooks {
 /// (`LanguageModel.canonicalSites`); asking a model for one it does not provide is a typed
 /// error naming the site and the architecture.
 public enum CanonicalSite: Hashable, Sendable, CustomStringConvertible {
-    case residPre(Int), residMid(Int), residPost(Int), attnOut(Int), mlpOut(Int)
+    case residPre(Int), residMid(Int), residPost(Int), attnOut(Int), mlpOut(Int), mlpHidden(Int)
     case q(Int), k(Int), v(Int), z(Int), pattern(Int)
     case logits
 
     /// The hook points, with what each holds and its shape as hooks see it.
     public enum Kind: String, CaseIterable, Sendable {
         case residPre = "resid_pre", residMid = "resid_mid", residPost = "resid_post"
-        case attnOut = "attn_out", mlpOut = "mlp_out"
+        case attnOut = "attn_out", mlpOut = "mlp_out", mlpHidden = "mlp.hidden"
         case q = "attn.q", k = "attn.k", v = "attn.v", z = "attn.z", pattern = "attn.pattern"
         case logits
 
@@ -68,6 +68,7 @@ public enum CanonicalSite: Hashable, Sendable, CustomStringConvertible {
             case .residPost: return "the residual stream leaving the block"
             case .attnOut: return "what attention adds to the residual stream (after any post-norm)"
             case .mlpOut: return "what the MLP adds to the residual stream (after any post-norm)"
+            case .mlpHidden: return "the MLP's hidden units (its neurons): the output projection's input, after the activation and any gate"
             case .q: return "queries per head, after RoPE"
             case .k: return "keys per key/value head, after RoPE"
             case .v: return "values per key/value head"
@@ -84,6 +85,7 @@ public enum CanonicalSite: Hashable, Sendable, CustomStringConvertible {
             case .q, .z: return "[batch, pos, head, d_head]"
             case .k, .v: return "[batch, pos, kv_head, d_head]"
             case .pattern: return "[batch, head, query_pos, key_pos]"
+            case .mlpHidden: return "[batch, pos, d_mlp]"
             case .logits: return "[batch, pos, d_vocab]"
             }
         }
@@ -96,6 +98,7 @@ public enum CanonicalSite: Hashable, Sendable, CustomStringConvertible {
             case .q, .z: return [batch, pos, d.heads, d.headDim]
             case .k, .v: return [batch, pos, d.keyValueHeads, d.headDim]
             case .pattern: return [batch, d.heads, pos, pos]
+            case .mlpHidden: return [batch, pos, d.intermediate]
             case .logits: return [batch, pos, d.vocabulary]
             }
         }
@@ -111,6 +114,7 @@ public enum CanonicalSite: Hashable, Sendable, CustomStringConvertible {
         case .residPost: self = .residPost(layer)
         case .attnOut: self = .attnOut(layer)
         case .mlpOut: self = .mlpOut(layer)
+        case .mlpHidden: self = .mlpHidden(layer)
         case .q: self = .q(layer)
         case .k: self = .k(layer)
         case .v: self = .v(layer)
@@ -137,6 +141,7 @@ public enum CanonicalSite: Hashable, Sendable, CustomStringConvertible {
         case .residPost: return .residPost
         case .attnOut: return .attnOut
         case .mlpOut: return .mlpOut
+        case .mlpHidden: return .mlpHidden
         case .q: return .q
         case .k: return .k
         case .v: return .v
@@ -149,7 +154,7 @@ public enum CanonicalSite: Hashable, Sendable, CustomStringConvertible {
     /// The block it sits in; nil for `logits`.
     public var layer: Int? {
         switch self {
-        case .residPre(let l), .residMid(let l), .residPost(let l), .attnOut(let l), .mlpOut(let l),
+        case .residPre(let l), .residMid(let l), .residPost(let l), .attnOut(let l), .mlpOut(let l), .mlpHidden(let l),
              .q(let l), .k(let l), .v(let l), .z(let l), .pattern(let l): return l
         case .logits: return nil
         }
