@@ -17,7 +17,8 @@ enum SweepChecks {
         let sweep = PatchingSweep(model: model, interventions: c.interventions)
         let logitDifference = SweepMetric.logitDifference(answer: p.answer, wrong: p.wrong)
         var requests = [(String, SweepRequest)]()
-        for kind in SweepKind.allCases {
+        // Neurons run on the plain path itself: nothing to check them against.
+        for kind in SweepKind.allCases where kind != .neurons {
             for intervention in [SweepIntervention.patch, .ablate(.zero), .ablate(.mean), .ablate(.resample)] {
                 let other = intervention == .ablate(.zero) || intervention == .ablate(.mean) ? nil : corrupted
                 requests.append(("\(kind.rawValue) \(name(intervention))", SweepRequest(
@@ -87,7 +88,7 @@ enum SweepChecks {
                 c.fail("sweep \(label), pair \(index): corrupted value \(String(describing: got.corrupted)), plain \(String(describing: expected.corrupted))")
             }
             note(got.corrupted ?? 0, expected.corrupted ?? 0, "pair \(index)'s corrupted value")
-            let columns = request.columns(length: request.pairs[index].clean.count, heads: d.heads)
+            let columns = request.columns(length: request.pairs[index].clean.count, d)
             guard got.values.count == d.layers, expected.values.count == d.layers,
                   got.values.allSatisfy({ $0.count == columns }), expected.values.allSatisfy({ $0.count == columns }) else {
                 c.fail("sweep \(label), pair \(index): the matrix is not \(d.layers) x \(columns)")
@@ -110,14 +111,7 @@ enum SweepChecks {
     /// The canonical sites a sweep reads or edits: its unit's, and every block's entering
     /// residual stream (each edited run starts from it).
     static func sites(_ request: SweepRequest, _ d: ModelDimensions) -> [CanonicalSite] {
-        (0..<d.layers).flatMap { l -> [CanonicalSite] in
-            let unit: CanonicalSite = switch request.kind {
-            case .residual: .residPost(l)
-            case .heads, .headPositions: .z(l)
-            case .mlp: .mlpOut(l)
-            }
-            return [.residPre(l), unit]
-        }
+        (0..<d.layers).flatMap { [.residPre($0), request.kind.site(layer: $0)] }
     }
 
     static func name(_ intervention: SweepIntervention) -> String {

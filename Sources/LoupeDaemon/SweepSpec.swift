@@ -5,10 +5,19 @@ import LoupeWire
 /// A `sweep` request, checked against the model before any compute: every field that can
 /// fail does so here, on the socket thread, with the field named.
 struct SweepSpec: Sendable {
+    /// The request, of the first kind.
     let request: SweepRequest
-    /// Column labels: `"{token}_{index}"` per position of the first pair's clean prompt
-    /// (residual, mlp), `"Head i"` (heads) or `"Head h @ t"` (head_positions).
-    let columns: [String]
+    let method: SweepMethod
+    /// The kinds swept: one, or several at once (attribution).
+    let kinds: [SweepKind]
+    /// The request gave `kind` as an array: the reply then has one result per kind.
+    let listsKinds: Bool
+    /// Attribution: also run the exact sweep of each kind and compare.
+    let compare: Bool
+    /// Each kind's column labels: `"{token}_{index}"` per position of the first pair's clean
+    /// prompt (residual, mlp), `"Head i"` (heads), `"Head h @ t"` (head_positions) or
+    /// `"Neuron i"` (neurons).
+    let columns: [SweepKind: [String]]
     /// The metric as it will be echoed: answers resolved to ids (the first pair's).
     let metric: MessageValue
     /// Each pair's metric, echoed in its entry of `pairs`.
@@ -21,16 +30,34 @@ struct SweepSpec: Sendable {
     static let metrics = ["logit_diff", "logprob", "kl"]
     static let interventions = ["patch", "ablate"]
     static let ablationModes = AblationMethod.allCases.map(\.rawValue)
+    static let methods = SweepMethod.allCases.map(\.rawValue)
+    static let neuronPositions = NeuronPositions.allCases.map(\.rawValue)
     static var hello: MessageValue {
         ["kinds": MessageValue(kinds), "metrics": MessageValue(metrics), "interventions": MessageValue(interventions),
-         "ablation_modes": MessageValue(ablationModes)]
+         "ablation_modes": MessageValue(ablationModes), "methods": MessageValue(methods), "neuron_positions": MessageValue(neuronPositions)]
     }
 
     init(_ request: Request, model: WarmModel, configuration: DaemonConfiguration) throws(ProtocolError) {
         let dimensions = model.model.dimensions
-        let kindName = request.has("kind") ? try request.string("kind") : SweepKind.residual.rawValue
-        guard let kind = SweepKind(rawValue: kindName) else {
-            throw ProtocolError(.badRequest, "kind must be one of \(Self.kinds.joined(separator: ", ")), not '\(kindName)'", field: "kind")
+        let methodName = request.has("method") ? try request.string("method") : SweepMethod.activation.rawValue
+        guard let method = SweepMethod(rawValue: methodName) else {
+            throw ProtocolError(.badRequest, "method must be one of \(Self.methods.joined(separator: ", ")), not '\(methodName)'", field: "method")
+        }
+        let kinds = try Self.kinds(request, method: method)
+        let compare = try request.bool("compare", default: false)
+        if compare && method != .attribution {
+            throw ProtocolError(.badRequest, "compare sets attribution estimates beside the exact sweep; it is for method attribution", field: "compare")
+        }
+        var neuronPositions = NeuronPositions.last
+        if request.has("neuron_positions") {
+            let name = try request.string("neuron_positions")
+            guard let positions = NeuronPositions(rawValue: name) else {
+                throw ProtocolError(.badRequest, "neuron_positions must be one of \(Self.neuronPositions.joined(separator: ", ")), not '\(name)'", field: "neuron_positions")
+            }
+            guard kinds.contains(.neurons) else {
+                throw ProtocolError(.badRequest, "neuron_positions is for kind neurons", field: "neuron_positions")
+            }
+            neuronPositions = positions
         }
         let (intervention, referenceValues) = try Self.intervention(request)
         let needsCorrupted = intervention == .patch || intervention == .ablate(.resample)
@@ -93,29 +120,81 @@ struct SweepSpec: Sendable {
             layers = chosen
         }
         let normalized = try request.bool("normalized", default: true)
-        let sweep = SweepRequest(pairs: pairs, kind: kind, intervention: intervention, reference: reference, layers: layers,
-                                 normalized: normalized)
-        do { try sweep.validate(dimensions) } catch { throw error.protocolError(pairsField: request.has("pairs")) }
-        // The edited runs' rows, stacked: each run computes from its first edited position to the end.
-        let rows = sweep.stackedRowsBound(dimensions)
-        if rows > configuration.maxBatchTokens {
-            throw ProtocolError(.tooLarge, "this sweep would stack \(rows) token rows, more than the \(configuration.maxBatchTokens) one pass may compute; use shorter prompts, fewer pairs, or prompts that differ later", field: request.has("pairs") ? "pairs" : "clean")
+        let sweep = SweepRequest(pairs: pairs, kind: kinds[0], intervention: intervention, reference: reference, layers: layers,
+                                 normalized: normalized, neuronPositions: neuronPositions)
+        let promptsField = request.has("pairs") ? "pairs" : "clean"
+        for kind in kinds {
+            do { try sweep.with(kind: kind).validate(dimensions, method: method) } catch { throw error.protocolError(pairsField: request.has("pairs")) }
+        }
+        switch method {
+        case .activation:
+            // The edited runs' rows, stacked: each run computes from its first edited position to the end.
+            let rows = sweep.stackedRowsBound(dimensions)
+            if rows > configuration.maxBatchTokens {
+                throw ProtocolError(.tooLarge, "this sweep would stack \(rows) token rows, more than the \(configuration.maxBatchTokens) one pass may compute; use shorter prompts, fewer pairs, or prompts that differ later\(kinds[0] == .neurons ? " (or method attribution)" : "")", field: promptsField)
+            }
+        case .attribution:
+            // Two passes, each of every pair's prompt.
+            let slots = TokenBatch(pairs.map(\.clean)).slots
+            if slots > configuration.maxBatchTokens {
+                throw ProtocolError(.tooLarge, "each of the attribution sweep's passes would run \(slots) token slots, more than the \(configuration.maxBatchTokens) one pass may compute; use shorter prompts or fewer pairs", field: promptsField)
+            }
+            if compare, let kind = kinds.first(where: { sweep.with(kind: $0).stackedRowsBound(dimensions) > configuration.maxBatchTokens }) {
+                throw ProtocolError(.tooLarge, "compare runs the exact \(kind.rawValue) sweep, which would stack \(sweep.with(kind: kind).stackedRowsBound(dimensions)) token rows, more than the \(configuration.maxBatchTokens) one pass may compute; leave compare out for this kind", field: "compare")
+            }
         }
         self.request = sweep
+        self.method = method
+        self.kinds = kinds
+        listsKinds = request.fields["kind"]?.arrayValue != nil
+        self.compare = compare
         metric = echoed[0]
         pairMetrics = echoed
         listsPairs = request.has("pairs")
         let clean = pairs[0].clean
-        switch kind {
-        case .residual, .mlp:
-            columns = clean.enumerated().map { index, id in
-                "\(model.loaded.tokenizer.map { $0.decode([id]) } ?? String(id))_\(index)"
+        var columns = [SweepKind: [String]]()
+        for kind in kinds {
+            switch kind {
+            case .residual, .mlp:
+                columns[kind] = clean.enumerated().map { index, id in
+                    "\(model.loaded.tokenizer.map { $0.decode([id]) } ?? String(id))_\(index)"
+                }
+            case .heads:
+                columns[kind] = (0..<dimensions.heads).map { "Head \($0)" }
+            case .headPositions:
+                columns[kind] = (0..<dimensions.heads).flatMap { head in (0..<clean.count).map { "Head \(head) @ \($0)" } }
+            case .neurons:
+                columns[kind] = (0..<dimensions.intermediate).map { "Neuron \($0)" }
             }
-        case .heads:
-            columns = (0..<dimensions.heads).map { "Head \($0)" }
-        case .headPositions:
-            columns = (0..<dimensions.heads).flatMap { head in (0..<clean.count).map { "Head \(head) @ \($0)" } }
         }
+        self.columns = columns
+    }
+
+    /// `kind`: a kind's name, or (attribution) an array of distinct names.
+    private static func kinds(_ request: Request, method: SweepMethod) throws(ProtocolError) -> [SweepKind] {
+        func kind(_ name: String, field: String) throws(ProtocolError) -> SweepKind {
+            guard let kind = SweepKind(rawValue: name) else {
+                throw ProtocolError(.badRequest, "kind must be one of \(Self.kinds.joined(separator: ", ")), not '\(name)'", field: field)
+            }
+            return kind
+        }
+        guard let items = request.fields["kind"]?.arrayValue else {
+            return [try kind(request.has("kind") ? try request.string("kind") : SweepKind.residual.rawValue, field: "kind")]
+        }
+        guard method == .attribution else {
+            throw ProtocolError(.badRequest, "several kinds at once are for method attribution, whose two passes serve them all; the exact sweep takes one kind", field: "kind")
+        }
+        guard !items.isEmpty else { throw ProtocolError(.badRequest, "'kind' is empty: give a kind or several", field: "kind") }
+        var kinds = [SweepKind]()
+        for (index, item) in items.enumerated() {
+            guard let name = item.stringValue else {
+                throw ProtocolError(.badRequest, "'kind.\(index)' must be a kind's name, got \(item.typeName)", field: "kind.\(index)")
+            }
+            let parsed = try kind(name, field: "kind.\(index)")
+            if kinds.contains(parsed) { throw ProtocolError(.badRequest, "kind names \(name) twice", field: "kind.\(index)") }
+            kinds.append(parsed)
+        }
+        return kinds
     }
 
     /// `intervention` (`patch`, the default, or `ablate`) and its `params`: for `ablate`,
@@ -282,6 +361,8 @@ extension SweepError {
         case .missingReference: return ProtocolError(.badRequest, description, field: "params.reference")
         case .referenceLength(let index, _, _): return ProtocolError(.shapeMismatch, description, field: "params.reference.\(index)")
         case .intervention: return ProtocolError(.internalError, description)
+        case .ablationByAttribution: return ProtocolError(.badRequest, description, field: "method")
+        case .neuronAblation: return ProtocolError(.badRequest, description, field: "intervention")
         }
     }
 }

@@ -34,6 +34,8 @@ public struct PatchingSweep {
     /// checked before every layer.
     public func run(_ request: SweepRequest, progress: ((Int, Int) -> Void)? = nil,
                     cancelled: CancellationCheck? = nil) throws -> SweepResult {
+        // No intervention edits one hidden unit: neurons are patched on the plain path.
+        if request.kind == .neurons { return try runPlain(request, cancelled: cancelled) }
         let start = Date()
         let layers = model.dimensions.layers
         let cells = try SweepCells(request, model: model, interventions: interventions)
@@ -91,9 +93,9 @@ public struct PatchingSweep {
         }
 
         // Each pair's matrix: cells the edit leaves alone hold the unedited run's value.
-        let heads = model.dimensions.heads, rows = request.sweptLayers(model.dimensions).count
+        let dimensions = model.dimensions, rows = request.sweptLayers(dimensions).count
         var raw = request.pairs.indices.map { pair in
-            Array(repeating: Array(repeating: unedited[pair], count: request.columns(length: request.pairs[pair].clean.count, heads: heads)),
+            Array(repeating: Array(repeating: unedited[pair], count: request.columns(length: request.pairs[pair].clean.count, dimensions)),
                   count: rows)
         }
         for (run, value) in edited { raw[run.cell.pair][run.cell.row][run.cell.column] = value }
@@ -104,14 +106,8 @@ public struct PatchingSweep {
                                    clean: cleanValues[pair], corrupted: corruptedValues?[pair],
                                    firstDifference: request.pairs[pair].firstDifference ?? 0))
         }
-        // The plain batched path runs every prompt and one invocation per cell, in full.
-        var plainSlots = request.reference.map(\.count).reduce(0, +)
-        for pair in request.pairs {
-            let length = pair.clean.count, cellCount = rows * request.columns(length: length, heads: heads)
-            plainSlots += length * ((pair.corrupted == nil ? 1 : 2) + cellCount)
-        }
         return Self.result(pairs: pairs, raw: raw, request: request, tokenLayers: tokenLayers,
-                           plainTokenLayers: plainSlots * layers, seconds: Date().timeIntervalSince(start))
+                           plainTokenLayers: request.plainTokenLayers(dimensions), seconds: Date().timeIntervalSince(start))
     }
 
     /// (value - corrupted) / (clean - corrupted), or value / clean without a corrupted run;
@@ -268,10 +264,13 @@ struct Recording {
     }
 
     /// Prompt `row`'s value at `site` without its padding: [1, its length, ...] (a view).
-    func value(_ site: Site, row: Int) -> Tensor {
-        let value = values[site]!.slice(axis: 0, row..<(row + 1))
-        return value.slice(axis: 1, batch.padding[row]..<batch.length)
-    }
+    func value(_ site: Site, row: Int) -> Tensor { unpadded(values[site]!, batch, row: row) }
+}
+
+/// Row `row` of a batch's value [rows, padded length, ...] without its padding: [1, its
+/// length, ...] (a view).
+func unpadded(_ value: Tensor, _ batch: TokenBatch, row: Int) -> Tensor {
+    value.slice(axis: 0, row..<(row + 1)).slice(axis: 1, batch.padding[row]..<batch.length)
 }
 
 /// What a cell's step may read besides its target: invocation 0 is the target, then the

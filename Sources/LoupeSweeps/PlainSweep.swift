@@ -12,24 +12,27 @@ extension PatchingSweep {
     /// request when nil).
     public func runPlain(_ request: SweepRequest, layers: [Int]? = nil, cancelled: CancellationCheck? = nil) throws -> SweepResult {
         let start = Date()
-        let cells = try SweepCells(request, model: model, interventions: interventions)
+        try request.validate(model.dimensions)
+        let cells = request.intervention == .patch ? nil : try SweepCells(request, model: model, interventions: interventions)
         let swept = request.sweptLayers(model.dimensions)
         let layers = layers ?? swept
         var pairs: [PairSweep] = [], raw: [[[Float]]] = []
         var slots = 0
         for (index, pair) in request.pairs.enumerated() {
             let length = pair.clean.count
-            let columns = request.columns(length: length, heads: model.dimensions.heads)
+            let columns = request.columns(length: length, model.dimensions)
             // Rows: the clean prompt, the corrupted one, the references, then one per cell.
             let prompts = [pair.clean] + (pair.corrupted.map { [$0] } ?? []) + request.reference
             let target = request.intervention.editsClean ? 0 : 1
             let hooks: any ForwardHooks
             if request.intervention == .patch {
-                let sites = layers.map { Self.patchedSite(request.kind, layer: $0).site }
-                hooks = CellPatches(sites: sites, columns: columns, positions: length, kind: request.kind, firstPatchedRow: prompts.count)
+                let sites = layers.map { request.kind.site(layer: $0).site }
+                if let missing = sites.lazy.compactMap({ model.unprovided($0) }).first { throw missing }
+                hooks = CellPatches(sites: sites, columns: columns, positions: length, kind: request.kind,
+                                    neuronPositions: request.neuronPositions, firstPatchedRow: prompts.count)
             } else {
                 let chosen = Set(layers)
-                let planned = cells.cells.filter { $0.pair == index && chosen.contains(swept[$0.row]) }
+                let planned = cells!.cells.filter { $0.pair == index && chosen.contains(swept[$0.row]) }
                 hooks = PlainSteps(planned.enumerated().map { (row: prompts.count + $0.offset, step: $0.element.step) },
                                    target: target, other: request.intervention.readsOther ? 1 - target : nil,
                                    references: Array(prompts.indices.suffix(request.reference.count)))
@@ -51,32 +54,25 @@ extension PatchingSweep {
         return Self.result(pairs: pairs, raw: raw, request: request, tokenLayers: slots * model.dimensions.layers,
                            plainTokenLayers: slots * model.dimensions.layers, seconds: Date().timeIntervalSince(start))
     }
-
-    /// The site a patch of `kind` copies at.
-    static func patchedSite(_ kind: SweepKind, layer: Int) -> CanonicalSite {
-        switch kind {
-        case .residual: return .residPost(layer)
-        case .heads, .headPositions: return .z(layer)
-        case .mlp: return .mlpOut(layer)
-        }
-    }
 }
 
 /// Row 0 is the clean run: at each patched site, row `firstPatchedRow + n` gets the clean
 /// run's value of its own cell (a position of the residual stream or the MLP's output, a
-/// head at every position, or a head at one position).
+/// head at every position, a head at one position, or a neuron at the last or every position).
 final class CellPatches: ForwardHooks {
     let sites: [Site]
     let columns: Int
     let positions: Int
     let kind: SweepKind
+    let neuronPositions: NeuronPositions
     let firstPatchedRow: Int
 
-    init(sites: [Site], columns: Int, positions: Int, kind: SweepKind, firstPatchedRow: Int) {
+    init(sites: [Site], columns: Int, positions: Int, kind: SweepKind, neuronPositions: NeuronPositions, firstPatchedRow: Int) {
         self.sites = sites
         self.columns = columns
         self.positions = positions
         self.kind = kind
+        self.neuronPositions = neuronPositions
         self.firstPatchedRow = firstPatchedRow
     }
 
@@ -93,6 +89,10 @@ final class CellPatches: ForwardHooks {
             case .headPositions:
                 let (head, position) = (column / positions, column % positions)
                 row.select(axis: 0, position).select(axis: 0, head).assign(from: clean.select(axis: 0, position).select(axis: 0, head))
+            case .neurons:
+                let (target, source) = neuronPositions == .last
+                    ? (row.select(axis: 0, positions - 1), clean.select(axis: 0, positions - 1)) : (row, clean)
+                target.select(axis: target.rank - 1, column).assign(from: source.select(axis: source.rank - 1, column))
             }
         }
     }

@@ -12,7 +12,7 @@ struct Scorer {
     private let answers: Linear?
     private let answerRow: [Int: Int]
     /// For KL: each pair's clean next-token log-probabilities.
-    private let cleanLogProbabilities: [[Double]?]
+    let cleanLogProbabilities: [[Double]?]
 
     /// `cleanFinal`: each pair's clean run, [pairs, hidden].
     init(model: any LanguageModel, metrics: [SweepMetric], cleanFinal: Tensor) throws {
@@ -80,6 +80,26 @@ struct Scorer {
             let maximum = values.max() ?? 0
             let logSum = log(values.reduce(0.0) { $0 + exp($1 - maximum) }) + maximum
             return values.map { $0 - logSum }
+        }
+    }
+}
+
+extension SweepMetric {
+    /// The metric of one row of logits [vocabulary] as LoupeTensor ops, which a gradient tape
+    /// records: a one-element tensor. KL reads `cleanLogProbabilities`.
+    func differentiable(_ logits: Tensor, cleanLogProbabilities: [Double]?) -> Tensor {
+        switch self {
+        case .logitDifference(let answer, let wrong):
+            return TensorMath.binary(logits.select(axis: 0, answer), logits.select(axis: 0, wrong), .sub)
+        case .logProbability(let answer):
+            return TensorMath.softmax(logits, dim: 0, log: true).select(axis: 0, answer)
+        case .klFromClean:
+            // Σ p_clean · (log p_clean - log p_edited)
+            let clean = cleanLogProbabilities!
+            let logP = Tensor(shape: [clean.count], values: clean.map(Float.init))
+            let p = Tensor(shape: [clean.count], values: clean.map { Float(exp($0)) })
+            let gap = TensorMath.binary(logP, TensorMath.softmax(logits, dim: 0, log: true), .sub)
+            return TensorMath.reduce(TensorMath.binary(p, gap, .mul), .sum, dims: nil, keepdim: false)
         }
     }
 }

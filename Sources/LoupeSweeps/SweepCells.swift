@@ -41,6 +41,8 @@ struct SweepCells {
     /// `head_patch`, `ablate`), so the sweeps name no plugin.
     init(_ request: SweepRequest, model: any LanguageModel, interventions: InterventionRegistry) throws {
         try request.validate(model.dimensions)
+        // No intervention edits one hidden unit: `PatchingSweep` runs neurons on the plain path.
+        precondition(request.kind != .neurons, "a neurons sweep has no intervention cells")
         // Every cell starts from the residual stream entering its layer.
         if let missing = model.unprovided(CanonicalSite.residPre(0).site) { throw missing }
         let intervention = request.intervention
@@ -54,11 +56,12 @@ struct SweepCells {
             // The built-in interventions plan from their arguments alone; none asks for a site's shape.
             let context = InterventionContext(node: 0, target: 0, dimensions: dimensions, lengths: lengths, siteInfo: { _ in nil })
             for (row, layer) in request.sweptLayers(dimensions).enumerated() {
-                for column in 0..<request.columns(length: length, heads: dimensions.heads) {
+                for column in 0..<request.columns(length: length, dimensions) {
                     let (head, position): (Int?, Int?) = switch request.kind {
                     case .residual, .mlp: (nil, column)
                     case .heads: (column, nil)
                     case .headPositions: (column / length, column % length)
+                    case .neurons: preconditionFailure("a neurons sweep has no intervention cells")
                     }
                     let (name, values) = Self.unit(request, layer: layer, head: head, position: position,
                                                    references: Array(lengths.indices.suffix(request.reference.count)))
@@ -93,6 +96,7 @@ struct SweepCells {
         if let position { values["positions"] = .array([.int(position)]) }
         let component = [SweepKind.residual: "resid", .heads: "head", .headPositions: "head", .mlp: "mlp"][request.kind]!
         switch (request.intervention, request.kind) {
+        case (_, .neurons): preconditionFailure("a neurons sweep has no intervention cells")
         case (.patch, .residual):
             values["layers"] = .int(layer)
             values["source"] = 1

@@ -12,10 +12,42 @@ public enum SweepKind: String, Sendable, CaseIterable {
     case headPositions = "head_positions"
     /// The MLP's output of each layer, one position at a time: a layers x positions matrix.
     case mlp
+    /// One MLP hidden unit (a neuron of `blocks.L.mlp.hidden`) at the last position or at
+    /// every position (`NeuronPositions`): a layers x d_mlp matrix. The exact sweep computes it
+    /// on the plain batched path only (no intervention edits one hidden unit), which fits
+    /// small models; attribution estimates it for any.
+    case neurons
 
     /// True when the matrix has a column per position (the pairs of a sweep must then be of
     /// one length).
-    public var isPositional: Bool { self != .heads }
+    public var isPositional: Bool { self != .heads && self != .neurons }
+
+    /// The site whose value a cell of this kind edits at `layer`.
+    public func site(layer: Int) -> CanonicalSite {
+        switch self {
+        case .residual: return .residPost(layer)
+        case .heads, .headPositions: return .z(layer)
+        case .mlp: return .mlpOut(layer)
+        case .neurons: return .mlpHidden(layer)
+        }
+    }
+}
+
+/// How a sweep computes its cells.
+public enum SweepMethod: String, Sendable, CaseIterable {
+    /// Each cell's edited run, computed exactly (`PatchingSweep`).
+    case activation
+    /// Each cell's first-order estimate from one clean forward pass and one corrupted forward
+    /// and backward pass (`AttributionSweep`).
+    case attribution
+}
+
+/// Where a `neurons` sweep patches each neuron.
+public enum NeuronPositions: String, Sendable, CaseIterable {
+    /// At the last position, where the metric is read.
+    case last
+    /// At every position (an attribution estimate sums over them).
+    case sum
 }
 
 /// How an ablation replaces a unit's value (the `ablate` intervention's `mode`).
@@ -87,23 +119,35 @@ public struct SweepRequest: Sendable {
     /// the raw metric. Without a corrupted prompt (zero or mean ablation) the baseline is 0:
     /// edited / clean.
     public var normalized: Bool
+    /// For `neurons`: the last position or the sum over positions.
+    public var neuronPositions: NeuronPositions
 
     public init(pairs: [SweepPair], kind: SweepKind, intervention: SweepIntervention = .patch, reference: [[Int]] = [],
-                layers: [Int]? = nil, normalized: Bool = true) {
+                layers: [Int]? = nil, normalized: Bool = true, neuronPositions: NeuronPositions = .last) {
         self.pairs = pairs
         self.kind = kind
         self.intervention = intervention
         self.reference = reference
         self.layers = layers
         self.normalized = normalized
+        self.neuronPositions = neuronPositions
     }
 
     /// The layers swept, one matrix row each.
     public func sweptLayers(_ dimensions: ModelDimensions) -> [Int] { layers ?? Array(0..<dimensions.layers) }
 
     /// A patching sweep of one pair.
-    public init(clean: [Int], corrupted: [Int], kind: SweepKind, metric: SweepMetric, normalized: Bool = true) {
-        self.init(pairs: [SweepPair(clean: clean, corrupted: corrupted, metric: metric)], kind: kind, normalized: normalized)
+    public init(clean: [Int], corrupted: [Int], kind: SweepKind, metric: SweepMetric, normalized: Bool = true,
+                neuronPositions: NeuronPositions = .last) {
+        self.init(pairs: [SweepPair(clean: clean, corrupted: corrupted, metric: metric)], kind: kind, normalized: normalized,
+                  neuronPositions: neuronPositions)
+    }
+
+    /// The same request for another kind (the kinds of one attribution sweep).
+    public func with(kind: SweepKind) -> SweepRequest {
+        var request = self
+        request.kind = kind
+        return request
     }
 
     /// The first pair's.
@@ -112,12 +156,25 @@ public struct SweepRequest: Sendable {
     public var metric: SweepMetric { pairs[0].metric }
 
     /// The matrix's columns for prompts of `length` tokens.
-    public func columns(length: Int, heads: Int) -> Int {
+    public func columns(length: Int, _ dimensions: ModelDimensions) -> Int {
         switch kind {
         case .residual, .mlp: return length
-        case .heads: return heads
-        case .headPositions: return heads * length
+        case .heads: return dimensions.heads
+        case .headPositions: return dimensions.heads * length
+        case .neurons: return dimensions.intermediate
         }
+    }
+
+    /// The token-layers of the plain batched path: every prompt and one invocation per cell,
+    /// each in full through every layer.
+    public func plainTokenLayers(_ dimensions: ModelDimensions) -> Int {
+        var slots = reference.map(\.count).reduce(0, +)
+        let rows = sweptLayers(dimensions).count
+        for pair in pairs {
+            let length = pair.clean.count
+            slots += length * ((pair.corrupted == nil ? 1 : 2) + rows * columns(length: length, dimensions))
+        }
+        return slots * dimensions.layers
     }
 
     /// At most how many token rows the edited runs stack into one pass: each run computes
@@ -133,12 +190,16 @@ public struct SweepRequest: Sendable {
             case .residual, .mlp: return layerCount * suffixes
             case .heads: return layerCount * dimensions.heads * changed
             case .headPositions: return layerCount * dimensions.heads * suffixes
+            // The plain batched pass: the pair's prompts and a full invocation per cell.
+            case .neurons: return (2 + layerCount * dimensions.intermediate) * pair.clean.count
             }
         }.reduce(0, +)
     }
 
-    /// Checks the request against the model before any compute.
-    public func validate(_ dimensions: ModelDimensions) throws(SweepError) {
+    /// Checks the request against the model before any compute, for `method`.
+    public func validate(_ dimensions: ModelDimensions, method: SweepMethod = .activation) throws(SweepError) {
+        if method == .attribution && intervention != .patch { throw .ablationByAttribution }
+        if kind == .neurons && intervention != .patch { throw .neuronAblation }
         guard !pairs.isEmpty else { throw .noPairs }
         if let layers {
             guard !layers.isEmpty else { throw .noLayers }
@@ -198,6 +259,10 @@ public enum SweepError: Error, Sendable, Equatable, CustomStringConvertible {
     case referenceLength(index: Int, length: Int, expected: Int)
     /// An intervention refused a cell (it should not: the sweep builds every cell's arguments).
     case intervention(String)
+    /// Ablation asked of the attribution method, which estimates patches.
+    case ablationByAttribution
+    /// An ablation of neurons (no intervention ablates one hidden unit).
+    case neuronAblation
 
     public var description: String {
         switch self {
@@ -219,6 +284,9 @@ public enum SweepError: Error, Sendable, Equatable, CustomStringConvertible {
         case .referenceLength(let index, let length, let expected):
             return "reference prompt \(index) has \(length) tokens and the pairs \(expected): mean ablation averages position by position"
         case .intervention(let message): return message
+        case .ablationByAttribution:
+            return "method attribution estimates patching (intervention patch); ablate sweeps are exact only (method activation)"
+        case .neuronAblation: return "kind neurons is patched only: no intervention ablates one hidden unit"
         }
     }
 }

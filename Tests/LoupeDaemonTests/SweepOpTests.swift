@@ -43,7 +43,8 @@ final class SweepOpTests: XCTestCase {
                 (["logprob": ["answer": 5]], .logProbability(answer: 5)),
                 (["kl": [:]], .klFromClean),
             ]
-            for kind in SweepKind.allCases {
+            // Neurons run on the plain path itself (AttributionSweepOpTests checks them).
+            for kind in SweepKind.allCases where kind != .neurons {
                 for (wire, metric) in cases {
                     for normalized in [true, false] {
                         let reply = try live.call("sweep", request(name, kind, wire, normalized: normalized))
@@ -65,6 +66,7 @@ final class SweepOpTests: XCTestCase {
                         case .residual, .mlp: clean.enumerated().map { "\($1)_\($0)" }
                         case .heads: (0..<heads).map { "Head \($0)" }
                         case .headPositions: (0..<heads).flatMap { h in clean.indices.map { "Head \(h) @ \($0)" } }
+                        case .neurons: (0..<model.dimensions.intermediate).map { "Neuron \($0)" }
                         }
                         XCTAssertEqual(reply["cols"], MessageValue(cols), context)
                     }
@@ -137,7 +139,7 @@ final class SweepOpTests: XCTestCase {
         fields = request("gpt2", .residual, ["logprob": [:]], normalized: true)
         XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "metric.logprob.answer")
         fields = request("gpt2", .residual, metric, normalized: true)
-        fields["kind"] = "neurons"
+        fields["kind"] = "neuron"
         XCTAssertEqual(try live.expectError(.badRequest, "sweep", fields).field, "kind")
         fields = request("gpt2", .residual, metric, normalized: true)
         fields.removeValue(forKey: "metric")
@@ -304,7 +306,9 @@ final class SweepOpTests: XCTestCase {
 
     func testHelloListsSweepsTraceOpsAndInterventions() throws {
         let hello = try daemon().call("hello")
-        XCTAssertEqual(hello["sweep"]?["kinds"], ["residual", "heads", "head_positions", "mlp"])
+        XCTAssertEqual(hello["sweep"]?["kinds"], ["residual", "heads", "head_positions", "mlp", "neurons"])
+        XCTAssertEqual(hello["sweep"]?["methods"], ["activation", "attribution"])
+        XCTAssertEqual(hello["sweep"]?["neuron_positions"], ["last", "sum"])
         XCTAssertEqual(hello["sweep"]?["metrics"], ["logit_diff", "logprob", "kl"])
         XCTAssertEqual(hello["sweep"]?["interventions"], ["patch", "ablate"])
         XCTAssertEqual(hello["sweep"]?["ablation_modes"], ["zero", "mean", "resample"])

@@ -41,7 +41,7 @@ final class SweepTests: XCTestCase {
     func testFixtureSweepsMatchThePlainPath() throws {
         for name in ["gpt2-tiny", "llama-tiny", "llama-tiny-untied"] {
             let model = try LoadedModel.load(fixtures + "/models/" + name, registry: registry).model
-            for kind in SweepKind.allCases {
+            for kind in SweepKind.allCases where kind != .neurons {
                 for metric in [SweepMetric.logitDifference(answer: 3, wrong: 11), .logProbability(answer: 3), .klFromClean] {
                     for normalized in [true, false] {
                         _ = try check(model, SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: metric, normalized: normalized))
