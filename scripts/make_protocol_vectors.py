@@ -8,7 +8,9 @@ for numbers the model computes, from the HF reference activations committed with
 fixture models (Tests/Fixtures/models/*/expected.safetensors), never from Loupe's own
 output. Sweeps and traces patch activations, which the reference files cannot show: their
 numbers come from a float64 numpy GPT-2 written here, checked first against those HF
-reference logits, running every patch as its own full forward pass. Replay with scripts/conformance.py or the Swift ConformanceTests against a daemon
+reference logits, running every patch as its own full forward pass; an attribution
+sweep's estimates are the metric's derivatives along each unit's (clean - corrupted)
+value, taken there by central differences. Replay with scripts/conformance.py or the Swift ConformanceTests against a daemon
 serving with --models-dir Tests/Fixtures/models.
 
 Needs msgpack and numpy. Run from anywhere: python3 scripts/make_protocol_vectors.py
@@ -65,12 +67,13 @@ INTERVENTIONS = ["ablate", "head_patch", "residual_patch", "steer"]
 class GPT2:
     """GPT-2 in float64 numpy, as HF's GPT2LMHeadModel computes it, with the edits a sweep
     makes: of the residual stream after a layer, of the heads' output (the input of
-    attn.c_proj, split by head) or of the MLP's output."""
+    attn.c_proj, split by head), of the MLP's hidden units or of its output."""
 
     def __init__(self, directory):
         self.w = {k: v.astype(np.float64) for k, v in safetensors(directory / "model.safetensors").items()}
         config = json.loads((directory / "config.json").read_text())
         self.layers, self.heads, self.eps = config["n_layer"], config["n_head"], config["layer_norm_epsilon"]
+        self.neurons = self.w["transformer.h.0.mlp.c_fc.bias"].shape[0]
 
     def norm(self, x, name):
         mean = x.mean(-1, keepdims=True)
@@ -78,10 +81,10 @@ class GPT2:
         return (x - mean) / np.sqrt(var + self.eps) * self.w[name + ".weight"] + self.w[name + ".bias"]
 
     def forward(self, ids, record=None, resid=None, edit=None):
-        """Final logits [len, vocab]. record: dict filled with resid_post.L, z.L [len, heads, dh]
-        and mlp_out.L; resid: (layer, position, vector) written over the residual after that layer;
-        edit: (name, layer, function) replacing z, mlp_out or resid_post of that layer by
-        function(value)."""
+        """Final logits [len, vocab]. record: dict filled with resid_post.L, z.L [len, heads, dh],
+        mlp_hidden.L and mlp_out.L; resid: (layer, position, vector) written over the residual
+        after that layer; edit: (name, layer, function) replacing z, mlp_hidden, mlp_out or
+        resid_post of that layer by function(value)."""
         def edited(name, l, value):
             return edit[2](value.copy()) if edit is not None and edit[:2] == (name, l) else value
         w, n = self.w, len(ids)
@@ -101,7 +104,9 @@ class GPT2:
                 record[f"z.{l}"] = z.copy()
             x = x + z.reshape(n, -1) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
             h = self.norm(x, p + "ln_2") @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"]
-            h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+            h = edited("mlp_hidden", l, 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3))))
+            if record is not None:
+                record[f"mlp_hidden.{l}"] = h.copy()
             mlp = edited("mlp_out", l, h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"])
             if record is not None:
                 record[f"mlp_out.{l}"] = mlp.copy()
@@ -131,11 +136,35 @@ def scorer(metric, clean_last):
     return score
 
 
-def unit_sweep(model, clean, corrupted, kind, metric, intervention="patch", mode=None, reference=()):
-    """Any sweep, every cell its own full forward pass: patching edits the corrupted prompt
-    with the clean run's unit; ablation edits the clean prompt, zeroing the unit, replacing
-    it by its mean over the reference prompts, or by its value in the corrupted prompt.
-    Returns the raw matrix and the clean and corrupted values (None without a corrupted prompt)."""
+SITES = {"residual": "resid_post", "mlp": "mlp_out", "heads": "z", "head_positions": "z", "neurons": "mlp_hidden"}
+
+
+def units(model, kind, n, neuron_positions="last"):
+    """Each column's unit, in the protocol's column order: (positions, head or neuron or None)."""
+    if kind in ("residual", "mlp"):
+        return [(slice(t, t + 1), None) for t in range(n)]
+    if kind == "heads":
+        return [(slice(None), h) for h in range(model.heads)]
+    if kind == "head_positions":
+        return [(slice(t, t + 1), h) for h in range(model.heads) for t in range(n)]
+    positions = slice(n - 1, n) if neuron_positions == "last" else slice(None)
+    return [(positions, i) for i in range(model.neurons)]
+
+
+def part(value, unit):
+    return value[unit[0]] if unit[1] is None else value[unit[0], unit[1]]
+
+
+def assign(value, unit, new):
+    if unit[1] is None:
+        value[unit[0]] = new
+    else:
+        value[unit[0], unit[1]] = new
+    return value
+
+
+def recorded(model, clean, corrupted, metric, reference=()):
+    """Each prompt's recorded values and last logits, the metric, and its clean and corrupted values."""
     records = {}
     for name, ids in [("clean", clean), ("corrupted", corrupted)] + [(f"ref{i}", r) for i, r in enumerate(reference)]:
         if ids is not None:
@@ -144,37 +173,52 @@ def unit_sweep(model, clean, corrupted, kind, metric, intervention="patch", mode
     score = scorer(metric, records["clean"]["last"])
     c = score(records["clean"]["last"])
     k = score(records["corrupted"]["last"]) if corrupted is not None else None
+    return records, score, float(c), None if k is None else float(k)
+
+
+def unit_sweep(model, clean, corrupted, kind, metric, intervention="patch", mode=None, reference=(), neuron_positions="last"):
+    """Any sweep, every cell its own full forward pass: patching edits the corrupted prompt
+    with the clean run's unit; ablation edits the clean prompt, zeroing the unit, replacing
+    it by its mean over the reference prompts, or by its value in the corrupted prompt.
+    Returns the raw matrix and the clean and corrupted values (None without a corrupted prompt)."""
+    records, score, c, k = recorded(model, clean, corrupted, metric, reference)
     target = clean if intervention == "ablate" else corrupted
     source = "clean" if intervention == "patch" else "corrupted"
-    n = len(target)
-    site = {"residual": "resid_post", "mlp": "mlp_out", "heads": "z", "head_positions": "z"}[kind]
-    columns = {"residual": n, "mlp": n, "heads": model.heads, "head_positions": model.heads * n}[kind]
+    site = SITES[kind]
     values = []
     for l in range(model.layers):
         row = []
-        for col in range(columns):
-            # The unit: (positions, head or None).
-            unit = {"residual": (slice(col, col + 1), None), "mlp": (slice(col, col + 1), None),
-                    "heads": (slice(None), col), "head_positions": (slice(col % n, col % n + 1), col // n)}[kind]
-
-            def part(value, unit=unit):
-                return value[unit[0]] if unit[1] is None else value[unit[0], unit[1]]
-
+        for unit in units(model, kind, len(target), neuron_positions):
             def replace(value, unit=unit, l=l):
                 if intervention == "ablate" and mode == "zero":
-                    new = np.zeros_like(part(value))
+                    new = np.zeros_like(part(value, unit))
                 elif intervention == "ablate" and mode == "mean":
-                    new = np.mean([part(records[f"ref{i}"][f"{site}.{l}"]) for i in range(len(reference))], axis=0)
+                    new = np.mean([part(records[f"ref{i}"][f"{site}.{l}"], unit) for i in range(len(reference))], axis=0)
                 else:
-                    new = part(records[source][f"{site}.{l}"])
-                if unit[1] is None:
-                    value[unit[0]] = new
-                else:
-                    value[unit[0], unit[1]] = new
-                return value
+                    new = part(records[source][f"{site}.{l}"], unit)
+                return assign(value, unit, new)
             row.append(float(score(model.forward(target, edit=(site, l, replace))[-1])))
         values.append(row)
-    return values, float(c), None if k is None else float(k)
+    return values, c, k
+
+
+def attribution_sweep(model, clean, corrupted, kind, metric, neuron_positions="last", step=1e-4):
+    """Attribution patching's raw matrix, corrupted + estimate: each estimate the metric's
+    derivative on the corrupted run along the unit's (clean - corrupted) value, by central
+    differences of the float64 forward pass (what the gradient dotted with that value gives)."""
+    records, score, c, k = recorded(model, clean, corrupted, metric)
+    site = SITES[kind]
+    values = []
+    for l in range(model.layers):
+        row = []
+        for unit in units(model, kind, len(clean), neuron_positions):
+            delta = part(records["clean"][f"{site}.{l}"], unit) - part(records["corrupted"][f"{site}.{l}"], unit)
+
+            def moved(alpha):
+                return score(model.forward(corrupted, edit=(site, l, lambda v: assign(v, unit, part(v, unit) + alpha * delta)))[-1])
+            row.append(float(k + (moved(step) - moved(-step)) / (2 * step)))
+        values.append(row)
+    return values, c, k
 
 
 def normalize(values, c, k):
@@ -204,8 +248,9 @@ def vectors():
         **ok, "protocol": PROTOCOL, "server": "loupe", "server_version": "", "instance": "", "started": "",
         "architectures": ["gpt2", "llama", "qwen2", "qwen3", "gpt_neox", "gemma3", "gemma2", "mistral"],
         "interventions": [{"name": name} for name in INTERVENTIONS], "trace_ops": TRACE_OPS, "ops": OPS,
-        "sweep": {"kinds": ["residual", "heads", "head_positions", "mlp"], "metrics": ["logit_diff", "logprob", "kl"],
-                  "interventions": ["patch", "ablate"], "ablation_modes": ["zero", "mean", "resample"]},
+        "sweep": {"kinds": ["residual", "heads", "head_positions", "mlp", "neurons"], "metrics": ["logit_diff", "logprob", "kl"],
+                  "interventions": ["patch", "ablate"], "ablation_modes": ["zero", "mean", "resample"],
+                  "methods": ["activation", "attribution"], "neuron_positions": ["last", "sum"]},
         "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64}}, ["instance", "started"]
     yield "hello-version-mismatch", {"op": "hello", "protocol": 99}, error("version_mismatch", "protocol"), []
     yield "unknown-op", {"op": "models.frobnicate"}, error("unknown_op", "op"), []
@@ -246,6 +291,7 @@ def vectors():
         "dtype": "i32", "shape": [1, 3], "data": struct.pack("<2i", 1, 2)}}, error("shape_mismatch", "tokens"), []
     yield from sweep_vectors(model, cases)
     yield from trace_vectors(model, cases)
+    yield from attribution_vectors(model, cases)
     yield "forward-unknown-model", {"op": "forward", "model": "nope", "tokens": [[1]]}, error("unknown_model", "model"), []
     yield "jobs-status-not-found", {"op": "jobs.status", "job": 123456}, error("not_found", "job"), []
     yield "models-unload", {"op": "models.unload", "name": "tiny"}, {**ok, "name": "tiny", "freed": True}, []
@@ -296,7 +342,7 @@ def sweep_vectors(model, cases):
     yield "sweep-answer-out-of-range", {**base, "metric": {"logprob": {"answer": 512}}}, \
         error("index_out_of_range", "metric.logprob.answer"), []
     yield "sweep-token-out-of-range", {**base, "clean": clean[:-1] + [600]}, error("index_out_of_range", "clean.6"), []
-    yield "sweep-unknown-kind", {**base, "kind": "neurons"}, error("bad_request", "kind"), []
+    yield "sweep-unknown-kind", {**base, "kind": "neuron"}, error("bad_request", "kind"), []
     yield "sweep-unknown-metric", {**base, "metric": {"accuracy": {}}}, error("bad_request", "metric"), []
     yield "sweep-unknown-model", {**base, "model": "nope"}, error("unknown_model", "model"), []
 
@@ -373,6 +419,69 @@ def ablation_and_pair_vectors(model, cases, clean, corrupted):
         "op": "sweep", "model": "tiny", "kind": "residual", "metric": metric,
         "pairs": [{"clean": clean, "corrupted": corrupted}, {"clean": other, "corrupted": other_corrupted}]}, \
         error("shape_mismatch", "pairs.1.clean"), []
+
+
+def attribution_vectors(model, cases):
+    """Neurons patched exactly, attribution sweeps of every kind at once and compared with the
+    exact sweep, and their typed errors (on sweep_vectors' pair)."""
+    clean = cases[0]
+    corrupted = list(clean)
+    corrupted[3] = 7
+    n, layers = len(clean), model.layers
+    cols = {"residual": [f"{t}_{i}" for i, t in enumerate(clean)], "mlp": [f"{t}_{i}" for i, t in enumerate(clean)],
+            "heads": [f"Head {h}" for h in range(model.heads)],
+            "head_positions": [f"Head {h} @ {t}" for h in range(model.heads) for t in range(n)],
+            "neurons": [f"Neuron {i}" for i in range(model.neurons)]}
+    axis = {"residual": "Position", "mlp": "Position", "heads": "Head", "head_positions": "Head @ position", "neurons": "Neuron"}
+    request = {"op": "sweep", "model": "tiny", "clean": clean, "corrupted": corrupted}
+    variable = ["seconds", "token_layers"]
+
+    def reply(kind, metric, normalized, values, c, k, method):
+        result = {"status": "ok", "rows": [str(l) for l in range(layers)], "row_axis": "Layer", "clean_tokens": clean,
+                  "corrupted_tokens": corrupted, "first_difference": 3, "seconds": 0.0, "token_layers": 0,
+                  "kind": kind, "metric": metric, "normalized": normalized, "intervention": "patch",
+                  "values": normalize(values, c, k) if normalized else values, "cols": cols[kind], "col_axis": axis[kind],
+                  "clean": c, "corrupted": k, "method": method, "approximation": method == "attribution",
+                  "plain_token_layers": (2 + layers * len(cols[kind])) * n * layers}
+        return {**result, "backward": {}} if method == "attribution" else result
+
+    logprob = {"logprob": {"answer": 5}}
+    values, c, k = unit_sweep(model, clean, corrupted, "neurons", logprob, neuron_positions="sum")
+    yield "sweep-neurons-sum", {**request, "kind": "neurons", "neuron_positions": "sum", "metric": logprob, "normalized": False}, {
+        **reply("neurons", logprob, False, values, c, k, "activation"), "neuron_positions": "sum", "job": 0, "timing": {}}, variable
+
+    metric = {"logit_diff": {"answer": 1, "wrong": 2}}
+    kinds = ["residual", "heads", "head_positions", "mlp", "neurons"]
+    results = {}
+    for kind in kinds:
+        results[kind] = reply(kind, metric, True, *attribution_sweep(model, clean, corrupted, kind, metric), "attribution")
+        del results[kind]["status"]
+    results["neurons"]["neuron_positions"] = "last"
+    yield "sweep-attribution-kinds", {**request, "kind": kinds, "method": "attribution", "metric": metric}, {
+        "status": "ok", "method": "attribution", "approximation": True, "kinds": kinds, "results": results, "backward": {},
+        "seconds": 0.0, "job": 0, "timing": {}},         ["seconds", "backward", "results.*.seconds", "results.*.token_layers", "results.*.backward"]
+
+    # KL, whose gradient passes through the log-softmax, against the exact heads sweep.
+    kl = {"kl": {}}
+    estimates, c, k = attribution_sweep(model, clean, corrupted, "heads", kl)
+    exact, _, _ = unit_sweep(model, clean, corrupted, "heads", kl)
+    a, e = np.array(estimates).ravel(), np.array(exact).ravel()
+    worst = int(np.abs(a - e).argmax())
+    assert np.sort(np.abs(a - e))[-2] < 0.9 * np.abs(a - e)[worst], "the worst cell is a near tie"
+    yield "sweep-attribution-compare-heads", {**request, "kind": "heads", "method": "attribution", "compare": True, "metric": kl,
+                                              "normalized": False}, {
+        **reply("heads", kl, False, estimates, c, k, "attribution"), "job": 0, "timing": {},
+        "exact": {"values": exact, "seconds": 0.0, "token_layers": 0},
+        "comparison": {"correlation": float(np.corrcoef(a, e)[0, 1]),
+                       "worst": {"row": worst // model.heads, "col": worst % model.heads, "attribution": float(a[worst]),
+                                 "exact": float(e[worst]), "difference": float(a[worst] - e[worst])}}},         variable + ["backward", "exact.seconds", "exact.token_layers"]
+
+    base = {**request, "metric": metric, "method": "attribution"}
+    yield "sweep-unknown-method", {**base, "method": "gradient"}, error("bad_request", "method"), []
+    yield "sweep-attribution-ablate", {**base, "intervention": "ablate", "params": {"mode": "zero"}}, error("bad_request", "method"), []
+    yield "sweep-kinds-without-attribution", {**base, "method": "activation", "kind": ["residual", "heads"]}, error("bad_request", "kind"), []
+    yield "sweep-compare-without-attribution", {**base, "method": "activation", "compare": True}, error("bad_request", "compare"), []
+    yield "sweep-unknown-neuron-positions", {**base, "kind": "neurons", "neuron_positions": "first"},         error("bad_request", "neuron_positions"), []
 
 
 def trace_vectors(model, cases):

@@ -12,8 +12,9 @@ extension PatchingSweep {
     /// request when nil).
     public func runPlain(_ request: SweepRequest, layers: [Int]? = nil, cancelled: CancellationCheck? = nil) throws -> SweepResult {
         let start = Date()
+        // Neurons have no intervention cells: they are patched by hand below, as every kind is.
         try request.validate(model.dimensions)
-        let cells = request.intervention == .patch ? nil : try SweepCells(request, model: model, interventions: interventions)
+        let cells = request.kind == .neurons ? nil : try SweepCells(request, model: model, interventions: interventions)
         let swept = request.sweptLayers(model.dimensions)
         let layers = layers ?? swept
         var pairs: [PairSweep] = [], raw: [[[Float]]] = []

@@ -55,6 +55,13 @@ final class MissingSiteTests: XCTestCase {
                 }
             }
         }
+        // Attribution reads each kind's own site alone (heads: blocks.L.attn.z).
+        let request = SweepRequest(clean: clean, corrupted: corrupted, kind: .heads, metric: metric)
+        for kinds in [[SweepKind.heads], [.residual, .headPositions]] {
+            XCTAssertThrowsError(try AttributionSweep(model: model).run(request, kinds: kinds), "attribution \(kinds)") {
+                assertNamesMissingSite($0, "attribution sweep \(kinds)")
+            }
+        }
     }
 
     func testTracesNeedingAMissingSiteThrow() throws {
