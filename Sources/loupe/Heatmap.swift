@@ -146,6 +146,21 @@ extension Heatmap {
     }
 }
 
+extension Heatmap {
+    /// The `count` cells of largest magnitude, largest first, one line each: for a matrix too
+    /// wide for a terminal (a column per neuron).
+    func largest(_ count: Int) -> String {
+        let cells = values.enumerated().flatMap { row, values in values.enumerated().map { (row, $0, $1) } }
+            .filter { $0.2.isFinite }.sorted { abs($0.2) > abs($1.2) }.prefix(count)
+        var lines = [title, "", "The \(cells.count) cells of largest magnitude (\(colorAxis)):"]
+        for (row, column, value) in cells {
+            lines.append(String(format: "  %@ %@, %@: %+.4f", rowAxis, row < rowLabels.count ? rowLabels[row] : String(row),
+                                column < columnLabels.count ? columnLabels[column] : String(column), value))
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
 // MARK: SVG and HTML
 
 extension Heatmap {
