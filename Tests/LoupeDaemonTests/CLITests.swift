@@ -67,6 +67,19 @@ final class CLITests: XCTestCase {
         for label in ["Heads & <tiny>", "Head 0", "Head 3", "0", "1", "Layer", "Head", "Norm. Logit Diff"] {
             XCTAssertTrue(svg.texts.contains(label), "\(label) missing from \(svg.texts)")
         }
+        // Attribution patching, labelled as an approximation; refused where it does not apply.
+        let estimated = try run(["patch", "tiny", "--json", "--method", "attribution", "--site", "neurons", "--neuron-positions", "sum"] + ids + endpoint)
+        XCTAssertEqual(estimated.status, 0, estimated.errors)
+        let attribution = try JSONSerialization.jsonObject(with: Data(estimated.output.utf8)) as? [String: Any]
+        XCTAssertEqual(attribution?["method"] as? String, "attribution")
+        XCTAssertEqual(attribution?["approximation"] as? Bool, true)
+        XCTAssertEqual((attribution?["values"] as? [[Double]])?.map(\.count), [256, 256])
+        for (arguments, message) in [(["--compare"], "--compare is for --method attribution"), (["--method", "gradient"], "--method is activation or attribution"),
+                                     (["--method", "attribution", "--ablate", "zero"], "exact only"), (["--neuron-positions", "sum"], "--site neurons")] {
+            let refused = try run(["patch", "tiny"] + arguments + ids + endpoint)
+            XCTAssertNotEqual(refused.status, 0, "\(arguments)")
+            XCTAssertTrue(refused.errors.contains(message), refused.errors)
+        }
         let badAnswer = try run(["patch", "tiny", "--ids", "--clean", "1,2", "--corrupt", "1,3", "--answer", "1", "--wrong", "900"] + endpoint)
         XCTAssertNotEqual(badAnswer.status, 0)
         XCTAssertTrue(badAnswer.errors.contains("outside the vocabulary"), badAnswer.errors)
