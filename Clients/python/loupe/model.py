@@ -152,7 +152,9 @@ class Tokenizer:
 
 @dataclass
 class Sweep:
-    """A sweep's matrix with its labels: `values[row, col]`, rows are layers."""
+    """A sweep's matrix with its labels: `values[row, col]`, rows are layers. An attribution
+    sweep's values are estimates (`approximation`); with compare=True, `exact` holds the exact
+    sweep's matrix and `correlation` Pearson's correlation of the two."""
 
     values: np.ndarray
     rows: list
@@ -163,6 +165,20 @@ class Sweep:
     corrupted: float
     kind: str
     reply: dict = field(repr=False)
+    method: str = "activation"
+    approximation: bool = False
+    exact: np.ndarray = field(default=None, repr=False)
+    correlation: float = None
+
+    @classmethod
+    def from_reply(cls, reply):
+        exact = reply.get("exact")
+        return cls(values=np.asarray(reply["values"], dtype=np.float64), rows=reply["rows"], cols=reply["cols"],
+                   row_axis=reply.get("row_axis", "Layer"), col_axis=reply.get("col_axis", ""),
+                   clean=reply.get("clean"), corrupted=reply.get("corrupted"), kind=reply["kind"], reply=reply,
+                   method=reply.get("method", "activation"), approximation=reply.get("approximation", False),
+                   exact=None if exact is None else np.asarray(exact["values"], dtype=np.float64),
+                   correlation=(reply.get("comparison") or {}).get("correlation"))
 
     def heatmap(self, title=None, **kwargs):
         """The matrix as a plotly heatmap (needs plotly: pip install 'loupe[plotly]')."""
@@ -291,11 +307,17 @@ class LanguageModel:
         return Tracer(self, prompt, progress=progress)
 
     def sweep(self, clean, corrupted, kind="residual", answer=None, wrong=None, metric=None, normalized=True,
-              progress=None):
+              progress=None, method="activation", compare=False, neuron_positions=None):
         """The daemon's activation-patching sweeps (PROTOCOL.md `sweep`): `residual` (layers x
-        positions), `heads` (layers x heads) or `head_positions`. The metric is the logit
-        difference `answer - wrong` when both are given, else `metric`: a map as the protocol
-        has it, or "logprob" (of `answer`) or "kl". Returns a Sweep with labelled numpy values."""
+        positions), `heads` (layers x heads), `head_positions`, `mlp` or `neurons` (layers x MLP
+        hidden units; `neuron_positions` "last" or "sum"). The metric is the logit difference
+        `answer - wrong` when both are given, else `metric`: a map as the protocol has it, or
+        "logprob" (of `answer`) or "kl". Returns a Sweep with labelled numpy values.
+
+        method="attribution" estimates every cell from one clean forward pass and one corrupted
+        forward and backward pass (attribution patching); `kind` may then be a list of kinds,
+        all from those passes, and the result is a dict of Sweeps by kind. compare=True also
+        runs the exact sweep: each Sweep's `exact` and `correlation`."""
         if metric is None:
             if answer is None or wrong is None:
                 raise ValueError("give answer= and wrong= (a logit difference) or a metric")
@@ -304,21 +326,29 @@ class LanguageModel:
             metric = {"logprob": {"answer": _token(answer)}}
         elif metric == "kl":
             metric = {"kl": {}}
-        bar = ProgressBar(f"{kind} sweep", enabled=self._progress if progress is None else progress)
+        label = kind if isinstance(kind, str) else "+".join(kind)
+        bar = ProgressBar(f"{label} {'attribution ' if method == 'attribution' else ''}sweep",
+                          enabled=self._progress if progress is None else progress)
 
         def on_reply(reply):
             if reply.get("status") == "progress":
                 bar.update(reply["done"], reply["total"])
 
+        fields = {"clean": _prompt(clean), "corrupted": _prompt(corrupted), "metric": metric, "normalized": normalized,
+                  "kind": kind if isinstance(kind, str) else list(kind)}
+        if method != "activation":
+            fields["method"] = method
+        if compare:
+            fields["compare"] = True
+        if neuron_positions is not None:
+            fields["neuron_positions"] = neuron_positions
         try:
-            reply = self._job("sweep", {"clean": _prompt(clean), "corrupted": _prompt(corrupted), "kind": kind,
-                                        "metric": metric, "normalized": normalized}, on_reply)
+            reply = self._job("sweep", fields, on_reply)
         finally:
             bar.close()
-        return Sweep(values=np.asarray(reply["values"], dtype=np.float64), rows=reply["rows"], cols=reply["cols"],
-                     row_axis=reply.get("row_axis", "Layer"), col_axis=reply.get("col_axis", ""),
-                     clean=reply.get("clean"), corrupted=reply.get("corrupted"), kind=reply.get("kind", kind),
-                     reply=reply)
+        if "results" in reply:
+            return {name: Sweep.from_reply(reply["results"][name]) for name in reply["kinds"]}
+        return Sweep.from_reply(reply)
 
 
 def _token(answer):

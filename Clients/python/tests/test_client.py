@@ -83,6 +83,39 @@ def test_proxies_index_assign_compute_and_save(gpt2):
         unsaved.value
 
 
+def _safetensors(path):
+    """A float32 safetensors file's tensors as numpy arrays."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    return {name: np.frombuffer(data[8 + size + entry["data_offsets"][0]:8 + size + entry["data_offsets"][1]], dtype="<f4")
+            .reshape(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+
+
+def test_attribution_sweep_matches_torch_and_compares(smol):
+    """Attribution patching of every kind from one sweep, against torch's (clean - corrupted) ·
+    grad on the seed pair (smollm2-gradients.safetensors), then beside the exact heads sweep."""
+    golden = _safetensors(FIXTURES / "models" / "smollm2-gradients.safetensors")
+    assert smol.tokenizer(CLEAN)["input_ids"] == [int(t) for t in golden["clean_tokens"]]
+    kinds = ["residual", "heads", "head_positions", "mlp", "neurons"]
+    sweeps = smol.sweep(CLEAN, CORRUPTED, kind=kinds, answer=" John", wrong=" Mary", method="attribution", normalized=False)
+    assert list(sweeps) == kinds
+    for kind, sweep in sweeps.items():
+        assert (sweep.kind, sweep.method, sweep.approximation) == (kind, "attribution", True)
+        assert sweep.reply["backward"]["peak_bytes"] > 0
+        expected = golden["attribution.neurons_last" if kind == "neurons" else f"attribution.{kind}"].reshape(30, -1)
+        np.testing.assert_allclose(sweep.values - sweep.corrupted, expected, atol=1e-3)
+    summed = smol.sweep(CLEAN, CORRUPTED, kind="neurons", answer=" John", wrong=" Mary", method="attribution",
+                        normalized=False, neuron_positions="sum")
+    np.testing.assert_allclose(summed.values - summed.corrupted, golden["attribution.neurons_sum"], atol=1e-3)
+
+    heads = smol.sweep(CLEAN, CORRUPTED, kind="heads", answer=" John", wrong=" Mary", method="attribution", compare=True)
+    exact = smol.sweep(CLEAN, CORRUPTED, kind="heads", answer=" John", wrong=" Mary")
+    assert exact.method == "activation" and not exact.approximation and exact.exact is None
+    np.testing.assert_allclose(heads.exact, exact.values, atol=1e-5)
+    assert heads.correlation == pytest.approx(np.corrcoef(heads.values.ravel(), exact.values.ravel())[0, 1], abs=1e-6)
+
+
 def test_util_apply_keeps_the_nesting():
     nested = [[1, "a"], (2, {"k": 3})]
     assert util.apply(nested, lambda x: x * 10, int) == [[10, "a"], (20, {"k": 30})]
