@@ -2,6 +2,10 @@
 # The engine benchmarks: SmolLM2 and a GPT-2-small-shaped model with seeded random weights,
 # each in a process of its own. Every figure is a ratio against a baseline measured in the
 # same run (sgemm on the same shapes; HF transformers and nnsight where torch is installed).
+# With the sweeps, attribution patching of the residual stream, heads and MLPs at once on the
+# IOI pair: against one forward pass of the pair, the exact sweeps (Loupe's, nnsight's batched
+# cells, and on SmolLM2 nnsight's attribution patching), its correlation with the exact
+# matrices and the backward's memory.
 #   scripts/bench.sh [loupe-bench options]           (make bench)
 #   scripts/bench.sh gemma3 [loupe-bench options]    (make bench-gemma3)
 # `gemma3` runs Gemma 3 270M alone: its load from GGUF, resident memory, a 1x16 forward pass

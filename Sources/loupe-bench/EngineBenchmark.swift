@@ -28,7 +28,7 @@ struct EngineBenchmark: ParsableCommand {
     @Option(help: "Python interpreter for the HF transformers and nnsight references.")
     var python = "python3"
 
-    @Flag(help: "Also time the tutorial's patching sweeps (the IOI pair) against the plain batched pass.")
+    @Flag(help: "Also time the tutorial's patching sweeps (the IOI pair) against the plain batched pass, and attribution patching against a forward pass and the exact sweeps.")
     var sweeps = false
 
     @Option(help: "The sweep kinds to time with --sweeps, comma-separated (default: all).")
@@ -89,11 +89,13 @@ struct EngineBenchmark: ParsableCommand {
                 guard let kind = SweepKind(rawValue: String(name)) else { throw ValidationError("no sweep kind \(name)") }
                 return kind
             }
-        } ?? SweepKind.allCases
+        } ?? SweepKind.allCases.filter { $0 != .neurons }  // neurons: the plain path itself, too large for a real model
+        var exact = [SweepKind: (seconds: Double, result: SweepResult)]()
         for kind in kinds {
             let request = SweepRequest(clean: clean, corrupted: corrupted, kind: kind, metric: .logitDifference(answer: answer, wrong: wrong))
             var result: SweepResult?
             let seconds = median(repeats) { result = try! sweep.run(request) }
+            exact[kind] = (seconds, result!)
             let plain = try sweep.runPlain(request)
             let worst = zip(result!.values.joined(), plain.values.joined()).map { abs($0 - $1) }.max() ?? 0
             var line = String(format: "%@ sweep %dx%d: %.3f s; plain batched pass %.2f s (%.1fx); token-layers %d vs %d (%.1fx fewer); max |difference| %.1e",
@@ -111,6 +113,54 @@ struct EngineBenchmark: ParsableCommand {
         }
         try benchmarkBatchedCellTrace(loaded.model, clean: clean, corrupted: corrupted, answer: answer, wrong: wrong,
                                       nnsight: nnsight?["residual_s"])
+        try benchmarkAttribution(loaded.model, SweepRequest(clean: clean, corrupted: corrupted, kind: .residual,
+                                                            metric: .logitDifference(answer: answer, wrong: wrong)),
+                                 exact: exact, nnsight: nnsight)
+    }
+
+    /// Attribution patching of the residual stream, heads and MLPs together on the IOI pair
+    /// (one clean forward pass, one corrupted forward and backward), against one forward pass
+    /// of the pair, Loupe's exact sweeps and nnsight's batched cells and attribution patching;
+    /// its correlation with the exact matrices and the backward's memory.
+    func benchmarkAttribution(_ network: any LanguageModel, _ request: SweepRequest, exact: [SweepKind: (seconds: Double, result: SweepResult)],
+                              nnsight: [String: Double]?) throws {
+        let kinds: [SweepKind] = [.residual, .heads, .mlp]
+        var result: AttributionResult?
+        let seconds = median(repeats) { result = try! AttributionSweep(model: network).run(request, kinds: kinds) }
+        // The pair as one batch, logits at the last position only, as the sweep reads them.
+        let pair = TokenBatch([request.clean, request.corrupted!])
+        let forward = median(repeats) { _ = try! network.forward(pair, logits: .last) }
+        print(String(format: "attribution sweep of residual + heads + mlp (%d cells): %.1f ms; one forward pass of the pair (2x%d, last logits) %.1f ms: %.2fx (target at most 3x)",
+                     result!.results.map { $0.values.count * $0.values[0].count }.reduce(0, +), seconds * 1000, request.clean.count,
+                     forward * 1000, seconds / forward))
+        var against = [String]()
+        if let residual = exact[.residual], let heads = exact[.heads] {
+            against.append(String(format: "Loupe's exact residual and head sweeps %.3f s (%.1fx)", residual.seconds + heads.seconds,
+                                  (residual.seconds + heads.seconds) / seconds))
+        }
+        if let residual = nnsight?["residual_s"], let heads = nnsight?["heads_s"] {
+            against.append(String(format: "nnsight's batched residual and head cells %.2f s (%.0fx)", residual + heads, (residual + heads) / seconds))
+        } else {
+            against.append("nnsight's cells: not installed")
+        }
+        // nnsight's attribution patching of the residual stream (scripts/bench_gradients_nnsight.py, SmolLM2 only).
+        if model.hasSuffix("SmolLM2-135M-Instruct.Q4_1.gguf"),
+           let reference = runJSONScript("bench_gradients_nnsight.py", ["--gguf", model, "--repeats", "\(repeats)"]),
+           let attribution = reference["nnsight_attribution_s"] as? Double {
+            against.append(String(format: "nnsight's attribution patching of the residual stream alone %.3f s (%.1fx)", attribution, attribution / seconds))
+        }
+        print("  against " + against.joined(separator: "; "))
+        // The exact matrices of kinds not timed above, for the correlations.
+        var correlations = [String]()
+        for (kind, estimate) in zip(kinds, result!.results) {
+            let matrix = try exact[kind]?.result ?? PatchingSweep(model: network, interventions: BuiltInPlugins.interventionRegistry()).run(request.with(kind: kind))
+            let comparison = SweepComparison(attribution: estimate.values, exact: matrix.values)
+            correlations.append(String(format: "%@ %.3f (largest difference %.2f)", kind.rawValue, comparison.correlation ?? .nan,
+                                       abs(comparison.worst.difference)))
+        }
+        print("  correlation with the exact matrices (normalized): " + correlations.joined(separator: ", "))
+        print(String(format: "  backward: %.1f MB kept from the forward pass, %.1f MB at most with the gradients", Double(result!.savedBytes) / 1e6,
+                     Double(result!.peakBytes) / 1e6))
     }
 
     /// The tutorial's batched residual cell (clean, corrupted, one invocation per layer and
