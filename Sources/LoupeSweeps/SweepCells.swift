@@ -41,8 +41,6 @@ struct SweepCells {
     /// `head_patch`, `ablate`), so the sweeps name no plugin.
     init(_ request: SweepRequest, model: any LanguageModel, interventions: InterventionRegistry) throws {
         try request.validate(model.dimensions)
-        // No intervention edits one hidden unit: `PatchingSweep` runs neurons on the plain path.
-        precondition(request.kind != .neurons, "a neurons sweep has no intervention cells")
         // Every cell starts from the residual stream entering its layer.
         if let missing = model.unprovided(CanonicalSite.residPre(0).site) { throw missing }
         let intervention = request.intervention
@@ -61,6 +59,7 @@ struct SweepCells {
                     case .residual, .mlp: (nil, column)
                     case .heads: (column, nil)
                     case .headPositions: (column / length, column % length)
+                    // No intervention edits one hidden unit: `PatchingSweep` runs neurons on the plain path.
                     case .neurons: preconditionFailure("a neurons sweep has no intervention cells")
                     }
                     let (name, values) = Self.unit(request, layer: layer, head: head, position: position,
