@@ -12,6 +12,12 @@ the tutorial writes them (SmolLM2's shapes: 30 layers, 9 heads of 64, no BOS tok
   cell 22     the head cell: one batched trace, each of 30 x 9 heads of o_proj's input
               patched through einops.rearrange
 
+and, beyond the tutorial, attribution patching: on Loupe one sweep estimating every
+residual, head and MLP cell (`llm.sweep(..., kind=[...], method="attribution")`), on nnsight
+its attribution-patching pattern over the residual stream alone (a clean trace, a
+corrupted trace with the backward of the logit difference, (clean - corrupted) * grad
+summed; scripts/bench_gradients_nnsight.py's cell). Their residual estimates are compared.
+
 Loupe runs them through `Clients/python` (loupe.LanguageModel) against a `loupe serve`
 started here on a private endpoint; nnsight runs the same cells from
 scripts/nnsight_reference.py (nnsight on transformers, the same GGUF dequantized to
@@ -55,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "Clients" / "python"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import bench_gradients_nnsight as gradients  # noqa: E402  (nnsight's attribution patching)
 import nnsight_reference as reference  # noqa: E402  (the nnsight cells; imports torch lazily)
 
 CLEAN, CORRUPTED = reference.CLEAN, reference.CORRUPTED
@@ -232,6 +239,13 @@ def loupe_cells(llm, correct_index, incorrect_index):
             ioi_patching_results.append(_ioi_patching_results)
     out["cell 22"] = np.array(util.apply(ioi_patching_results, lambda x: x.value.item(), Proxy))
     seconds["cell 22"] = time.perf_counter() - start
+
+    # Attribution patching: every residual, head and MLP cell from one clean and one corrupted pass.
+    start = time.perf_counter()
+    sweeps = llm.sweep(CLEAN, CORRUPTED, kind=["residual", "heads", "mlp"], answer=correct_index, wrong=incorrect_index,
+                       method="attribution", normalized=False)
+    out["attribution"] = sweeps["residual"].values - sweeps["residual"].corrupted
+    seconds["attribution"] = time.perf_counter() - start
     return seconds, out
 
 
@@ -260,6 +274,11 @@ def nnsight_cells(model, correct, incorrect, n_tokens):
         start = time.perf_counter()
         out["cell 22"] = np.array(reference.head_sweep(model, correct, incorrect)["values"])
         seconds["cell 22"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    out["attribution"] = gradients.attribution(model, correct, incorrect).numpy()
+    seconds["attribution"] = time.perf_counter() - start
+    model._module.zero_grad(set_to_none=True)  # the weight gradients its backward leaves behind
     return seconds, out
 
 
@@ -490,7 +509,9 @@ def report(args, started, loads, cold, warm, results, example, notes):
     for side in ("loupe", "nnsight"):
         if warm[side]:
             totals[side] = statistics.median(sum(run[c] for c in cells) for run in warm[side])
-    for cell in cells + ["total"]:
+    what["attribution"] = ("attribution patching (Loupe: residual, heads and MLPs in one sweep; "
+                           "nnsight: the residual stream, 2 traces and a backward)")
+    for cell in cells + ["total", "attribution"]:
         loupe_s = totals["loupe"] if cell == "total" else median_of(warm["loupe"], cell)
         label = "the whole tutorial (these cells)" if cell == "total" else f"{cell}: {what[cell]}"
         if has_nnsight:
@@ -505,6 +526,8 @@ def report(args, started, loads, cold, warm, results, example, notes):
         nn = results["nnsight"]
         for cell in ("cell 10", "cell 13", "cell 22"):
             agreement.append(f"{cell} Loupe against nnsight: {np.abs(loupe_out[cell] - nn[cell]).max():.1e}")
+        agreement.append("attribution patching's residual estimates Loupe against nnsight: "
+                         f"{np.abs(loupe_out['attribution'] - nn['attribution']).max():.1e}")
         agreement.append(f"logit differences {loupe_out['clean_logit_diff']:.4f} / {loupe_out['corrupted_logit_diff']:.4f} "
                          f"(nnsight {nn['clean_logit_diff']:.4f} / {nn['corrupted_logit_diff']:.4f})")
     print("Largest difference between the matrices: " + "; ".join(agreement) + ".\n")
