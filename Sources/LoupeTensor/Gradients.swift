@@ -170,6 +170,13 @@ public final class GradientTape: @unchecked Sendable {
         append(output: value, inputs: [], body)
     }
 
+    /// Records a point of the backward where `body` runs, touching no gradient: a caller
+    /// marking where its own ops begin and end, to say whose op a failing record was. Not
+    /// counted in `recordCount`.
+    public func mark(_ body: @escaping () -> Void) {
+        records.append(Record(touches: [], backward: { _ in body() }))
+    }
+
     private func append(output: Tensor, inputs: [Tensor], _ backward: @escaping (Gradients) throws -> Void) {
         tracked.insert(output.storage.id)
         records.append(Record(touches: [output.storage.id] + inputs.map(\.storage.id), backward: backward))
