@@ -135,6 +135,9 @@ public struct CompiledTrace {
     /// An upper bound on the bytes the backward holds at once (nil without a backward).
     public let backwardBytes: Int?
 
+    /// The `backward` node's id and its place in the request's `nodes`, for errors about it.
+    public var backwardNode: (id: Int, position: Int)? { backward.map { (nodes[$0].id, $0) } }
+
     enum Task {
         case node(Int)
         case step(node: Int, step: Int)
@@ -158,7 +161,7 @@ public struct CompiledTrace {
         "matmul", "sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax",
         "reshape", "view", "transpose", "permute", "split_heads", "merge_heads",
         "clone", "zeros_like", "ones_like", "full_like", "full", "cat", "stack", "topk",
-        "intervene", "save",
+        "intervene", "save", "backward", "grad", "set_grad",
     ]
 }
 
