@@ -34,6 +34,9 @@ import LoupeTrace
 ///   (zero, mean, resample), and pairs of different lengths, equals the plain path
 ///   (`PatchingSweep.runPlain`, one full invocation per cell); a sweep over a site the
 ///   model does not declare is a thrown error naming the site.
+/// - `gradients`: the backward through the forward pass against finite differences at the
+///   sites the model declares, and against torch autograd where the fixture has its
+///   gradients (`GradientChecks`).
 /// - `tokenizer`: where the fixture has a tokenizer, decode(encode(s)) == s on a few
 ///   strings; a fixture without one says so in `conformance.json`, and is checked to have none.
 ///
@@ -47,7 +50,7 @@ public struct ArchitectureConformance {
     public let interventions: InterventionRegistry
 
     /// Every check, in the order `report()` runs them.
-    public static let checks = ["fixture", "sites", "module-tree", "hf-parity", "padding", "hooks", "interventions", "sweeps", "tokenizer"]
+    public static let checks = ["fixture", "sites", "module-tree", "hf-parity", "padding", "hooks", "interventions", "sweeps", "gradients", "tokenizer"]
 
     /// A model and tokenizer loaded from `fixture`, or any model standing for one (a wrapper).
     public init(model: any LanguageModel, tokenizer: Tokenizer?, fixture: String, interventions: InterventionRegistry) {
@@ -86,6 +89,7 @@ public struct ArchitectureConformance {
             ("hooks", { try NumericChecks.hooks(&$0) }),
             ("interventions", { try InterventionChecks.run(&$0) }),
             ("sweeps", { try SweepChecks.run(&$0) }),
+            ("gradients", { try GradientChecks.run(&$0) }),
             ("tokenizer", { try TokenizerCheck.run(&$0) }),
         ]
         for (name, body) in steps {

@@ -30,15 +30,8 @@ struct ConformancePrompts {
     }
 
     init(vocabulary: Int) {
-        var state: UInt64 = 0x5EED_C0DE
-        func next() -> Int {
-            // SplitMix64.
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return Int((z ^ (z >> 31)) % UInt64(vocabulary))
-        }
+        var generator = SplitMix(seed: 0x5EED_C0DE)
+        func next() -> Int { Int(generator.next() % UInt64(vocabulary)) }
         func prompt(_ count: Int) -> [Int] { (0..<count).map { _ in next() } }
         /// `tokens` with the tokens at `positions` replaced by other ones.
         func changed(_ tokens: [Int], at positions: [Int]) -> [Int] {

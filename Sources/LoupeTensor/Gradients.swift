@@ -67,8 +67,8 @@ public final class Gradients {
     public func add(_ gradient: Tensor, to view: GradientView) {
         precondition(gradient.shape == view.shape, "gradient \(gradient.shape) for a value of shape \(view.shape)")
         let target = buffer(view)
-        if target.isContiguous && gradient.isContiguous && !target.shape.isEmpty || (target.count == 1 && target.rank == 0) {
-            let t = target.data, g = gradient.contiguous().data
+        if target.isContiguous && gradient.isContiguous {
+            let t = target.data, g = gradient.data
             for i in 0..<target.count { t[i] += g[i] }
             return
         }

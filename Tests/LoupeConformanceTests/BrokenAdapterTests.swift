@@ -34,6 +34,32 @@ final class BrokenAdapterTests: XCTestCase {
         XCTAssertTrue(failed.isSuperset(of: ["padding", "interventions", "sweeps"]), "\(failed)")
         XCTAssertFalse(failed.contains("hf-parity"), "each sequence alone is still HF's")
     }
+
+    /// It hands each layer's output on through a copy made outside the kernels: every
+    /// number is right, but no gradient can flow back through it.
+    func testAValueCopiedOutsideTheKernels() throws {
+        XCTAssertEqual(failedChecks(CopiedOutsideKernels(try inner())), ["gradients"])
+    }
+}
+
+/// Copies each layer's output element by element into a new tensor.
+final class CopiedOutsideKernels: LanguageModel, @unchecked Sendable {
+    let inner: any LanguageModel
+    init(_ inner: any LanguageModel) { self.inner = inner }
+
+    var architecture: String { inner.architecture }
+    var dimensions: ModelDimensions { inner.dimensions }
+    var moduleTree: ModuleNode { inner.moduleTree }
+    var weightBytes: Int { inner.weightBytes }
+    var canonicalSites: Set<CanonicalSite.Kind> { inner.canonicalSites }
+    var head: LinearModule { inner.head }
+
+    func embed(_ pass: ForwardPass) throws -> Tensor { try inner.embed(pass) }
+    func layer(_ index: Int, _ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
+        let y = try inner.layer(index, x, pass)
+        return Tensor(shape: y.shape, values: y.toArray())
+    }
+    func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor { try inner.finalNorm(x, pass) }
 }
 
 /// Adds 1e-3 to the embeddings of every batch that has padding.
