@@ -171,10 +171,10 @@ public final class GradientTape: @unchecked Sendable {
     }
 
     /// Records a point of the backward where `body` runs, touching no gradient: a caller
-    /// marking where its own ops begin and end, to say whose op a failing record was. Not
-    /// counted in `recordCount`.
-    public func mark(_ body: @escaping () -> Void) {
-        records.append(Record(touches: [], backward: { _ in body() }))
+    /// marking where its own ops begin and end (to say whose op a failing record was), or
+    /// where a layer's backward is done (to stop a cancelled one). Not counted in `recordCount`.
+    public func mark(_ body: @escaping () throws -> Void) {
+        records.append(Record(touches: [], backward: { _ in try body() }))
     }
 
     private func append(output: Tensor, inputs: [Tensor], _ backward: @escaping (Gradients) throws -> Void) {

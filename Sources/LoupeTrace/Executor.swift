@@ -129,6 +129,8 @@ public final class TraceRunner: @unchecked Sendable {
             }
             if stage < layers {
                 try pass.checkCancelled()
+                // The backward passes here once it is done with the layer: a cancelled job stops there too.
+                GradientTape.current?.mark { [pass] in try pass.checkCancelled() }
                 x = try model.layer(stage, x, pass)
                 tokenLayers += rowTokens.count * pass.keyCount
             }

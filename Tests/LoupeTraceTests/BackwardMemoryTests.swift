@@ -44,7 +44,7 @@ final class BackwardMemoryTests: XCTestCase {
     }
 
     func testTheBoundHoldsOnTheFixtures() throws {
-        for model in GradientTests.fixtures {
+        for model in TraceGradientTests.fixtures {
             try check(model, shapes: [(1, 1), (1, 5), (2, 16), (3, 64)])
         }
     }

@@ -6,7 +6,7 @@ import XCTest
 
 /// Every bad form of a gradient trace fails with the protocol's code, naming the node at
 /// fault: at validation where the trace alone shows it, else when the backward meets it.
-final class GradientErrorTests: XCTestCase {
+final class TraceGradientErrorTests: XCTestCase {
     let tokens = [3, 14, 15, 92, 65, 35]
 
     /// `build`'s trace fails with `code` at the node it returns, field `key` of that node, at

@@ -8,7 +8,7 @@ import XCTest
 /// Gradients in traces (`backward`, `grad`, `set_grad`): at every site against the engine's
 /// `GradientRecorder`, through every trace op against central differences of the scalar,
 /// in padded batches, and `set_grad` changing what flows on.
-final class GradientTests: XCTestCase {
+final class TraceGradientTests: XCTestCase {
     static let tokens = [3, 14, 15, 92, 65, 35]
     static let fixtures = ["gpt2-tiny", "gpt2-tiny-noprefix", "llama-tiny", "llama-tiny-untied", "llama3-tiny", "mistral-tiny",
                            "qwen2-tiny", "qwen3-tiny", "gemma2-tiny", "gemma3-tiny", "pythia-tiny", "pythia-tiny-sequential"]
