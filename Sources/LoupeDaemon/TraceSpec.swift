@@ -64,7 +64,7 @@ struct TraceSpec {
             "token_layers": MessageValue(result.tokenLayers), "plain_token_layers": MessageValue(result.plainTokenLayers)]
         if let backward = result.backward {
             reply["backward"] = ["saved_bytes": MessageValue(backward.savedBytes), "peak_bytes": MessageValue(backward.peakBytes),
-                                 "records": MessageValue(backward.records)]
+                                 "records": MessageValue(backward.records), "bound_bytes": MessageValue(backward.boundBytes)]
         }
         return reply
     }

@@ -70,7 +70,8 @@ public final class TraceRunner: @unchecked Sendable {
         let tape = GradientTape()
         let (hooks, work) = try tape.recording { try forward(compiled, cancelled: cancelled, shareRows: false) }
         try hooks.runBackward(tape)
-        return hooks.result(work, backward: BackwardStats(savedBytes: tape.savedBytes, peakBytes: tape.peakBytes, records: tape.recordCount))
+        return hooks.result(work, backward: BackwardStats(savedBytes: tape.savedBytes, peakBytes: tape.peakBytes, records: tape.recordCount,
+                                                          boundBytes: compiled.backwardBytes ?? 0))
     }
 
     /// The forward pass: its hooks (holding the values) and the token-layers it computed.

@@ -90,6 +90,8 @@ public struct BackwardStats: Sendable {
     public let peakBytes: Int
     /// Ops recorded.
     public let records: Int
+    /// The bound a limit checked before the pass (`CompiledTrace.backwardBytes`).
+    public let boundBytes: Int
 }
 
 public enum LogitMode: String, Sendable {

@@ -319,6 +319,7 @@ final class LimitTests: XCTestCase {
         XCTAssertGreaterThan(backward["peak_bytes"]?.intValue ?? 0, 0)
         XCTAssertGreaterThan(backward["saved_bytes"]?.intValue ?? 0, 0)
         XCTAssertGreaterThan(backward["records"]?.intValue ?? 0, 0)
+        XCTAssertGreaterThanOrEqual(backward["bound_bytes"]?.intValue ?? 0, backward["peak_bytes"]?.intValue ?? .max)
         let long = MessageValue(Array(1...32))
         let error = try live.expectError(.tooLarge, "trace", ["model": "tiny", "invokes": [long, long, long, long], "nodes": .array(nodes)])
         XCTAssertEqual(error.field, "nodes.3")
