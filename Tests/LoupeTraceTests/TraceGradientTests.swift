@@ -118,12 +118,20 @@ final class TraceGradientTests: XCTestCase {
     // MARK: Every trace op, against central differences
 
     /// The scalar `build` makes, differentiated by the trace and by central differences along
-    /// random directions. `build(&t, δ)` returns the scalar and the node whose gradient is
-    /// read; δ (a constant node, nil in the gradient's own run) is the perturbation, which
-    /// `build` adds where that node's value is used.
-    func checkAgainstDifferences(_ what: String, model: String = "gpt2-tiny", _ invocations: [[Int]] = [tokens], step: Float = 0.01,
-                                 file: StaticString = #filePath, line: UInt = #line,
+    /// random directions, on the tiny GPT-2 and Llama. `build(&t, δ)` returns the scalar and
+    /// the node whose gradient is read; δ (a constant node, nil in the gradient's own run) is
+    /// the perturbation, which `build` adds where that node's value is used.
+    func checkAgainstDifferences(_ what: String, models: [String] = ["gpt2-tiny", "llama-tiny"], _ invocations: [[Int]] = [tokens],
+                                 step: Float = 0.01, file: StaticString = #filePath, line: UInt = #line,
                                  _ build: (inout TraceBuilder, TraceValue?) -> (scalar: TraceValue, of: TraceValue)) throws {
+        for model in models {
+            try checkAgainstDifferences("\(model) \(what)", model: model, invocations, step: step, file: file, line: line, build)
+        }
+    }
+
+    private func checkAgainstDifferences(_ what: String, model: String, _ invocations: [[Int]], step: Float,
+                                         file: StaticString, line: UInt,
+                                         _ build: (inout TraceBuilder, TraceValue?) -> (scalar: TraceValue, of: TraceValue)) throws {
         let runner = try Fixtures.shared.runner(model)
         var t = TraceBuilder()
         let (s, x) = build(&t, nil)
@@ -208,7 +216,9 @@ final class TraceGradientTests: XCTestCase {
                 t.add("pow", ["x": 1.3, "y": a]),
                 t.add("sub", ["x": 3, "y": row]),
             ]
-            return (add(&t, terms.enumerated().map { weightedSum(&t, $1, [1], seed: 10 + UInt64($0)) }), h)
+            // Weights of either sign keep the sum, and its float32 rounding, small.
+            let shapes = [[6, 16], [6, 16], [16], [6, 16], [6, 16], [16]]
+            return (add(&t, terms.enumerated().map { weightedSum(&t, $1, shapes[$0], seed: 10 + UInt64($0)) }), h)
         }
     }
 
@@ -336,7 +346,7 @@ final class TraceGradientTests: XCTestCase {
             let own = t.add("mul", ["x": t.logitDiff(t.get("logits", invoke: 0), 5, 9), "y": 0.5])
             return (t.add("add", ["x": patched, "y": own]), clean)
         }
-        try checkAgainstDifferences("steer, to its vector", model: "llama-tiny") { t, δ in
+        try checkAgainstDifferences("steer, to its vector") { t, δ in
             let vector = t.add("mul", ["x": t.index(t.get("blocks.0.resid_pre", invoke: 0), [0, 2]), "y": 0.5])
             let used = δ.map { t.add("add", ["x": vector, "y": $0]) } ?? vector
             t.add("intervene", ["name": "steer", "invoke": 0, "params": ["layers": [0, 1], "vector": used, "positions": [1, -1]]])
