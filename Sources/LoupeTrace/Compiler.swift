@@ -15,6 +15,7 @@ enum Operand {
     case node(Int)
     case literal(Tensor)
 
+    /// The node, when the operand is one.
     var node: Int? { if case .node(let n) = self { return n } else { return nil } }
 }
 
@@ -425,21 +426,15 @@ struct Compiler {
 
     private func make(_ reader: NodeReader, _ op: Op, shape: [Int]?, inputs: [Operand], alias: SiteAlias? = nil,
                       event extra: Event = .start) throws(TraceError) -> CompiledNode {
-        let indices = inputs.compactMap { o -> Int? in if case .node(let n) = o { return n }; return nil }
+        let indices = inputs.compactMap(\.node)
         if let shape { try Compiler.checkSize(shape, reader, "op") }
         return CompiledNode(id: reader.id, op: op, shape: shape, event: max(event(of: inputs), extra), alias: alias, inputs: indices,
                             inBackward: indices.contains { nodes[$0].inBackward })
     }
 
-    /// True when `o` is a value that exists only during the backward.
-    private func needsGradient(_ o: Operand) -> Bool {
-        if case .node(let n) = o { return nodes[n].inBackward }
-        return false
-    }
-
     /// Refuses a write into the forward pass that needs a gradient: the pass is over by then.
     private func checkForward(_ o: Operand, _ r: NodeReader, _ key: String) throws(TraceError) {
-        if needsGradient(o) {
+        if let n = o.node, nodes[n].inBackward {
             throw r.error(.outOfOrder, key, "this writes into the forward pass a value computed from a gradient, which exists only once the pass is over and the backward runs")
         }
     }
@@ -783,7 +778,7 @@ struct Compiler {
         }
         let last = compiled.map(\.event).max() ?? paramEvent
         return CompiledNode(id: r.id, op: .intervene(compiled, tensors: tensors), shape: nil, event: last, alias: nil,
-                            inputs: inputs.compactMap { if case .node(let n) = $0 { return n }; return nil })
+                            inputs: inputs.compactMap(\.node))
     }
 }
 

@@ -167,7 +167,7 @@ class Proxy:
         self._trace, self._id, self._shape = trace, node_id, tuple(int(n) for n in shape)
         self._value = None
         self._saved = False
-        self._gradient_of = None  # for `x.grad`: the node of x, which writes into it replace its gradient
+        self._gradient_of = None  # on `x.grad`: x's node, whose gradient a write into this one replaces
 
     # -- state ---------------------------------------------------------------------------
 
