@@ -72,6 +72,14 @@ public final class Gradients {
             for i in 0..<target.count { t[i] += g[i] }
             return
         }
+        if target.rank == 2 && target.strides[1] == 1 && target.strides[0] > 0 && gradient.isContiguous {  // a column slice
+            let (rows, columns, stride) = (target.shape[0], target.shape[1], target.strides[0])
+            for row in 0..<rows {
+                let t = target.data + row * stride, g = gradient.data + row * columns
+                for i in 0..<columns { t[i] += g[i] }
+            }
+            return
+        }
         let to = TensorMath.offsets(target), from = TensorMath.offsets(gradient)
         let t = target.storage.pointer, g = gradient.storage.pointer
         for i in 0..<to.count { t[to[i]] += g[from[i]] }
