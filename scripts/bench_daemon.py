@@ -138,7 +138,7 @@ def main():
 
         # 1. hello against the daemon and against the echo, interleaved in rounds so that
         # both see the same machine.
-        hello = {"id": 1, "op": "hello", "protocol": 2}
+        hello = {"id": 1, "op": "hello", "protocol": 3}
         loupe_times, echo_times = [], []
         for _ in range(5):
             loupe_times += round_trips(endpoint, args.count // 5, hello)[0]

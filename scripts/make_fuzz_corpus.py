@@ -146,6 +146,28 @@ def batched_residual():
     return trace(nodes, invokes=invokes)
 
 
+def attribution():
+    """Attribution patching at layer 0's output, with the gradient of layer 1's doubled on the way."""
+    nodes = [
+        {"id": 0, "op": "get", "site": "blocks.0.resid_post", "invoke": 0},
+        {"id": 1, "op": "get", "site": "blocks.0.resid_post", "invoke": 1},
+        {"id": 2, "op": "get", "site": "blocks.1.resid_post", "invoke": 1},
+        {"id": 3, "op": "get", "site": "logits", "invoke": 1},
+    ] + logit_diff(3, 4)
+    nodes += [
+        {"id": 10, "op": "backward", "x": {"ref": 8}},
+        {"id": 11, "op": "grad", "x": {"ref": 2}},
+        {"id": 12, "op": "mul", "x": {"ref": 11}, "y": 2},
+        {"id": 13, "op": "set_grad", "x": {"ref": 2}, "value": {"ref": 12}},
+        {"id": 14, "op": "grad", "x": {"ref": 1}},
+        {"id": 15, "op": "sub", "x": {"ref": 0}, "y": {"ref": 1}},
+        {"id": 16, "op": "mul", "x": {"ref": 15}, "y": {"ref": 14}},
+        {"id": 17, "op": "sum", "x": {"ref": 16}, "dim": -1},
+        {"id": 18, "op": "save", "x": {"ref": 17}, "name": "attribution"},
+    ]
+    return trace(nodes)
+
+
 def math_ops():
     x = tensor("f32", [2, 3], [1.0, -2.0, 3.5, 0.0, 4.0, -1.0])
     return trace([
@@ -179,6 +201,7 @@ def messages():
     yield "trace-ablate-steer-frames", in_frames(ablate_and_steer())
     yield "trace-batched-residual", [msgpack.packb(batched_residual(), use_bin_type=True)]
     yield "trace-math", in_frames(math_ops())
+    yield "trace-attribution", [msgpack.packb(attribution(), use_bin_type=True)]
     yield "models-load-outside", [msgpack.packb({"id": 5, "op": "models.load", "name": "x", "source": "../../etc/passwd"})]
     yield "jobs-result", [msgpack.packb({"id": 6, "op": "jobs.result", "job": 1, "mode": "stream"})]
 

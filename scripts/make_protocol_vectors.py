@@ -8,9 +8,10 @@ for numbers the model computes, from the HF reference activations committed with
 fixture models (Tests/Fixtures/models/*/expected.safetensors), never from Loupe's own
 output. Sweeps and traces patch activations, which the reference files cannot show: their
 numbers come from a float64 numpy GPT-2 written here, checked first against those HF
-reference logits, running every patch as its own full forward pass; an attribution
-sweep's estimates are the metric's derivatives along each unit's (clean - corrupted)
-value, taken there by central differences. Replay with scripts/conformance.py or the Swift ConformanceTests against a daemon
+reference logits, running every patch as its own full forward pass; the gradients a trace
+reads, and an attribution sweep's estimates (the metric's derivatives along each unit's
+clean - corrupted value), are central differences of that float64 model. Replay with
+scripts/conformance.py or the Swift ConformanceTests against a daemon
 serving with --models-dir Tests/Fixtures/models.
 
 Needs msgpack and numpy. Run from anywhere: python3 scripts/make_protocol_vectors.py
@@ -32,7 +33,7 @@ VARIABLE = ["server_version", "job", "timing", "load_seconds", "idle_seconds", "
             "requests", "rss_bytes", "pid", "endpoint", "error.message", "path", "source",
             "models.*.idle_seconds", "models.*.path", "models.*.source"]
 
-PROTOCOL = 2
+PROTOCOL = 3
 
 OPS = ["hello", "models.list", "models.load", "models.unload", "models.describe", "tokenize", "detokenize", "forward",
        "sweep", "trace", "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
@@ -60,7 +61,7 @@ def safetensors(path):
 TRACE_OPS = ["get", "set", "constant", "index", "setindex", "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "abs",
              "sqrt", "matmul", "sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax", "reshape", "view",
              "transpose", "permute", "split_heads", "merge_heads", "clone", "zeros_like", "ones_like", "full_like", "full",
-             "cat", "stack", "topk", "intervene", "save"]
+             "cat", "stack", "topk", "intervene", "save", "backward", "grad", "set_grad"]
 INTERVENTIONS = ["ablate", "head_patch", "residual_patch", "steer"]
 
 
@@ -291,7 +292,6 @@ def vectors():
         "dtype": "i32", "shape": [1, 3], "data": struct.pack("<2i", 1, 2)}}, error("shape_mismatch", "tokens"), []
     yield from sweep_vectors(model, cases)
     yield from trace_vectors(model, cases)
-    yield from attribution_vectors(model, cases)
     yield "forward-unknown-model", {"op": "forward", "model": "nope", "tokens": [[1]]}, error("unknown_model", "model"), []
     yield "jobs-status-not-found", {"op": "jobs.status", "job": 123456}, error("not_found", "job"), []
     yield "models-unload", {"op": "models.unload", "name": "tiny"}, {**ok, "name": "tiny", "freed": True}, []
@@ -299,6 +299,12 @@ def vectors():
         error("not_found", "source"), ["job"]
     # An id of a type PROTOCOL.md does not give it: refused, and the reply's id is nil.
     yield "id-wrong-type", {"id": [1], "op": "hello"}, {"id": None, **error("bad_request", "id")}, []
+    # Added with version 3, after the others so that theirs keep their numbers.
+    yield "models-load-tiny-again", {"op": "models.load", "name": "tiny", "source": "gpt2-tiny"}, {
+        **ok, "name": "tiny", "architecture": "gpt2", "path": "", "dimensions": GPT2_DIMENSIONS, "load_seconds": 0.0,
+        "shared": False, "job": 0, "timing": {}}, []
+    yield from gradient_vectors(model, cases)
+    yield from attribution_vectors(model, cases)
 
 
 def sweep_vectors(model, cases):
@@ -523,6 +529,103 @@ def trace_vectors(model, cases):
     yield "trace-forward-reference", {**one, "nodes": [{"id": 0, "op": "save", "x": {"ref": 1}, "name": "x"},
                                                        {"id": 1, "op": "constant", "value": 1}]}, \
         node_error("bad_request", "nodes.0.x", 0), []
+
+
+def resid_gradient(model, ids, layer, score):
+    """d score(the last position's logits) / d resid_post.layer [len, hidden], by central
+    differences of the float64 model, element by element."""
+    record = {}
+    model.forward(ids, record=record)
+    gradient = np.zeros_like(record[f"resid_post.{layer}"])
+    step = 1e-6
+    for index in np.ndindex(gradient.shape):
+        def moved(by, index=index):
+            def edit(value):
+                value[index] += by
+                return value
+            return score(model.forward(ids, edit=("resid_post", layer, edit))[-1])
+        gradient[index] = (moved(step) - moved(-step)) / (2 * step)
+    return gradient
+
+
+def gradient_vectors(model, cases):
+    """Attribution patching as a trace (the gradient of the corrupted run's logit difference at
+    each layer's output, and (clean - corrupted) . gradient summed over hidden), a set_grad,
+    and the gradient errors."""
+    clean = cases[0]
+    corrupted = list(clean)
+    corrupted[3] = 7
+    n = len(clean)
+
+    def score(logits):
+        return logits[1] - logits[2]
+
+    record = {}
+    model.forward(clean, record=record)
+    clean_resid = record["resid_post.0"]
+    record = {}
+    model.forward(corrupted, record=record)
+    corrupted_resid = record["resid_post.0"]
+    gradients = [resid_gradient(model, corrupted, layer, score) for layer in range(model.layers)]
+    attribution = ((clean_resid - corrupted_resid) * gradients[0]).sum(-1)
+
+    def f32(array, shape):
+        return {"dtype": "f32", "shape": shape, "data": np.ascontiguousarray(array, dtype="<f4").tobytes()}
+
+    nodes = [
+        {"id": 0, "op": "get", "site": "blocks.0.resid_post", "invoke": 0},
+        {"id": 1, "op": "get", "site": "blocks.0.resid_post", "invoke": 1},
+        {"id": 2, "op": "get", "site": "blocks.1.resid_post", "invoke": 1},
+        {"id": 3, "op": "get", "site": "logits", "invoke": 1},
+        {"id": 4, "op": "index", "x": {"ref": 3}, "key": [0, -1, 1]},
+        {"id": 5, "op": "index", "x": {"ref": 3}, "key": [0, -1, 2]},
+        {"id": 6, "op": "sub", "x": {"ref": 4}, "y": {"ref": 5}},
+        {"id": 7, "op": "backward", "x": {"ref": 6}},
+        {"id": 8, "op": "grad", "x": {"ref": 1}},
+        {"id": 9, "op": "grad", "x": {"ref": 2}},
+        {"id": 10, "op": "sub", "x": {"ref": 0}, "y": {"ref": 1}},
+        {"id": 11, "op": "mul", "x": {"ref": 10}, "y": {"ref": 8}},
+        {"id": 12, "op": "sum", "x": {"ref": 11}, "dim": -1},
+        {"id": 13, "op": "save", "x": {"ref": 12}, "name": "attribution"},
+        {"id": 14, "op": "save", "x": {"ref": 8}, "name": "grad_0"},
+        {"id": 15, "op": "save", "x": {"ref": 9}, "name": "grad_1"},
+    ]
+    common = {"status": "ok", "logits": "last", "slots": 2 * n, "rows": 0, "token_layers": 0,
+              "plain_token_layers": 2 * n * model.layers, "backward": {"saved_bytes": 0, "peak_bytes": 0, "records": 0},
+              "job": 0, "timing": {}}
+    variable = ["rows", "token_layers", "backward.saved_bytes", "backward.peak_bytes", "backward.records"]
+    request = {"op": "trace", "model": "tiny", "invokes": [clean, corrupted]}
+    yield "trace-gradients-attribution", {**request, "nodes": nodes}, {
+        **common, "names": ["attribution", "grad_0", "grad_1"],
+        "saved": {"attribution": f32(attribution, [1, n]), "grad_0": f32(gradients[0], [1, n, 64]),
+                  "grad_1": f32(gradients[1], [1, n, 64])}}, variable
+    # nnsight's `h.grad = h.grad * 2` at layer 1's output: layer 0's gradient doubles.
+    doubling = nodes[:10] + [
+        {"id": 10, "op": "mul", "x": {"ref": 9}, "y": 2},
+        {"id": 11, "op": "set_grad", "x": {"ref": 2}, "value": {"ref": 10}},
+        {"id": 12, "op": "save", "x": {"ref": 8}, "name": "grad_0"},
+    ]
+    yield "trace-set-grad", {**request, "nodes": doubling}, {
+        **common, "names": ["grad_0"], "saved": {"grad_0": f32(2 * gradients[0], [1, n, 64])}}, variable
+
+    one = {"op": "trace", "model": "tiny", "invokes": [[1, 2]]}
+    resid = {"id": 0, "op": "get", "site": "blocks.0.resid_post"}
+    difference = [{"id": 1, "op": "get", "site": "logits"}, {"id": 2, "op": "index", "x": {"ref": 1}, "key": [0, -1, 1]}]
+    yield "trace-backward-of-a-tensor", {**one, "nodes": [resid, {"id": 1, "op": "backward", "x": {"ref": 0}}]}, \
+        node_error("shape_mismatch", "nodes.1.x", 1), []
+    yield "trace-second-backward", {**one, "nodes": [*difference, {"id": 3, "op": "backward", "x": {"ref": 2}},
+                                                     {"id": 4, "op": "backward", "x": {"ref": 2}}]}, \
+        node_error("bad_request", "nodes.3.op", 4), []
+    yield "trace-grad-without-backward", {**one, "nodes": [resid, {"id": 1, "op": "grad", "x": {"ref": 0}}]}, \
+        node_error("bad_request", "nodes.1.op", 1), []
+    yield "trace-write-from-a-gradient", {**one, "nodes": [
+        resid, *difference, {"id": 3, "op": "backward", "x": {"ref": 2}}, {"id": 4, "op": "grad", "x": {"ref": 0}},
+        {"id": 5, "op": "set", "site": "blocks.1.resid_post", "value": {"ref": 4}}]}, \
+        node_error("out_of_order", "nodes.5.value", 5), []
+    yield "trace-gradient-of-an-independent-value", {**one, "nodes": [
+        resid, {"id": 1, "op": "get", "site": "blocks.1.resid_post"}, {"id": 2, "op": "sum", "x": {"ref": 0}},
+        {"id": 3, "op": "backward", "x": {"ref": 2}}, {"id": 4, "op": "grad", "x": {"ref": 1}}]}, \
+        node_error("bad_request", "nodes.4.x", 4), []
 
 
 def node_error(code, field, node):

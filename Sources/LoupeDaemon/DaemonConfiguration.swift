@@ -24,6 +24,8 @@ public struct DaemonConfiguration: Sendable {
     public var limits = DecodeLimits.standard
     /// Bytes one trace's saved values may take (RELIABILITY.md, "Limits").
     public var maxSavedBytes = 256 << 20
+    /// Bytes one trace's backward may hold, by the bound known at validation.
+    public var maxBackwardBytes = 2048 << 20
     /// Seconds one job may run before it is stopped with `too_large`; 0: no limit.
     public var maxJobSeconds: Double = 3600
     /// The float32 bytes one model's weights may declare: a larger model is refused from its

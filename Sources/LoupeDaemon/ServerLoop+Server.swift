@@ -25,6 +25,7 @@ extension ServerLoop {
                        "max_batch_tokens": MessageValue(configuration.maxBatchTokens),
                        "max_queue": MessageValue(configuration.maxQueue),
                        "max_saved_bytes": MessageValue(configuration.maxSavedBytes),
+                       "max_backward_bytes": MessageValue(configuration.maxBackwardBytes),
                        "max_job_seconds": MessageValue(configuration.maxJobSeconds),
                        "max_client_jobs": MessageValue(configuration.maxClientJobs),
                        "max_model_bytes": MessageValue(configuration.maxModelBytes)],

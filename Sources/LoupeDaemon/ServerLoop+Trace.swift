@@ -12,7 +12,8 @@ extension ServerLoop {
         let spec = try TraceSpec(request, model: instance, configuration: configuration, interventions: interventions)
         try checkRoom(on: instance, name: name)
         let job = try makeJob(op: "trace", model: name, for: request)
-        job.control.setTotal(instance.model.dimensions.layers)
+        // Layers of the forward pass, then of the backward when there is one.
+        job.control.setTotal(instance.model.dimensions.layers * (spec.compiled.backwardNode == nil ? 1 : 2))
         let (inbox, jobID, interval, runner) = (self.inbox, job.id, configuration.progressInterval, spec.runner)
         let plan = UncheckedCompiledTrace(compiled: spec.compiled)
         enqueue(job, on: instance) { control in

@@ -48,14 +48,24 @@ struct TraceSpec {
         if compiled.savedBytes > configuration.maxSavedBytes {
             throw ProtocolError(.tooLarge, "the saved values would take \(compiled.savedBytes) bytes, more than the \(configuration.maxSavedBytes) one trace may save (loupe serve --max-saved-mb); save less or index first", field: "nodes")
         }
+        if let bytes = compiled.backwardBytes, bytes > configuration.maxBackwardBytes, let node = compiled.backwardNode {
+            throw ProtocolError(.tooLarge, "the backward could hold up to \(bytes) bytes, more than the \(configuration.maxBackwardBytes) one trace's backward may (loupe serve --max-backward-mb); use fewer or shorter invocations",
+                                field: "nodes.\(node.position)", node: node.id)
+        }
     }
 
     /// The reply's fields (PROTOCOL.md, `trace`).
     static func reply(_ result: TraceResult) -> [String: MessageValue] {
         var saved = [String: MessageValue]()
         for (key, tensor) in result.saved { saved[key] = WireTensor(tensor).messageValue }
-        return ["saved": .map(saved), "names": MessageValue(result.names), "logits": .string(result.logits.rawValue),
-                "slots": MessageValue(result.slots), "rows": MessageValue(result.rows),
-                "token_layers": MessageValue(result.tokenLayers), "plain_token_layers": MessageValue(result.plainTokenLayers)]
+        var reply: [String: MessageValue] = [
+            "saved": .map(saved), "names": MessageValue(result.names), "logits": .string(result.logits.rawValue),
+            "slots": MessageValue(result.slots), "rows": MessageValue(result.rows),
+            "token_layers": MessageValue(result.tokenLayers), "plain_token_layers": MessageValue(result.plainTokenLayers)]
+        if let backward = result.backward {
+            reply["backward"] = ["saved_bytes": MessageValue(backward.savedBytes), "peak_bytes": MessageValue(backward.peakBytes),
+                                 "records": MessageValue(backward.records), "bound_bytes": MessageValue(backward.boundBytes)]
+        }
+        return reply
     }
 }

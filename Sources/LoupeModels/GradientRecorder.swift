@@ -53,3 +53,23 @@ extension LanguageModel {
         return BackwardResult(logits: output, metric: value, savedBytes: tape.savedBytes, peakBytes: tape.peakBytes)
     }
 }
+
+extension ModelDimensions {
+    /// An upper bound on the bytes a backward through one forward pass of `rows` sequences of
+    /// `length` token slots holds at once, `logitRows` slots of them unembedded: what its
+    /// records save, and the gradients alive at once. A limit reads it to refuse a backward
+    /// before it starts. Per layer and slot the kernels save at most the norms' inputs, q, k
+    /// and v (q and k twice where heads are normalized), the MLP's inner values (gate and up,
+    /// or the activation's input) and the attention pattern's row, twice (the pattern's own
+    /// backward and the values'); the pattern makes the bound grow with the square of the length.
+    /// BackwardMemoryTests measures every fixture architecture and SmolLM2 against it.
+    public func backwardBytes(rows: Int, length: Int, logitRows: Int) -> Int {
+        let slots = rows * length
+        let attention = (heads + 2 * keyValueHeads) * headDim
+        let saved = layers * slots * (4 * hidden + 3 * intermediate + 2 * attention + 2 * heads * length)
+            + slots * hidden + logitRows * vocabulary
+        // Gradients alive at once: the residual stream's, one layer's values', the logits'.
+        let live = slots * (6 * hidden + 4 * intermediate + 2 * attention + 3 * heads * length) + logitRows * vocabulary
+        return 4 * (saved + live)
+    }
+}

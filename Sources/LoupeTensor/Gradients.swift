@@ -72,6 +72,14 @@ public final class Gradients {
             for i in 0..<target.count { t[i] += g[i] }
             return
         }
+        if target.rank == 2 && target.strides[1] == 1 && target.strides[0] > 0 && gradient.isContiguous {  // a column slice
+            let (rows, columns, stride) = (target.shape[0], target.shape[1], target.strides[0])
+            for row in 0..<rows {
+                let t = target.data + row * stride, g = gradient.data + row * columns
+                for i in 0..<columns { t[i] += g[i] }
+            }
+            return
+        }
         let to = TensorMath.offsets(target), from = TensorMath.offsets(gradient)
         let t = target.storage.pointer, g = gradient.storage.pointer
         for i in 0..<to.count { t[to[i]] += g[from[i]] }
@@ -168,6 +176,13 @@ public final class GradientTape: @unchecked Sendable {
     /// replacing the gradient of a value as it flows past).
     public func probe(_ value: Tensor, _ body: @escaping (Gradients) throws -> Void) {
         append(output: value, inputs: [], body)
+    }
+
+    /// Records a point of the backward where `body` runs, touching no gradient: a caller
+    /// marking where its own ops begin and end (to say whose op a failing record was), or
+    /// where a layer's backward is done (to stop a cancelled one). Not counted in `recordCount`.
+    public func mark(_ body: @escaping () throws -> Void) {
+        records.append(Record(touches: [], backward: { _ in try body() }))
     }
 
     private func append(output: Tensor, inputs: [Tensor], _ backward: @escaping (Gradients) throws -> Void) {

@@ -279,20 +279,17 @@ public enum Activation: Sendable {
         }
     }
 
-    /// d activation / dx at x, for the backward.
-    func derivative(_ x: Float) -> Float {
+    /// (activation, d activation / dx) at x, for the backward: one exponential or tanh each.
+    func valueAndDerivative(_ x: Float) -> (value: Float, derivative: Float) {
         switch self {
         case .silu:
             let s = 1 / (1 + Foundation.exp(-x))
-            return s * (1 + x * (1 - s))
+            return (x * s, s * (1 + x * (1 - s)))
         case .geluTanh:
             let t = Foundation.tanh(Self.geluScale * (x + 0.044715 * x * x * x))
-            return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * Self.geluScale * (1 + 3 * 0.044715 * x * x)
+            return (0.5 * x * (1 + t), 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * Self.geluScale * (1 + 3 * 0.044715 * x * x))
         }
     }
-
-    /// The activation at one x (the backward's recomputation).
-    func value(_ x: Float) -> Float { callAsFunction(SIMD8<Float>(repeating: x))[0] }
 }
 
 /// Records an element-wise in-place op on `x` whose derivative at each element depends only
@@ -302,7 +299,9 @@ private func recordPointwise(_ x: Tensor, _ derivative: @escaping (Float) -> Flo
         let (view, old) = (GradientView(x), tape.save(x))
         return { g in
             guard let dy = g.of(view) else { return }
-            for i in 0..<old.count { dy.data[i] *= derivative(old.data[i]) }
+            Parallel.forEachChunk(old.count, costPerItem: 16) { range in
+                for i in range { dy.data[i] *= derivative(old.data[i]) }
+            }
         }
     }
 }
@@ -310,7 +309,7 @@ private func recordPointwise(_ x: Tensor, _ derivative: @escaping (Float) -> Flo
 /// GPT-2's GELU (the tanh approximation, HF's NewGELUActivation), in place.
 public func geluTanhInPlace(_ x: Tensor) {
     precondition(x.isContiguous)
-    recordPointwise(x, Activation.geluTanh.derivative)
+    recordPointwise(x) { Activation.geluTanh.valueAndDerivative($0).derivative }
     let p = x.data
     Parallel.forEachChunk(x.count, costPerItem: 4) { range in
         mapVectors(p + range.lowerBound, p + range.lowerBound, count: range.count) { Activation.geluTanh($0) }
@@ -358,10 +357,13 @@ public func gated(_ activation: Activation, _ gate: Tensor, _ up: Tensor?) -> Te
         return { g in
             guard let dy = g.of(from) else { return }
             let dGate = Tensor(zeros: savedGate.shape), dUp = Tensor(zeros: savedGate.shape)
-            for i in 0..<savedGate.count {
-                let x = savedGate.data[i], u = savedUp?.data[i] ?? 1
-                dGate.data[i] = dy.data[i] * u * activation.derivative(x)
-                dUp.data[i] = dy.data[i] * activation.value(x)
+            let (d, x, u) = (dy.contiguous().data, savedGate.data, savedUp?.data)
+            Parallel.forEachChunk(savedGate.count, costPerItem: 16) { range in
+                for i in range {
+                    let (value, derivative) = activation.valueAndDerivative(x[i])
+                    dGate.data[i] = d[i] * (u?[i] ?? 1) * derivative
+                    dUp.data[i] = d[i] * value
+                }
             }
             g.add(dGate, to: gateView)
             if let upView { g.add(dUp, to: upView) }

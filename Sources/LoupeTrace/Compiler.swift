@@ -14,6 +14,9 @@ struct Event: Comparable {
 enum Operand {
     case node(Int)
     case literal(Tensor)
+
+    /// The node, when the operand is one.
+    var node: Int? { if case .node(let n) = self { return n } else { return nil } }
 }
 
 /// A site read or written by one invocation.
@@ -43,6 +46,20 @@ enum Op {
     case topk(Int, k: Int, dim: Int, largest: Bool, indices: Bool)
     case intervene([CompiledStep], tensors: [String: Operand])
     case save(Int, name: String)
+    /// The scalar the backward differentiates.
+    case backward(Int)
+    /// The gradient of node x's value, read where it flows (`Probe`).
+    case grad(Int)
+    /// Replaces the gradient of node x's value where it flows.
+    case setGrad(Int, value: Operand)
+
+    /// The node whose value's gradient a `grad` or `set_grad` reads or replaces.
+    var gradientOf: Int? {
+        switch self {
+        case .grad(let x), .setGrad(let x, _): return x
+        default: return nil
+        }
+    }
 }
 
 /// The site and invocation whose live value a node's value views.
@@ -70,6 +87,24 @@ struct CompiledNode {
     var aliasSite: Int? { alias?.order }
     /// Node indices this node reads.
     let inputs: [Int]
+    /// True when the value needs a gradient (a `grad`, `set_grad` and what depends on them):
+    /// the node runs during the backward.
+    var inBackward = false
+}
+
+/// Where the backward reads or replaces a gradient: a site's value for one invocation as
+/// the pass leaves the site, or a node's value where the node computed it.
+enum ProbeTarget: Hashable {
+    case site(order: Int, invoke: Int)
+    case node(Int)
+}
+
+/// A point of the forward pass the backward stops at, and the nodes that run there: the
+/// gradient is then the one flowing through the target's value at that point.
+struct Probe {
+    let target: ProbeTarget
+    /// Backward nodes, in trace order.
+    var nodes: [Int] = []
 }
 
 /// A trace checked against a model: every node typed, shaped and scheduled.
@@ -94,10 +129,21 @@ public struct CompiledTrace {
     /// (attention is causal), so with shared rows the write is left out and the invocation
     /// keeps sharing.
     let noOpWrites: Set<Int>
+    /// The `backward` node, if any.
+    let backward: Int?
+    /// Where the backward stops to run nodes (`Task.probe` places them in the forward pass).
+    let probes: [Probe]
+    /// An upper bound on the bytes the backward holds at once (nil without a backward).
+    public let backwardBytes: Int?
+
+    /// The `backward` node's id and its place in the request's `nodes`, for errors about it.
+    public var backwardNode: (id: Int, position: Int)? { backward.map { (nodes[$0].id, $0) } }
 
     enum Task {
         case node(Int)
         case step(node: Int, step: Int)
+        /// Records `probes[n]` on the tape.
+        case probe(Int)
     }
 
     /// Bytes the saved values take as float32, known before anything runs (the daemon's
@@ -116,7 +162,7 @@ public struct CompiledTrace {
         "matmul", "sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax",
         "reshape", "view", "transpose", "permute", "split_heads", "merge_heads",
         "clone", "zeros_like", "ones_like", "full_like", "full", "cat", "stack", "topk",
-        "intervene", "save",
+        "intervene", "save", "backward", "grad", "set_grad",
     ]
 }
 
@@ -134,6 +180,8 @@ struct Compiler {
     private var nodes: [CompiledNode] = []
     private var indexOfID: [Int: Int] = [:]
     private var savedNames: Set<String> = []
+    /// The `backward` node's index, once one is compiled.
+    private var backwardNode: Int?
     /// Elements of the values computed so far that are not views of a site.
     private var ownElements = 0
 
@@ -188,7 +236,38 @@ struct Compiler {
             indexOfID[id] = nodes.count
             nodes.append(node)
         }
+        try checkGradients()
         return nodes
+    }
+
+    /// A `grad` or `set_grad` needs the backward, and a value the backward's scalar can depend
+    /// on: one the model computes after every site the scalar depends on cannot change it.
+    private func checkGradients() throws(TraceError) {
+        let asks = nodes.indices.filter { nodes[$0].op.gradientOf != nil }
+        guard let b = backwardNode, case .backward(let scalar) = nodes[b].op else {
+            if let first = asks.first {
+                throw TraceError(.badRequest, node: nodes[first].id, field: "nodes.\(first).op",
+                                 "a gradient needs a backward node in the trace: {op: \"backward\", x: the scalar to differentiate}")
+            }
+            return
+        }
+        for n in asks {
+            let x = nodes[n].op.gradientOf!
+            let site = gradientSite(x)
+            if site > nodes[scalar].event.site {
+                throw TraceError(.badRequest, node: nodes[n].id, field: "nodes.\(n).x",
+                                 "the backward's scalar (node \(nodes[scalar].id), of node \(nodes[b].id)) does not depend on node \(nodes[x].id): the model computes \(sites[site].site).\(sites[site].io.rawValue) after every site the scalar depends on")
+            }
+        }
+    }
+
+    /// The site a gradient of node x's value is taken at: a site's own for its value, else
+    /// the latest site x depends on.
+    private func gradientSite(_ x: Int) -> Int {
+        switch nodes[x].op {
+        case .get(let ref), .set(let ref, _): return ref.order
+        default: return nodes[x].event.site
+        }
     }
 
     // MARK: Helpers
@@ -231,8 +310,12 @@ struct Compiler {
     }
 
     private func opName(_ op: Op) -> String {
-        if case .intervene = op { return "intervene" }
-        return "node"
+        switch op {
+        case .intervene: return "intervene"
+        case .backward: return "backward"
+        case .setGrad: return "set_grad"
+        default: return "node"
+        }
     }
 
     private func operand(_ value: TraceValue?, _ reader: NodeReader, _ key: String) throws(TraceError) -> Operand {
@@ -343,9 +426,17 @@ struct Compiler {
 
     private func make(_ reader: NodeReader, _ op: Op, shape: [Int]?, inputs: [Operand], alias: SiteAlias? = nil,
                       event extra: Event = .start) throws(TraceError) -> CompiledNode {
-        let indices = inputs.compactMap { o -> Int? in if case .node(let n) = o { return n }; return nil }
+        let indices = inputs.compactMap(\.node)
         if let shape { try Compiler.checkSize(shape, reader, "op") }
-        return CompiledNode(id: reader.id, op: op, shape: shape, event: max(event(of: inputs), extra), alias: alias, inputs: indices)
+        return CompiledNode(id: reader.id, op: op, shape: shape, event: max(event(of: inputs), extra), alias: alias, inputs: indices,
+                            inBackward: indices.contains { nodes[$0].inBackward })
+    }
+
+    /// Refuses a write into the forward pass that needs a gradient: the pass is over by then.
+    private func checkForward(_ o: Operand, _ r: NodeReader, _ key: String) throws(TraceError) {
+        if let n = o.node, nodes[n].inBackward {
+            throw r.error(.outOfOrder, key, "this writes into the forward pass a value computed from a gradient, which exists only once the pass is over and the backward runs")
+        }
     }
 
     // MARK: Ops
@@ -360,6 +451,7 @@ struct Compiler {
         case "set":
             let ref = try site(r)
             let value = try operand(r.fields["value"], r, "value")
+            try checkForward(value, r, "value")
             let target = siteShape(ref)
             guard TensorMath.broadcasts(operandShape(value), to: target) else {
                 throw r.error(.shapeMismatch, "value", "cannot set \(ref.site) of shape \(target) to a value of shape \(operandShape(value))")
@@ -393,6 +485,7 @@ struct Compiler {
             guard TensorMath.broadcasts(operandShape(value), to: resolved.shape) else {
                 throw r.error(.shapeMismatch, "value", "cannot assign a value of shape \(operandShape(value)) to an indexed region of shape \(resolved.shape)")
             }
+            if nodes[x].alias != nil { try checkForward(value, r, "value") }
             let node = try make(r, .setIndex(x, resolved, value: value), shape: shape(x), inputs: [.node(x), value], alias: nodes[x].alias)
             if let alias = nodes[x].aliasSite, node.event.site > alias {
                 throw r.error(.outOfOrder, "value", "this write into \(sites[alias].site).\(sites[alias].io.rawValue) needs a value the model computes only after that site")
@@ -570,6 +663,42 @@ struct Compiler {
             savedNames.insert(name)
             return try make(r, .save(x, name: name), shape: shape(x), inputs: [.node(x)], alias: nodes[x].alias)
 
+        case "backward":
+            let x = try nodeIndex(r.fields["x"], r, "x")
+            if let first = backwardNode {
+                throw r.error(.badRequest, "op", "a trace takes one backward, and node \(nodes[first].id) is one already")
+            }
+            guard shape(x).reduce(1, *) == 1 else {
+                throw r.error(.shapeMismatch, "x", "backward needs a scalar (one element), but node \(nodes[x].id) has shape \(shape(x)): reduce it first (sum, mean, or index one element)")
+            }
+            if nodes[x].inBackward {
+                throw r.error(.outOfOrder, "x", "the backward's scalar depends on a gradient, which exists only once the backward runs")
+            }
+            guard nodes[x].event.site >= 0 else {
+                throw r.error(.badRequest, "x", "node \(nodes[x].id) depends on no value of the model: there is nothing to differentiate")
+            }
+            backwardNode = nodes.count
+            return try make(r, .backward(x), shape: nil, inputs: [.node(x)])
+
+        case "grad", "set_grad":
+            var x = try nodeIndex(r.fields["x"], r, "x")
+            while case .save(let source, _) = nodes[x].op { x = source }  // save returns its value
+            if nodes[x].inBackward {
+                throw r.error(.badRequest, "x", "node \(nodes[x].id) is computed from a gradient: gradients of gradients are not taken")
+            }
+            var node: CompiledNode
+            if op == "grad" {
+                node = try make(r, .grad(x), shape: shape(x), inputs: [.node(x)])
+            } else {
+                let value = try operand(r.fields["value"], r, "value")
+                guard TensorMath.broadcasts(operandShape(value), to: shape(x)) else {
+                    throw r.error(.shapeMismatch, "value", "cannot set the gradient of a value of shape \(shape(x)) to one of shape \(operandShape(value))")
+                }
+                node = try make(r, .setGrad(x, value: value), shape: nil, inputs: [.node(x), value])
+            }
+            node.inBackward = true
+            return node
+
         default:
             throw r.error(.unknownOp, "op", "unknown trace op \"\(op)\" (known: \(CompiledTrace.ops.joined(separator: ", ")))")
         }
@@ -611,6 +740,7 @@ struct Compiler {
             case .string: ok = value.stringValue != nil
             case .tensor:
                 let o = try operand(value, r, key)
+                try checkForward(o, r, key)
                 tensors[p.name] = o
                 shapes[p.name] = operandShape(o)
                 ok = true
@@ -648,7 +778,7 @@ struct Compiler {
         }
         let last = compiled.map(\.event).max() ?? paramEvent
         return CompiledNode(id: r.id, op: .intervene(compiled, tensors: tensors), shape: nil, event: last, alias: nil,
-                            inputs: inputs.compactMap { if case .node(let n) = $0 { return n }; return nil })
+                            inputs: inputs.compactMap(\.node))
     }
 }
 

@@ -48,7 +48,7 @@ public final class TraceRunner: @unchecked Sendable {
             var again = Compiler(model: model, sites: sites, siteOrder: siteOrder, interventions: interventions, trace: trace, mode: .last)
             nodes = try again.compile()
         }
-        return schedule(nodes, trace: trace, mode: mode)
+        return try schedule(nodes, trace: trace, mode: mode)
     }
 
     /// Validates and runs a trace.
@@ -59,8 +59,24 @@ public final class TraceRunner: @unchecked Sendable {
     /// Runs a compiled trace. With `shareRows` (the default), invocations with the same
     /// tokens share one row of the batch until the first layer where something writes one
     /// of them; the numbers are those of the plain batch, where every invocation has its own
-    /// row (`shareRows: false`).
+    /// row (`shareRows: false`). A trace with a backward runs its forward pass under a
+    /// gradient tape, with a row per invocation (each gets a gradient of its own), then the
+    /// backward, which runs the nodes that need gradients on its way.
     public func run(_ compiled: CompiledTrace, cancelled: CancellationCheck? = nil, shareRows: Bool = true) throws -> TraceResult {
+        guard compiled.backward != nil else {
+            let (hooks, work) = try forward(compiled, cancelled: cancelled, shareRows: shareRows)
+            return hooks.result(work)
+        }
+        let tape = GradientTape()
+        let (hooks, work) = try tape.recording { try forward(compiled, cancelled: cancelled, shareRows: false) }
+        try hooks.runBackward(tape)
+        return hooks.result(work, backward: BackwardStats(savedBytes: tape.savedBytes, peakBytes: tape.peakBytes, records: tape.recordCount,
+                                                          boundBytes: compiled.backwardBytes ?? 0))
+    }
+
+    /// The forward pass: its hooks (holding the values) and the token-layers it computed.
+    private func forward(_ compiled: CompiledTrace, cancelled: CancellationCheck?, shareRows: Bool) throws
+        -> (TraceHooks, (tokenLayers: Int, plainTokenLayers: Int)) {
         let invocations = compiled.invocations
         try model.validate(TokenBatch(invocations))
         let diverges = shareRows ? compiled.diverges : Array(repeating: -1, count: invocations.count)
@@ -114,13 +130,15 @@ public final class TraceRunner: @unchecked Sendable {
             }
             if stage < layers {
                 try pass.checkCancelled()
+                // The backward passes here once it is done with the layer: a cancelled job stops there too.
+                GradientTape.current?.mark { [pass] in try pass.checkCancelled() }
                 x = try model.layer(stage, x, pass)
                 tokenLayers += rowTokens.count * pass.keyCount
             }
         }
         let rows: LogitRows = compiled.logits == .all ? .all : compiled.logits == .last ? .last : .none
         _ = try model.unembed(try model.finalNorm(x, pass), rows, pass)
-        return hooks.result(tokenLayers: tokenLayers, plainTokenLayers: invocations.count * pass.keyCount * layers)
+        return (hooks, (tokenLayers, invocations.count * pass.keyCount * layers))
     }
 
     /// Rows `sources` of hidden states [rows · length, hidden], in that order.
@@ -157,12 +175,25 @@ public final class TraceRunner: @unchecked Sendable {
         return .last
     }
 
-    private func schedule(_ nodes: [CompiledNode], trace: Trace, mode: LogitMode) -> CompiledTrace {
+    private func schedule(_ nodes: [CompiledNode], trace: Trace, mode: LogitMode) throws(TraceError) -> CompiledTrace {
         var keyed = [Int: [(key: (Int, Int, Int), task: CompiledTrace.Task)]]()
         var start = [CompiledTrace.Task]()
         var lastUse = [Int](repeating: -1, count: nodes.count)
+        var backward: Int?
         for (i, node) in nodes.enumerated() {
+            if node.inBackward {
+                // Runs during the backward: what it reads of the forward pass is kept to the end.
+                // A gradient's own target is not read: its probe sees the value where it flows.
+                var reads = node.inputs
+                if case .grad = node.op { reads = [] }
+                if case .setGrad(_, let value) = node.op { reads = value.node.map { [$0] } ?? [] }
+                for n in reads where !nodes[n].inBackward { lastUse[n] = Int.max }
+                continue
+            }
             switch node.op {
+            case .backward(let x):
+                backward = i
+                lastUse[x] = Int.max
             case .intervene(let steps, _):
                 for (s, step) in steps.enumerated() {
                     keyed[step.order, default: []].append(((step.event.invoke, i, s), .step(node: i, step: s)))
@@ -178,7 +209,8 @@ public final class TraceRunner: @unchecked Sendable {
             }
             if case .save = node.op { lastUse[i] = Int.max }
         }
-        let tasks = keyed.mapValues { list in list.sorted { $0.key < $1.key }.map(\.task) }
+        var tasks = keyed.mapValues { list in list.sorted { $0.key < $1.key }.map(\.task) }
+        let probes = try placeProbes(nodes, tasks: &tasks, start: &start)
         // Writes that copy positions between invocations whose tokens agree up to there.
         var candidates = [Int: (source: Int, target: Int, order: Int)]()
         for (i, node) in nodes.enumerated() {
@@ -210,8 +242,103 @@ public final class TraceRunner: @unchecked Sendable {
             }
         }
         let diverges = firstWrite.map { $0 == Int.max ? Int.max : siteStage[$0] }
+        let rows = trace.invocations.count, length = trace.invocations.map(\.count).max() ?? 0
         return CompiledTrace(invocations: trace.invocations, nodes: nodes, logits: mode, tasks: tasks, startTasks: start,
-                             sites: sites, lastUse: lastUse, diverges: diverges, noOpWrites: noOps)
+                             sites: sites, lastUse: lastUse, diverges: diverges, noOpWrites: noOps,
+                             backward: backward, probes: probes,
+                             backwardBytes: backward.map { _ in backwardBytes(nodes, rows: rows, length: length, mode: mode) })
+    }
+
+    /// Places a probe in the forward pass for every value whose gradient a node reads or
+    /// replaces, and gives each backward node the probe it runs at: the one, of those whose
+    /// gradients it needs, that the backward reaches last (the earliest in the forward pass).
+    private func placeProbes(_ nodes: [CompiledNode], tasks: inout [Int: [CompiledTrace.Task]],
+                             start: inout [CompiledTrace.Task]) throws(TraceError) -> [Probe] {
+        func target(_ x: Int) -> ProbeTarget {
+            switch nodes[x].op {
+            case .get(let ref), .set(let ref, _): return .site(order: ref.order, invoke: ref.invoke)
+            default: return .node(x)
+            }
+        }
+        var probes = [Probe](), probeOf = [ProbeTarget: Int]()
+        var before = [Int: [(position: Int, probe: Int)]]()  // task list (-1: before the pass) -> probes to insert
+        for node in nodes {
+            guard let x = node.op.gradientOf, probeOf[target(x)] == nil else { continue }
+            let t = target(x)
+            switch t {
+            case .site(let order, let invoke):
+                // As the pass leaves the site: after the last write into this invocation's value there.
+                let last = tasks[order]!.lastIndex { writes($0, order: order, invoke: invoke, nodes) }
+                before[order, default: []].append((last.map { $0 + 1 } ?? 0, probes.count))
+            case .node(let n):
+                // Where the node computed its value.
+                let list = nodes[n].event.site
+                let position = (list < 0 ? start : tasks[list]!).firstIndex { if case .node(n) = $0 { return true }; return false }!
+                before[list, default: []].append((position + 1, probes.count))
+            }
+            probeOf[t] = probes.count
+            probes.append(Probe(target: t))
+        }
+        func inserting(_ list: [CompiledTrace.Task], _ at: [(position: Int, probe: Int)]) -> [CompiledTrace.Task] {
+            var out = [CompiledTrace.Task]()
+            for position in 0...list.count {
+                out += at.filter { $0.position == position }.map { .probe($0.probe) }
+                if position < list.count { out.append(list[position]) }
+            }
+            return out
+        }
+        for (list, at) in before {
+            if list < 0 { start = inserting(start, at) } else { tasks[list] = inserting(tasks[list]!, at) }
+        }
+        // The forward order of the probes; the backward meets them in reverse.
+        var sequence = [Int](repeating: 0, count: probes.count), count = 0
+        for list in [start] + tasks.keys.sorted().map({ tasks[$0]! }) {
+            for task in list {
+                if case .probe(let p) = task { sequence[p] = count }
+                count += 1
+            }
+        }
+        var runsAt = [Int?](repeating: nil, count: nodes.count)
+        for (i, node) in nodes.enumerated() where node.inBackward {
+            let at = node.op.gradientOf.map { probeOf[target($0)]! }
+                ?? node.inputs.compactMap { runsAt[$0] }.min { sequence[$0] < sequence[$1] }!
+            if case .setGrad(let x, .node(let v)) = node.op, let needed = runsAt[v], sequence[needed] < sequence[at] {
+                throw TraceError(.outOfOrder, node: node.id, field: "nodes.\(i).value",
+                                 "the value needs a gradient the backward reaches only after it has passed node \(nodes[x].id)'s value (gradients flow from the last site to the first)")
+            }
+            runsAt[i] = at
+            probes[at].nodes.append(i)
+        }
+        return probes
+    }
+
+    /// True when `task` writes invocation `invoke`'s value at site `order`.
+    private func writes(_ task: CompiledTrace.Task, order: Int, invoke: Int, _ nodes: [CompiledNode]) -> Bool {
+        switch task {
+        case .node(let n):
+            if case .set(let ref, _) = nodes[n].op { return ref.order == order && ref.invoke == invoke }
+            if case .setIndex = nodes[n].op, let alias = nodes[n].alias { return alias.order == order && alias.invoke == invoke }
+            return false
+        case .step(let n, let s):
+            guard case .intervene(let steps, _) = nodes[n].op else { return false }
+            return steps[s].order == order && steps[s].target == invoke
+        case .probe:
+            return false
+        }
+    }
+
+    /// An upper bound on the bytes a backward of this trace holds at once: the model's
+    /// (`ModelDimensions.backwardBytes`, every invocation in a row of its own) and the trace's
+    /// own ops on the model's values, each of which saves at most its operands and three times
+    /// its result, and gets a gradient of its result's size.
+    private func backwardBytes(_ nodes: [CompiledNode], rows: Int, length: Int, mode: LogitMode) -> Int {
+        let logitRows = mode == .all ? rows * length : mode == .last ? rows : 0
+        var floats = 0
+        for node in nodes where node.event.site >= 0 && node.alias == nil && !node.inBackward {
+            guard let shape = node.shape else { continue }
+            floats += 4 * shape.reduce(1, *) + node.inputs.reduce(0) { $0 + (nodes[$1].shape ?? []).reduce(1, *) }
+        }
+        return model.dimensions.backwardBytes(rows: rows, length: length, logitRows: logitRows) + 4 * floats
     }
 
     /// `get(S, k)[key] = get(S, j)[key]`, with the key picking only positions before the
@@ -261,6 +388,8 @@ final class TraceHooks: ForwardHooks {
 
     /// False for the plain batch (a row per invocation), which runs every write.
     let shareRows: Bool
+    /// During a backward: the node whose ops the backward is passing through, if any.
+    private var failing: Int?
 
     init(_ plan: CompiledTrace, batch: TokenBatch, rows: [Int], shareRows: Bool) {
         self.plan = plan
@@ -296,7 +425,7 @@ final class TraceHooks: ForwardHooks {
         keepPastSite(order, storage: value.storage)
     }
 
-    func result(tokenLayers: Int, plainTokenLayers: Int) -> TraceResult {
+    func result(_ work: (tokenLayers: Int, plainTokenLayers: Int), backward: BackwardStats? = nil) -> TraceResult {
         var saved = [String: Tensor](), names = [String]()
         for (i, node) in plan.nodes.enumerated() {
             if case .save(_, let name) = node.op, let value = values[i] {
@@ -305,7 +434,49 @@ final class TraceHooks: ForwardHooks {
             }
         }
         return TraceResult(saved: saved, names: names, logits: plan.logits, slots: plan.invocations.count * batch.length,
-                           rows: batch.rows, tokenLayers: tokenLayers, plainTokenLayers: plainTokenLayers)
+                           rows: batch.rows, tokenLayers: work.tokenLayers, plainTokenLayers: work.plainTokenLayers,
+                           backward: backward)
+    }
+
+    /// Sends the gradient of the `backward` node's scalar back through the pass; the probes
+    /// run the nodes that need gradients on the way. A record that refuses a gradient (topk's
+    /// values, an intervention's closure) fails naming the node whose op made it.
+    func runBackward(_ tape: GradientTape) throws {
+        guard let b = plan.backward, case .backward(let x) = plan.nodes[b].op else { return }
+        let scalar = values[x]!
+        guard tape.isTracked(scalar) else {
+            throw TraceError(.badRequest, node: plan.nodes[b].id, field: "nodes.\(b).x",
+                             "node \(plan.nodes[x].id) does not depend on the model's activations (an argmax, say): there is nothing to differentiate")
+        }
+        do {
+            try tape.backward(from: scalar, seed: Tensor(shape: scalar.shape, values: [1]))
+        } catch let error as GradientError {
+            let n = failing ?? b
+            throw TraceError(.badRequest, node: plan.nodes[n].id, field: "nodes.\(n).op", "the backward cannot pass through node \(plan.nodes[n].id): \(error)")
+        }
+    }
+
+    /// What runs where the backward reaches probe `p`: its nodes, in trace order, with the
+    /// gradient flowing through `view` at that point.
+    private func reach(_ p: Int, _ view: GradientView, _ gradients: Gradients) throws {
+        let frame = Frame(seen: nil, info: nil, batch: batch, rows: rows)
+        for n in plan.probes[p].nodes {
+            let node = plan.nodes[n]
+            switch node.op {
+            case .grad(let x):
+                guard let flowing = gradients.of(view) else {
+                    let b = plan.backward!
+                    throw TraceError(.badRequest, node: node.id, field: "nodes.\(n).x",
+                                     "no gradient reaches node \(plan.nodes[x].id): the scalar of the backward (node \(plan.nodes[b].id)) does not depend on it")
+                }
+                values[n] = flowing.copy()  // the buffer goes on changing as the backward goes on
+            case .setGrad(_, let value):
+                let target = gradients.buffer(view)
+                assignSafely(target, TensorMath.broadcast(operand(value), to: target.shape))
+            default:
+                try compute(n, frame)
+            }
+        }
     }
 
     /// A site's value as each invocation sees it.
@@ -338,19 +509,42 @@ final class TraceHooks: ForwardHooks {
     }
 
     private func run(_ task: CompiledTrace.Task, _ frame: Frame) throws {
+        let tape = GradientTape.current
         switch task {
         case .step(let n, let s):
             guard case .intervene(let steps, let tensors) = plan.nodes[n].op else { return }
             let resolved = tensors.mapValues(operand)
-            try steps[s].step.apply(SiteValues(view: frame.view, tensors: resolved))
+            try marked(n, tape) { try steps[s].step.apply(SiteValues(view: frame.view, tensors: resolved)) }
         case .node(let n):
-            let node = plan.nodes[n]
-            let value = try evaluate(node, n, frame)
-            guard value.shape == node.shape else {
-                throw TraceError(.shapeMismatch, node: node.id, "internal: node \(node.id) computed shape \(value.shape), validation expected \(node.shape ?? [])")
+            try marked(n, tape) { try compute(n, frame) }
+        case .probe(let p):
+            guard let tape else { return }
+            let value: Tensor
+            switch plan.probes[p].target {
+            case .site(_, let invoke): value = frame.view(invoke)
+            case .node(let n): value = values[n]!
             }
-            values[n] = value
+            let view = GradientView(value)
+            tape.probe(value) { [unowned self] gradients in try self.reach(p, view, gradients) }
         }
+    }
+
+    /// Runs `body` between two marks on the tape, so that a backward failing inside what it
+    /// recorded knows node `n` did it (the later mark runs first, going backwards).
+    private func marked(_ n: Int, _ tape: GradientTape?, _ body: () throws -> Void) throws {
+        tape?.mark { [unowned self] in self.failing = nil }
+        try body()
+        tape?.mark { [unowned self] in self.failing = n }
+    }
+
+    /// Evaluates node `n` into `values`.
+    private func compute(_ n: Int, _ frame: Frame) throws {
+        let node = plan.nodes[n]
+        let value = try evaluate(node, n, frame)
+        guard value.shape == node.shape else {
+            throw TraceError(.shapeMismatch, node: node.id, "internal: node \(node.id) computed shape \(value.shape), validation expected \(node.shape ?? [])")
+        }
+        values[n] = value
     }
 
     private func evaluate(_ node: CompiledNode, _ index: Int, _ frame: Frame) throws -> Tensor {
@@ -395,6 +589,8 @@ final class TraceHooks: ForwardHooks {
             return values[x]!
         case .intervene:
             return Tensor(zeros: [])
+        case .backward, .grad, .setGrad:
+            preconditionFailure("node \(node.id) belongs to the backward (TraceHooks.runBackward)")
         }
     }
 

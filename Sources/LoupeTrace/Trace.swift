@@ -76,8 +76,22 @@ public struct TraceResult: @unchecked Sendable {
     /// batch, one row per invocation, computes.
     public let tokenLayers: Int
     public let plainTokenLayers: Int
+    /// What the backward held, when the trace has one.
+    public let backward: BackwardStats?
 
     public subscript(name: String) -> Tensor? { saved[name] }
+}
+
+/// A backward's memory, as its gradient tape counted it.
+public struct BackwardStats: Sendable {
+    /// Bytes the records copied for the backward.
+    public let savedBytes: Int
+    /// The most the records and the gradients held at once.
+    public let peakBytes: Int
+    /// Ops recorded.
+    public let records: Int
+    /// The bound a limit checked before the pass (`CompiledTrace.backwardBytes`).
+    public let boundBytes: Int
 }
 
 public enum LogitMode: String, Sendable {

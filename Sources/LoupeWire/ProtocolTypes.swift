@@ -1,7 +1,7 @@
 /// The wire contract's fixed vocabulary; Protocol/PROTOCOL.md describes each value.
 public enum WireProtocol {
     /// Bumped on any change an old peer would misread.
-    public static let version = 2
+    public static let version = 3
     public static let defaultEndpoint = "tcp://127.0.0.1:5557"
 }
 

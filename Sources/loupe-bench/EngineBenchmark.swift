@@ -34,6 +34,9 @@ struct EngineBenchmark: ParsableCommand {
     @Option(help: "The sweep kinds to time with --sweeps, comma-separated (default: all).")
     var sweepKinds: String?
 
+    @Flag(help: "Also time the gradient of the IOI logit difference at every layer's output against the forward pass.")
+    var gradients = false
+
     func run() throws {
         Parallel.configureBLAS()
         let registry = BuiltInPlugins.architectureRegistry()
@@ -76,6 +79,26 @@ struct EngineBenchmark: ParsableCommand {
         print(String(format: "forward 1x16 with hooks that want no site: %.1f ms against %.1f ms without hooks (%.3fx)",
                      hooked * 1000, bare * 1000, hooked / bare))
         if sweeps { try benchmarkSweeps(loaded) }
+        if gradients { try benchmarkGradients(loaded) }
+    }
+
+    /// One forward and backward of the corrupted IOI prompt, keeping every layer output's
+    /// gradient of the logit difference (nnsight's gradient trace), against the forward alone.
+    func benchmarkGradients(_ loaded: LoadedModel) throws {
+        let (_, corrupted, answer, wrong) = try ioiTokens(loaded)
+        let model = loaded.model, batch = TokenBatch([corrupted])
+        let sites = (0..<model.dimensions.layers).map { CanonicalSite.residPost($0).site }
+        let forward = median(repeats) { _ = try! model.forward(batch, logits: .last) }
+        var result: BackwardResult?
+        let backward = median(repeats) {
+            result = try! model.backward(batch, hooks: GradientRecorder(sites, keepValues: false), logits: .last) { logits in
+                let last = logits.select(axis: 0, 0).select(axis: 0, 0)
+                return TensorMath.binary(last.select(axis: 0, answer), last.select(axis: 0, wrong), .sub)
+            }
+        }
+        print(String(format: "gradient of the logit difference at every layer output, 1x%d: %.1f ms; forward alone %.1f ms (%.2fx); backward peak %.1f MB, copies kept %.1f MB",
+                     corrupted.count, backward * 1000, forward * 1000, backward / forward,
+                     Double(result!.peakBytes) / 1e6, Double(result!.savedBytes) / 1e6))
     }
 
     /// The tutorial's residual and head sweeps on the IOI pair: exact reuse against the plain

@@ -37,6 +37,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Bytes one trace's saved values may take, in MiB.")
     var maxSavedMB = 256
 
+    @Option(help: "Bytes one trace's backward may hold (what it keeps of the forward pass, and its gradients), in MiB.")
+    var maxBackwardMB = 2048
+
     @Option(help: "Seconds one forward pass, sweep or trace may run before it is stopped (0: no limit).")
     var maxJobSeconds: Double = 3600
 
@@ -93,6 +96,7 @@ struct Serve: ParsableCommand {
         settings.maxBatchTokens = maxBatchTokens
         settings.limits.maxBytes = maxMessageMB << 20
         settings.maxSavedBytes = maxSavedMB << 20
+        settings.maxBackwardBytes = maxBackwardMB << 20
         settings.maxJobSeconds = maxJobSeconds
         settings.maxClientJobs = maxClientJobs
         if let maxModelMB {

@@ -303,6 +303,33 @@ final class LimitTests: XCTestCase {
         XCTAssertEqual(error.field, "nodes")
     }
 
+    func testBackwardBytesPerTrace() throws {
+        // The bound for 6 tokens of the tiny GPT-2 is about 120 KiB; 4 invocations of 32 about 2 MiB.
+        let live = try start { $0.maxBackwardBytes = 512 << 10 }
+        defer { live.stop() }
+        XCTAssertEqual(try live.call("hello")["limits"]?["max_backward_bytes"], 524_288)
+        let nodes: [MessageValue] = [
+            ["id": 0, "op": "get", "site": "blocks.0.resid_post", "invoke": 0],
+            ["id": 1, "op": "get", "site": "logits", "invoke": 0],
+            ["id": 2, "op": "index", "x": ["ref": 1], "key": [0, -1, 5]],
+            ["id": 3, "op": "backward", "x": ["ref": 2]],
+            ["id": 4, "op": "grad", "x": ["ref": 0]],
+            ["id": 5, "op": "save", "x": ["ref": 4], "name": "g"],
+        ]
+        let reply = try live.call("trace", ["model": "tiny", "invokes": [[1, 2, 3, 4, 5, 6]], "nodes": .array(nodes)])
+        XCTAssertEqual(reply["saved"]?["g"]?["shape"], [1, 6, 64])
+        let backward = try XCTUnwrap(reply["backward"])
+        XCTAssertGreaterThan(backward["peak_bytes"]?.intValue ?? 0, 0)
+        XCTAssertGreaterThan(backward["saved_bytes"]?.intValue ?? 0, 0)
+        XCTAssertGreaterThan(backward["records"]?.intValue ?? 0, 0)
+        XCTAssertGreaterThanOrEqual(backward["bound_bytes"]?.intValue ?? 0, backward["peak_bytes"]?.intValue ?? .max)
+        let long = MessageValue(Array(1...32))
+        let error = try live.expectError(.tooLarge, "trace", ["model": "tiny", "invokes": [long, long, long, long], "nodes": .array(nodes)])
+        XCTAssertEqual(error.field, "nodes.3")
+        XCTAssertEqual(error.node, 3)
+        XCTAssertTrue(error.message.contains("--max-backward-mb"), error.message)
+    }
+
     /// A trace whose work at layer 0 takes seconds (matrix products of 1536 x 1536 computed
     /// from the residual stream), so the pass is still at layer 0 when a limit looks at it.
     private func slowTrace(products: Int) -> [String: MessageValue] {

@@ -14,7 +14,7 @@ final class HostileClientTests: XCTestCase {
         try socket.connect(live.endpoint)
 
         var random = SeededGenerator(seed: 7)
-        let valid = MessageEncoder.encode(["id": 1, "op": "hello", "protocol": 2, "client": "fuzz", "extra": [1, 2.5, ["k": .binary([1, 2])]]])
+        let valid = MessageEncoder.encode(["id": 1, "op": "hello", "protocol": MessageValue(WireProtocol.version), "client": "fuzz", "extra": [1, 2.5, ["k": .binary([1, 2])]]])
         var sent = 0
         var replies = 0
         var codes = Set<String>()

@@ -113,6 +113,44 @@ final class SmolTests: XCTestCase {
         print("cancel: asked at layer \(doneAtCancel), stopped at \(doneAtStop) (\(final?["progress"] ?? nil)), \(Int(stoppedAfter * 1000)) ms later; statuses \(statuses)")
     }
 
+    /// A trace's backward counts its layers after the forward pass's (progress to twice the
+    /// layers) and stops within one layer of `jobs.cancel`.
+    func testCancelStopsATraceInItsBackward() throws {
+        let live = try daemon()
+        let client = try live.client()
+        let nodes: [MessageValue] = [
+            ["id": 0, "op": "get", "site": "blocks.0.resid_pre", "invoke": 0],
+            ["id": 1, "op": "get", "site": "logits", "invoke": 1],
+            ["id": 2, "op": "index", "x": ["ref": 1], "key": [0, -1, 2322]],
+            ["id": 3, "op": "backward", "x": ["ref": 2]],
+            ["id": 4, "op": "grad", "x": ["ref": 0]],
+            ["id": 5, "op": "save", "x": ["ref": 4], "name": "g"],
+        ]
+        try client.send(WireMessage(["id": 1, "op": "trace", "model": "smol", "invokes": longBatch(rows: 2, length: 160),
+                                     "nodes": .array(nodes), "mode": "stream"]))
+        var job: MessageValue = .null
+        while let reply = try client.receive(timeout: 120) {
+            job = reply.body["job"] ?? job
+            XCTAssertNotEqual(reply.body["status"], "ok", "the backward should be long enough to cancel")
+            XCTAssertNotEqual(reply.body["status"], "error")
+            if reply.body["status"] == "progress" {
+                XCTAssertEqual(reply.body["total"], 60)
+                if (reply.body["done"]?.intValue ?? 0) >= 32 { break }
+            }
+        }
+        let cancel = try live.call("jobs.cancel", ["job": job])
+        XCTAssertEqual(cancel["state"], "cancelling")
+        let doneAtCancel = try XCTUnwrap(cancel["progress"]?["done"]?.intValue)
+        var final: MessageValue?
+        while final == nil, let reply = try client.receive(timeout: 120) {
+            if reply.body["status"] == "error" || reply.body["status"] == "ok" { final = reply.body }
+        }
+        XCTAssertEqual(final?["error"]?["code"], "cancelled")
+        let doneAtStop = try XCTUnwrap(final?["progress"]?["done"]?.intValue)
+        XCTAssertLessThanOrEqual(doneAtStop - doneAtCancel, 1, "stopped within one layer of the request")
+        XCTAssertLessThan(doneAtStop, 60)
+    }
+
     /// The tutorial's IOI sweep on SmolLM2 through the daemon: prompts and answers as text,
     /// the clean and corrupted logit differences, and cells equal to the plain path.
     func testIOISweepsMatchThePlainPath() throws {

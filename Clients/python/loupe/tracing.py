@@ -3,6 +3,11 @@ operation on a Proxy appends a node of the trace language (Sources/LoupeTrace/TR
 nothing runs until the outermost block ends, when the whole trace goes to the daemon as one
 `trace` request. Saved proxies then hold their values as numpy arrays.
 
+Gradients read as nnsight writes them, in both of its forms: `with metric.backward():` and
+`h.grad.save()` inside it (nnsight 0.8), or `h.grad.save()` and then `metric.backward()`
+(before 0.5); `h.grad = ...` and `h.grad[...] = ...` replace a gradient as it flows. The
+daemon computes them during the backward that follows the forward pass.
+
 Each node remembers the line of user code that built it, so a daemon error naming a node
 comes back as an exception naming that line."""
 import linecache
@@ -162,6 +167,7 @@ class Proxy:
         self._trace, self._id, self._shape = trace, node_id, tuple(int(n) for n in shape)
         self._value = None
         self._saved = False
+        self._gradient_of = None  # on `x.grad`: x's node, whose gradient a write into this one replaces
 
     # -- state ---------------------------------------------------------------------------
 
@@ -251,6 +257,45 @@ class Proxy:
     def cpu(self):
         return self
 
+    def requires_grad_(self, requires_grad=True):
+        return self  # every value of a trace with a backward has a gradient
+
+    def retain_grad(self):
+        pass
+
+    # -- gradients -------------------------------------------------------------------------
+
+    @property
+    def grad(self):
+        """The gradient of the trace's `backward` scalar with respect to this value, where it
+        flows (a module's output or input: as the pass leaves the module); same shape. Save
+        it to read it after the trace."""
+        if not self._live:
+            raise ValueError("a gradient is read inside the trace that computes it: `g = h.grad.save()`, "
+                             "then g.value after the `with` block")
+        self._check_live(".grad")
+        gradient = self._trace.node("grad", self._shape, x=self._trace.arg(self))
+        gradient._gradient_of = self._id
+        return gradient
+
+    @grad.setter
+    def grad(self, value):
+        """`h.grad = value`: the gradient flowing back through this value becomes `value`
+        (broadcast to its shape) before it flows on."""
+        self._check_live(".grad = ...")
+        np.broadcast_shapes(self._shape, _shape_of(value))  # a mismatch fails here, on the user's line
+        self._trace.node("set_grad", None, x=self._trace.arg(self), value=self._trace.arg(value))
+
+    def backward(self, gradient=None, retain_graph=None, **_ignored):
+        """`metric.backward()`: the scalar to differentiate, once the forward pass is over. It
+        returns a context, so nnsight 0.8's `with metric.backward():` reads the same; the
+        gradients may be read inside the block or, as before nnsight 0.5, before the call."""
+        self._check_live("backward()")
+        if gradient is not None:
+            raise TypeError("backward() takes no gradient: differentiate a scalar (reduce first, e.g. .sum())")
+        self._trace.node("backward", None, x=self._trace.arg(self))
+        return _BackwardBlock()
+
     # -- recording -----------------------------------------------------------------------
 
     def save(self):
@@ -284,6 +329,8 @@ class Proxy:
         written = self._trace.node("setindex", self._shape, x=self._trace.arg(self), key=_encode_key(key),
                                    value=self._trace.arg(value))
         self._id = written._id  # later uses depend on the write (its result is x itself)
+        if self._gradient_of is not None:  # nnsight's `h.grad[:] = 0`: the written gradient flows on
+            self._trace.node("set_grad", None, x={"ref": self._gradient_of}, value={"ref": written._id})
 
     # arithmetic: a node when either operand is live, numpy otherwise
     def _binary(self, op, other, reverse=False):
@@ -386,6 +433,17 @@ class Proxy:
 
     def ones_like(self):
         return self._apply("ones_like", np.ones_like, self._shape)
+
+
+class _BackwardBlock:
+    """What `metric.backward()` returns: `with metric.backward():` groups the gradient reads as
+    nnsight 0.8 writes them; the daemon orders them itself."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _shape_of(value):
