@@ -49,9 +49,11 @@ extension ServerLoop {
         }
     }
 
-    /// The backward's memory: the bytes its records copied and the most it held at once.
+    /// The backward's memory: the bytes its records copied, the most it held at once, and the
+    /// bound the limit checked.
     static func backwardReply(_ result: AttributionResult) -> MessageValue {
-        ["saved_bytes": MessageValue(result.savedBytes), "peak_bytes": MessageValue(result.peakBytes)]
+        ["saved_bytes": MessageValue(result.savedBytes), "peak_bytes": MessageValue(result.peakBytes),
+         "bound_bytes": MessageValue(result.boundBytes)]
     }
 
     /// An attribution result's comparison with the exact sweep of its kind.

@@ -139,6 +139,10 @@ struct SweepSpec: Sendable {
             if slots > configuration.maxBatchTokens {
                 throw ProtocolError(.tooLarge, "each of the attribution sweep's passes would run \(slots) token slots, more than the \(configuration.maxBatchTokens) one pass may compute; use shorter prompts or fewer pairs", field: promptsField)
             }
+            let bytes = AttributionSweep.backwardBytes(sweep, dimensions)
+            if bytes > configuration.maxBackwardBytes {
+                throw ProtocolError(.tooLarge, "the attribution sweep's backward could hold up to \(bytes) bytes, more than the \(configuration.maxBackwardBytes) one backward may (loupe serve --max-backward-mb); use shorter prompts or fewer pairs", field: promptsField)
+            }
             if compare, let kind = kinds.first(where: { sweep.with(kind: $0).stackedRowsBound(dimensions) > configuration.maxBatchTokens }) {
                 throw ProtocolError(.tooLarge, "compare runs the exact \(kind.rawValue) sweep, which would stack \(sweep.with(kind: kind).stackedRowsBound(dimensions)) token rows, more than the \(configuration.maxBatchTokens) one pass may compute; leave compare out for this kind", field: "compare")
             }

@@ -71,7 +71,15 @@ public struct AttributionSweep {
                                         plainTokenLayers: one.plainTokenLayers(dimensions), seconds: seconds)
         }
         return AttributionResult(kinds: kinds, results: results, savedBytes: backward.savedBytes, peakBytes: backward.peakBytes,
-                                 seconds: seconds)
+                                 boundBytes: Self.backwardBytes(request, dimensions), seconds: seconds)
+    }
+
+    /// An upper bound on the bytes the backward holds at once, known before it runs: the
+    /// corrupted pass's (`ModelDimensions.backwardBytes`) and the metrics' ops on each pair's
+    /// row of logits, which keep at most eight rows of the vocabulary.
+    public static func backwardBytes(_ request: SweepRequest, _ dimensions: ModelDimensions) -> Int {
+        let rows = request.pairs.count, length = request.pairs.map(\.clean.count).max() ?? 0
+        return dimensions.backwardBytes(rows: rows, length: length, logitRows: rows) + 4 * 8 * dimensions.vocabulary * rows
     }
 
     /// The parts of a position's value that are each a unit: the whole (residual stream, MLP
@@ -118,9 +126,11 @@ public struct AttributionResult: Sendable {
     /// One per kind, in order: estimates of `PatchingSweep.run`'s values, with the same clean
     /// and corrupted values and pair entries. `tokenLayers` counts the two forward passes.
     public let results: [SweepResult]
-    /// Bytes the backward's records copied, and the most its records and gradients held at once.
+    /// Bytes the backward's records copied, the most its records and gradients held at once,
+    /// and the bound on that known before it ran (`AttributionSweep.backwardBytes`).
     public let savedBytes: Int
     public let peakBytes: Int
+    public let boundBytes: Int
     public let seconds: Double
 }
 

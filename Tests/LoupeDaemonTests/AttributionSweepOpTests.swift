@@ -61,6 +61,7 @@ final class AttributionSweepOpTests: XCTestCase {
             XCTAssertEqual(attribution["token_layers"], MessageValue(2 * clean.count * model.dimensions.layers), "two passes")
             XCTAssertGreaterThan(attribution["backward"]?["saved_bytes"]?.intValue ?? 0, 0)
             XCTAssertGreaterThanOrEqual(attribution["backward"]?["peak_bytes"]?.intValue ?? 0, attribution["backward"]?["saved_bytes"]?.intValue ?? 0)
+            XCTAssertGreaterThanOrEqual(attribution["backward"]?["bound_bytes"]?.intValue ?? 0, attribution["backward"]?["peak_bytes"]?.intValue ?? .max)
         }
         var fields = request("neurons")
         fields["neuron_positions"] = "sum"
@@ -165,6 +166,13 @@ final class AttributionSweepOpTests: XCTestCase {
         }
         try expect(.tooLarge, "pairs", mentioning: "method attribution") { twoLongPairs(&$0); $0["method"] = "activation" }
         try expect(.tooLarge, "compare", mentioning: "neurons") { twoLongPairs(&$0); $0["compare"] = true }
+        // The backward's bound, as a trace's, against a daemon that allows 64 KiB.
+        let small = try LiveDaemon { $0.maxBackwardBytes = 1 << 16 }
+        defer { small.stop() }
+        _ = try small.call("models.load", ["name": "gpt2", "source": .string(Fixtures.gpt2Tiny)])
+        let refused = try small.expectError(.tooLarge, "sweep", request("heads"))
+        XCTAssertEqual(refused.field, "clean")
+        XCTAssertTrue(refused.message.contains("--max-backward-mb"), refused.message)
         // The attribution passes themselves: 1,025 pairs of 64 tokens are 65,600 slots a pass.
         try expect(.tooLarge, "pairs", mentioning: "attribution") { fields in
             twoLongPairs(&fields)

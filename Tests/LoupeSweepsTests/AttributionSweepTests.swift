@@ -37,6 +37,7 @@ final class AttributionSweepTests: XCTestCase {
         }
         XCTAssertGreaterThan(result.savedBytes, 0)
         XCTAssertGreaterThanOrEqual(result.peakBytes, result.savedBytes)
+        XCTAssertLessThanOrEqual(result.peakBytes, result.boundBytes, "\(name): the bound a limit checks holds")
     }
 
     func ids(_ golden: SafetensorsFile, _ key: String) throws -> [Int] { try golden.tensor(key).toArray().map { Int($0) } }
