@@ -42,8 +42,8 @@ final class BrokenAdapterTests: XCTestCase {
     }
 }
 
-/// Copies each layer's output element by element into a new tensor.
-final class CopiedOutsideKernels: LanguageModel, @unchecked Sendable {
+/// Forwards everything to the model it wraps; each subclass breaks one thing.
+class Wrapped: LanguageModel, @unchecked Sendable {
     let inner: any LanguageModel
     init(_ inner: any LanguageModel) { self.inner = inner }
 
@@ -55,30 +55,23 @@ final class CopiedOutsideKernels: LanguageModel, @unchecked Sendable {
     var head: LinearModule { inner.head }
 
     func embed(_ pass: ForwardPass) throws -> Tensor { try inner.embed(pass) }
-    func layer(_ index: Int, _ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        let y = try inner.layer(index, x, pass)
-        return Tensor(shape: y.shape, values: y.toArray())
-    }
+    func layer(_ index: Int, _ x: Tensor, _ pass: ForwardPass) throws -> Tensor { try inner.layer(index, x, pass) }
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor { try inner.finalNorm(x, pass) }
 }
 
 /// Adds 1e-3 to the embeddings of every batch that has padding.
-final class PaddingSensitive: LanguageModel, @unchecked Sendable {
-    let inner: any LanguageModel
-    init(_ inner: any LanguageModel) { self.inner = inner }
-
-    var architecture: String { inner.architecture }
-    var dimensions: ModelDimensions { inner.dimensions }
-    var moduleTree: ModuleNode { inner.moduleTree }
-    var weightBytes: Int { inner.weightBytes }
-    var canonicalSites: Set<CanonicalSite.Kind> { inner.canonicalSites }
-    var head: LinearModule { inner.head }
-
-    func embed(_ pass: ForwardPass) throws -> Tensor {
+final class PaddingSensitive: Wrapped, @unchecked Sendable {
+    override func embed(_ pass: ForwardPass) throws -> Tensor {
         let x = try inner.embed(pass)
         guard pass.padding.contains(where: { $0 > 0 }) else { return x }
         return Tensor(shape: x.shape, values: x.toArray().map { $0 + 1e-3 })
     }
-    func layer(_ index: Int, _ x: Tensor, _ pass: ForwardPass) throws -> Tensor { try inner.layer(index, x, pass) }
-    func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor { try inner.finalNorm(x, pass) }
+}
+
+/// Copies each layer's output element by element into a new tensor.
+final class CopiedOutsideKernels: Wrapped, @unchecked Sendable {
+    override func layer(_ index: Int, _ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
+        let y = try inner.layer(index, x, pass)
+        return Tensor(shape: y.shape, values: y.toArray())
+    }
 }
