@@ -54,35 +54,17 @@ import os
 import statistics
 import sys
 import time
-import warnings
 
-EXIT_NO_TORCH = 3
+from nnsight_reference import CLEAN, CORRUPTED, EXIT_NO_TORCH, import_stack  # noqa: F401  (one prompt pair, one import path)
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-CLEAN = "After John and Mary went to the store, Mary gave a bottle of milk to"
-CORRUPTED = "After John and Mary went to the store, John gave a bottle of milk to"
 CORRECT, INCORRECT = " John", " Mary"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(REPO, "Tests", "Fixtures", "models", "smollm2-gradients.safetensors")
 CHECKED = {0: "grad.resid_post.0", 13: "grad.resid_pre.14", 14: "grad.resid_post.14",
            28: "grad.resid_pre.29", 29: "grad.resid_post.29"}
 TOL = 1e-5
-
-
-def import_stack():
-    try:
-        import torch
-        import transformers
-        import nnsight
-    except Exception as e:  # ImportError, or a broken install raising something else
-        print(f"nnsight not installed: cannot import torch/transformers/nnsight "
-              f"({type(e).__name__}: {e})".replace("\n", " "), file=sys.stderr)
-        sys.exit(EXIT_NO_TORCH)
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
-    return torch, transformers, nnsight
 
 
 def gradient_trace(model, john, mary):

@@ -246,6 +246,17 @@ def loupe_cells(llm, correct_index, incorrect_index):
                        method="attribution", normalized=False)
     out["attribution"] = sweeps["residual"].values - sweeps["residual"].corrupted
     seconds["attribution"] = time.perf_counter() - start
+
+    # The gradient trace as nnsight 0.8 users write it: every layer output's gradient of the
+    # corrupted prompt's logit difference.
+    start = time.perf_counter()
+    with llm.trace(CORRUPTED):
+        outs = [layer.output for layer in llm.model.layers]
+        logits = llm.lm_head.output
+        with (logits[0, -1, correct_index] - logits[0, -1, incorrect_index]).backward():
+            grads = [o.grad.save() for o in reversed(outs)][::-1]
+    out["gradients"] = np.stack([g.value[0] for g in grads])
+    seconds["gradients"] = time.perf_counter() - start
     return seconds, out
 
 
@@ -279,6 +290,11 @@ def nnsight_cells(model, correct, incorrect, n_tokens):
     out["attribution"] = gradients.attribution(model, correct, incorrect).numpy()
     seconds["attribution"] = time.perf_counter() - start
     model._module.zero_grad(set_to_none=True)  # the weight gradients its backward leaves behind
+
+    start = time.perf_counter()
+    out["gradients"] = np.stack([g.detach()[0].numpy() for g in gradients.gradient_trace(model, correct, incorrect)])
+    seconds["gradients"] = time.perf_counter() - start
+    model._module.zero_grad(set_to_none=True)
     return seconds, out
 
 
@@ -511,7 +527,8 @@ def report(args, started, loads, cold, warm, results, example, notes):
             totals[side] = statistics.median(sum(run[c] for c in cells) for run in warm[side])
     what["attribution"] = ("attribution patching (Loupe: residual, heads and MLPs in one sweep; "
                            "nnsight: the residual stream, 2 traces and a backward)")
-    for cell in cells + ["total", "attribution"]:
+    what["gradients"] = "gradient trace: every layer output's gradient of the logit difference (1 trace and its backward)"
+    for cell in cells + ["total", "attribution", "gradients"]:
         loupe_s = totals["loupe"] if cell == "total" else median_of(warm["loupe"], cell)
         label = "the whole tutorial (these cells)" if cell == "total" else f"{cell}: {what[cell]}"
         if has_nnsight:
@@ -528,6 +545,7 @@ def report(args, started, loads, cold, warm, results, example, notes):
             agreement.append(f"{cell} Loupe against nnsight: {np.abs(loupe_out[cell] - nn[cell]).max():.1e}")
         agreement.append("attribution patching's residual estimates Loupe against nnsight: "
                          f"{np.abs(loupe_out['attribution'] - nn['attribution']).max():.1e}")
+        agreement.append(f"the gradient trace's gradients Loupe against nnsight: {np.abs(loupe_out['gradients'] - nn['gradients']).max():.1e}")
         agreement.append(f"logit differences {loupe_out['clean_logit_diff']:.4f} / {loupe_out['corrupted_logit_diff']:.4f} "
                          f"(nnsight {nn['clean_logit_diff']:.4f} / {nn['corrupted_logit_diff']:.4f})")
     print("Largest difference between the matrices: " + "; ".join(agreement) + ".\n")
