@@ -182,8 +182,8 @@ struct EngineBenchmark: ParsableCommand {
                                        abs(comparison.worst.difference)))
         }
         print("  correlation with the exact matrices (normalized): " + correlations.joined(separator: ", "))
-        print(String(format: "  backward: %.1f MB kept from the forward pass, %.1f MB at most with the gradients", Double(result!.savedBytes) / 1e6,
-                     Double(result!.peakBytes) / 1e6))
+        print(String(format: "  backward: %.1f MB kept from the forward pass, %.1f MB at most with the gradients (the bound a limit checks: %.1f MB)",
+                     Double(result!.savedBytes) / 1e6, Double(result!.peakBytes) / 1e6, Double(result!.boundBytes) / 1e6))
     }
 
     /// The tutorial's batched residual cell (clean, corrupted, one invocation per layer and
