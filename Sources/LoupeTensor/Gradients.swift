@@ -123,6 +123,7 @@ public final class GradientTape: @unchecked Sendable {
     public private(set) var savedBytes = 0
     /// The most memory the records and gradient buffers held at once.
     public private(set) var peakBytes = 0
+    /// The ops recorded (probes included, marks not).
     public private(set) var recordCount = 0
 
     public init() {}
@@ -199,8 +200,8 @@ public final class GradientTape: @unchecked Sendable {
         guard isTracked(output) else { throw GradientError("the value does not depend on the model's activations") }
         let gradients = Gradients()
         gradients.add(seed, to: GradientView(output))
-        // The last record touching each storage, counting from the front: once the backward has
-        // passed below it, the storage's gradient is not needed again.
+        // The first record touching each storage: once the backward, going from the last
+        // record to the first, has run it, the storage's gradient is not needed again.
         var firstUse = [UInt64: Int]()
         for (i, record) in records.enumerated() {
             for storage in record.touches where firstUse[storage] == nil { firstUse[storage] = i }
