@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Replays Protocol/vectors/ against a real `loupe serve` process (the debug build), then
+# Replays Protocol/vectors/ against a real `loupe serve` process (the debug build unless LOUPE names another), then
 # stops it with `loupe stop`, and a second one with SIGTERM, checking that each removes
 # its socket file.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `loupe patch` and `loupe heads` against a real `loupe serve` process (the debug build) on
+# `loupe patch` and `loupe heads` against a real `loupe serve` process (the debug build unless LOUPE names another) on
 # the tiny GPT-2 fixture: --json's matrix equals the golden sweep vector's (computed by a
 # numpy GPT-2, Protocol/vectors), and so do --method attribution's estimates and, with
 # --compare, the exact matrix beside them; --svg / --html write a well-formed SVG carrying

@@ -16,7 +16,8 @@ final class FaultTests: XCTestCase {
     /// A sweep on gpt2-tiny that runs for seconds in a debug build: every head at every
     /// position of a 24-token prompt.
     private static let longSweep: [String: MessageValue] = {
-        let clean = (0..<24).map { 1 + ($0 * 13) % 500 }
+        // Long enough to still be running after the test's next few requests on a release build.
+        let clean = (0..<64).map { 1 + ($0 * 13) % 500 }
         var corrupted = clean
         corrupted[5] = 499
         return ["model": "tiny", "clean": MessageValue(clean), "corrupted": MessageValue(corrupted), "kind": "head_positions",
