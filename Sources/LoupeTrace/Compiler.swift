@@ -44,6 +44,10 @@ enum Op {
     case full([Int], Float)
     case cat([Operand], dim: Int, stack: Bool)
     case topk(Int, k: Int, dim: Int, largest: Bool, indices: Bool)
+    /// Module `module`'s own computation on x (`LanguageModel.call(module:_:)`).
+    case call(Operand, module: String, model: any LanguageModel)
+    /// A parameter, read-only (its node's alias is `SiteAlias.weight`).
+    case weight(Tensor)
     case intervene([CompiledStep], tensors: [String: Operand])
     case save(Int, name: String)
     /// The scalar the backward differentiates.
@@ -62,10 +66,14 @@ enum Op {
     }
 }
 
-/// The site and invocation whose live value a node's value views.
+/// The site and invocation whose live value a node's value views, or a weight's storage.
 struct SiteAlias {
     let order: Int
     let invoke: Int
+
+    /// A view of a model's parameter: no site, and nothing may write through it.
+    static let weight = SiteAlias(order: -1, invoke: -1)
+    var isWeight: Bool { order < 0 }
 }
 
 struct CompiledStep {
@@ -162,7 +170,7 @@ public struct CompiledTrace {
         "matmul", "sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax",
         "reshape", "view", "transpose", "permute", "split_heads", "merge_heads",
         "clone", "zeros_like", "ones_like", "full_like", "full", "cat", "stack", "topk",
-        "intervene", "save", "backward", "grad", "set_grad",
+        "call", "weight", "intervene", "save", "backward", "grad", "set_grad",
     ]
 }
 
@@ -478,6 +486,9 @@ struct Compiler {
 
         case "setindex":
             let x = try nodeIndex(r.fields["x"], r, "x")
+            if nodes[x].alias?.isWeight == true {
+                throw r.error(.badRequest, "x", "weights are read-only: clone it first (node \(nodes[x].id) views a weight)")
+            }
             guard let keyValue = r.fields["key"] else { throw r.error(.badRequest, "key", "missing field key") }
             let key = try IndexItem.parseKey(keyValue, node: r.id, field: r.path("key"))
             let resolved = try ResolvedIndex(key, shape: shape(x), node: r.id, field: r.path("key"))
@@ -653,6 +664,18 @@ struct Compiler {
             return try make(r, .topk(x, k: k, dim: d, largest: try r.bool("largest", default: true), indices: try r.bool("indices", default: false)),
                         shape: out, inputs: [.node(x)])
 
+        case "call":
+            return try call(r)
+
+        case "weight":
+            let path = try r.string("module")
+            _ = try module(path, r)
+            let name = try r.string("name")
+            guard let parameter = model.modules.parameter("\(path).\(name)") else {
+                throw r.error(.unknownSite, "name", "\(path) has no parameter \(name)")
+            }
+            return CompiledNode(id: r.id, op: .weight(parameter), shape: parameter.shape, event: .start, alias: .weight, inputs: [])
+
         case "intervene":
             return try intervene(&r)
 
@@ -702,6 +725,35 @@ struct Compiler {
         default:
             throw r.error(.unknownOp, "op", "unknown trace op \"\(op)\" (known: \(CompiledTrace.ops.joined(separator: ", ")))")
         }
+    }
+
+    /// The type of module `path` of the model's tree, or `unknown_site` naming the field `module`.
+    private func module(_ path: String, _ r: NodeReader) throws(TraceError) -> String {
+        var node = model.moduleTree
+        while node.path != path {
+            guard let next = node.children.first(where: { path == $0.path || path.hasPrefix($0.path + ".") }) else {
+                throw r.error(.unknownSite, "module", "the model has no module \(path) (models.describe lists them)")
+            }
+            node = next
+        }
+        return node.type
+    }
+
+    private func call(_ r: NodeReader) throws(TraceError) -> CompiledNode {
+        let path = try r.string("module")
+        let type = try module(path, r)
+        guard let call = model.modules.call(path) else {
+            throw r.error(.badRequest, "module", "\(path.isEmpty ? "the root" : path) (\(type)) cannot be called in a trace")
+        }
+        let x = try operand(r.fields["x"], r, "x")
+        let given = operandShape(x)
+        guard let out = call.outputShape(given), given.reduce(1, *) > 0 else {
+            throw r.error(.shapeMismatch, "x", "\(path) takes x of shape \(call.expected), got \(given)")
+        }
+        if case .sequence = call.input, given[1] > model.dimensions.context {
+            throw r.error(.tooLarge, "x", "\(path) runs on at most the model's context of \(model.dimensions.context) positions, got \(given[1])")
+        }
+        return try make(r, .call(x, module: path, model: model), shape: out, inputs: [x])
     }
 
     private mutating func intervene(_ r: inout NodeReader) throws(TraceError) -> CompiledNode {

@@ -337,6 +337,14 @@ public final class TraceRunner: @unchecked Sendable {
         for node in nodes where node.event.site >= 0 && node.alias == nil && !node.inBackward {
             guard let shape = node.shape else { continue }
             floats += 4 * shape.reduce(1, *) + node.inputs.reduce(0) { $0 + (nodes[$1].shape ?? []).reduce(1, *) }
+            if case .call(let x, _, _) = node.op {
+                // A module call holds at most what one layer does on its rows.
+                var layer = model.dimensions
+                layer.layers = 1
+                let given = x.node.flatMap { nodes[$0].shape } ?? shape
+                let (rows, length) = given.count == 3 ? (given[0], given[1]) : (given.dropLast().reduce(1, *), 1)
+                floats += layer.backwardBytes(rows: rows, length: length, logitRows: 0) / 4
+            }
         }
         return model.dimensions.backwardBytes(rows: rows, length: length, logitRows: logitRows) + 4 * floats
     }
@@ -585,6 +593,14 @@ final class TraceHooks: ForwardHooks {
             return stack ? TensorMath.stack(tensors, dim: dim) : TensorMath.cat(tensors, dim: dim)
         case .topk(let x, let k, let dim, let largest, let indices):
             return TensorMath.topk(values[x]!, k: k, dim: dim, largest: largest, indices: indices)
+        case .call(let x, let module, let model):
+            do {
+                return try model.call(module: module, operand(x))
+            } catch let error as ModelError {
+                throw TraceError(.indexOutOfRange, node: node.id, field: "nodes.\(index).x", "\(module): \(error)")
+            }
+        case .weight(let parameter):
+            return parameter
         case .save(let x, _):
             return values[x]!
         case .intervene:
