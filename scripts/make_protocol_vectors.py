@@ -35,7 +35,7 @@ VARIABLE = ["server_version", "job", "timing", "load_seconds", "idle_seconds", "
 
 PROTOCOL = 3
 
-OPS = ["hello", "models.list", "models.load", "models.unload", "models.describe", "tokenize", "detokenize", "forward",
+OPS = ["hello", "models.list", "models.load", "models.unload", "models.describe", "models.weights", "tokenize", "detokenize", "forward",
        "sweep", "trace", "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
 
 GPT2_DIMENSIONS = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 4, "head_dim": 16, "vocab": 512, "context": 64}
@@ -61,7 +61,7 @@ def safetensors(path):
 TRACE_OPS = ["get", "set", "constant", "index", "setindex", "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "abs",
              "sqrt", "matmul", "sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax", "reshape", "view",
              "transpose", "permute", "split_heads", "merge_heads", "clone", "zeros_like", "ones_like", "full_like", "full",
-             "cat", "stack", "topk", "intervene", "save", "backward", "grad", "set_grad"]
+             "cat", "stack", "topk", "call", "weight", "intervene", "save", "backward", "grad", "set_grad"]
 INTERVENTIONS = ["ablate", "head_patch", "residual_patch", "steer"]
 
 
@@ -305,6 +305,7 @@ def vectors():
         "shared": False, "job": 0, "timing": {}}, []
     yield from gradient_vectors(model, cases)
     yield from attribution_vectors(model, cases)
+    yield from module_call_vectors(model, cases)
 
 
 def sweep_vectors(model, cases):
@@ -529,6 +530,53 @@ def trace_vectors(model, cases):
     yield "trace-forward-reference", {**one, "nodes": [{"id": 0, "op": "save", "x": {"ref": 1}, "name": "x"},
                                                        {"id": 1, "op": "constant", "value": 1}]}, \
         node_error("bad_request", "nodes.0.x", 0), []
+
+
+def module_call_vectors(model, cases):
+    """The trace ops call and weight, and models.weights (added with issue 13, after the
+    others so that theirs keep their numbers)."""
+    clean = cases[0]
+    one = {"op": "trace", "model": "tiny", "invokes": [[1, 2]]}
+    # The logit lens after layer 0: lm_head(ln_f(h)), by module calls.
+    record = {}
+    model.forward(clean, record=record)
+    lens = model.norm(record["resid_post.0"][-1], "transformer.ln_f") @ model.w["transformer.wte.weight"].T
+    nodes = [{"id": 0, "op": "get", "site": "transformer.h.0", "invoke": 0},
+             {"id": 1, "op": "call", "module": "transformer.ln_f", "x": {"ref": 0}},
+             {"id": 2, "op": "call", "module": "lm_head", "x": {"ref": 1}},
+             {"id": 3, "op": "index", "x": {"ref": 2}, "key": [0, -1, {"slice": [0, 4]}]},
+             {"id": 4, "op": "save", "x": {"ref": 3}, "name": "lens"}]
+    yield "trace-logit-lens", {"op": "trace", "model": "tiny", "invokes": [clean], "nodes": nodes}, {
+        "status": "ok", "names": ["lens"], "logits": "none", "slots": len(clean), "rows": 1, "token_layers": len(clean) * model.layers,
+        "plain_token_layers": len(clean) * model.layers,
+        "saved": {"lens": {"dtype": "f32", "shape": [4], "data": np.asarray(lens[:4], dtype="<f4").tobytes()}},
+        "job": 0, "timing": {}}, []
+    yield "trace-call-not-callable", {**one, "nodes": [{"id": 0, "op": "get", "site": "transformer.h.0"},
+                                                      {"id": 1, "op": "call", "module": "transformer.h.0.attn", "x": {"ref": 0}}]}, \
+        node_error("bad_request", "nodes.1.module", 1), []
+    yield "trace-weight-read-only", {**one, "nodes": [{"id": 0, "op": "weight", "module": "transformer.ln_f", "name": "weight"},
+                                                     {"id": 1, "op": "setindex", "x": {"ref": 0}, "key": [0], "value": 1}]}, \
+        node_error("bad_request", "nodes.1.x", 1), []
+    yield from weights_vectors(model)
+
+
+def weights_vectors(model):
+    """models.weights: a parameter by name, the list, an unknown name."""
+    bias = np.asarray(model.w["transformer.ln_f.bias"], dtype="<f4")
+    yield "models-weights", {"op": "models.weights", "model": "tiny", "names": ["transformer.ln_f.bias"]}, {
+        "status": "ok", "weights": {"transformer.ln_f.bias": {"dtype": "f32", "shape": [64], "data": bias.tobytes()}}}, []
+    names = ["transformer.wte.weight", "transformer.wpe.weight"]
+    for l in range(model.layers):
+        p = f"transformer.h.{l}."
+        names += [p + m + "." + w for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+                  for w in ("weight", "bias")]
+    names += ["transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"]
+    shape = {n: list(model.w[n].shape) for n in names if n in model.w}
+    shape["lm_head.weight"] = shape["transformer.wte.weight"]
+    yield "models-weights-list", {"op": "models.weights", "model": "tiny", "list": True}, {
+        "status": "ok", "parameters": [{"name": n, "shape": shape[n]} for n in names]}, []
+    yield "models-weights-unknown", {"op": "models.weights", "model": "tiny", "names": ["transformer.ln_f.bias", "lm_head.bias"]}, \
+        error("unknown_site", "names.1"), []
 
 
 def resid_gradient(model, ids, layer, score):

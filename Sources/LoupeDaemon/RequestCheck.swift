@@ -67,6 +67,8 @@ public final class RequestCheck {
             _ = try request.mode()
         case "models.describe", "models.unload":
             _ = try model(request, "name")
+        case "models.weights":
+            _ = try model(request, "model")
         case "jobs.status", "jobs.cancel", "jobs.result":
             _ = try request.int("job")
             _ = try request.mode()
