@@ -8,7 +8,7 @@ import LoupeTensor
 ///
 /// - Every module with a weight of its own, every decoder layer and every `mlp` is callable.
 /// - Each callable module, called on the value a forward pass showed at its input (an
-///   embedding: on the tokens), gives the value the pass showed at its output, within 1e-5.
+///   embedding: on the tokens, or on the positions for a table of positions), gives the value the pass showed at its output, within 1e-5.
 /// - Where the fixture has `module-calls.safetensors` (scripts/make_module_call_fixtures.py):
 ///   the logit lens lm_head(norm(h)) of every layer's output, an MLP and a layer called on
 ///   HF's values, against HF's within 1e-4; every parameter HF has, by name, with its sum,
@@ -35,8 +35,10 @@ enum ModuleCallChecks {
         for node in modules {
             guard let call = model.modules.call(node.path) else { continue }
             let x: Tensor
-            if case .tokenIDs = call.input {
-                x = Tensor(shape: [1, tokens.count], values: tokens.map(Float.init))
+            if case .tokenIDs(let rows) = call.input {
+                // Token ids, or position ids for a table of positions (GPT-2's wpe) the tokens overflow.
+                let ids = tokens.allSatisfy { $0 < rows } ? tokens : Array(0..<tokens.count)
+                x = Tensor(shape: [1, tokens.count], values: ids.map(Float.init))
             } else if let input = recorder.values[Site(node.path, .input)] {
                 x = input
             } else {

@@ -179,10 +179,11 @@ extension LanguageModel {
         case .tokens(let body):
             var ids = [Int]()
             ids.reserveCapacity(x.count)
+            guard case .tokenIDs(let vocabulary) = call.input else { preconditionFailure("an embedding takes ids") }
             for value in x.toArray() {
-                guard case .tokenIDs(let vocabulary) = call.input, value >= 0, value < Float(vocabulary), value.rounded() == value else {
+                guard value >= 0, value < Float(vocabulary), value.rounded() == value else {
                     throw ModelError.tokenOutOfRange(value.isFinite && abs(value) < 1e18 ? Int(value.rounded(.down)) : -1,
-                                                     vocabulary: dimensions.vocabulary)
+                                                     vocabulary: vocabulary)
                 }
                 ids.append(Int(value))
             }
