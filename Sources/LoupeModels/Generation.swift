@@ -76,11 +76,10 @@ public final class Generation {
 
     /// Runs the next step with `hooks` and chooses every running row's token. `logits`: where
     /// the unembedding runs (`.all` shows the hooks every position of the prompts at step 0;
-    /// a later step has one position).
+    /// a later step has one position). `cancelled` is checked before each layer.
     public func next(hooks: (any ForwardHooks)? = nil, logits which: LogitRows = .last,
                      cancelled: CancellationCheck? = nil) throws -> Step {
         precondition(!isDone, "the generation is over")
-        if let cancelled, cancelled() { throw ModelError.cancelled }
         let count = step == 0 ? batch.length : 1
         let ids = step == 0 ? batch.paddedIDs() : fed
         let pass = ForwardPass(appending: ids, count: count, to: cache, padding: batch.padding, hooks: hooks, cancelled: cancelled)
