@@ -61,18 +61,24 @@ struct TraceSpec {
                 throw ProtocolError(error)
             }
             compiled = nil
+            try Self.checkSaved(generation!.savedBytes, configuration)
             return
         }
         generation = nil
         let compiled: CompiledTrace
         do { compiled = try runner.compile(trace) } catch { throw ProtocolError(error) }
         self.compiled = compiled
-        if compiled.savedBytes > configuration.maxSavedBytes {
-            throw ProtocolError(.tooLarge, "the saved values would take \(compiled.savedBytes) bytes, more than the \(configuration.maxSavedBytes) one trace may save (loupe serve --max-saved-mb); save less or index first", field: "nodes")
-        }
+        try Self.checkSaved(compiled.savedBytes, configuration)
         if let bytes = compiled.backwardBytes, bytes > configuration.maxBackwardBytes, let node = compiled.backwardNode {
             throw ProtocolError(.tooLarge, "the backward could hold up to \(bytes) bytes, more than the \(configuration.maxBackwardBytes) one trace's backward may (loupe serve --max-backward-mb); use fewer or shorter invocations",
                                 field: "nodes.\(node.position)", node: node.id)
+        }
+    }
+
+    /// Refuses saved values over `--max-saved-mb` (for a generation, its bound over every step).
+    private static func checkSaved(_ bytes: Int, _ configuration: DaemonConfiguration) throws(ProtocolError) {
+        if bytes > configuration.maxSavedBytes {
+            throw ProtocolError(.tooLarge, "the saved values would take \(bytes) bytes, more than the \(configuration.maxSavedBytes) one trace may save (loupe serve --max-saved-mb); save less or index first", field: "nodes")
         }
     }
 

@@ -117,6 +117,10 @@ public struct GenerationPlan {
     let independent: [Bool]
     /// Ids for the saves that keep values for later steps, past every node id.
     let spareID: Int
+    /// A bound on the bytes the saved values take as float32: each save's value at its
+    /// first step, and at its last (the largest of the later ones: only the pattern's keys
+    /// grow) for each of the others.
+    public internal(set) var savedBytes = 0
 
     static let siteOps: Set<String> = ["get", "set", "intervene"]
     static let backwardOps: Set<String> = ["backward", "grad", "set_grad"]
@@ -178,7 +182,7 @@ extension TraceRunner {
             independent.append(!GenerationPlan.siteOps.contains(op) && inputs.allSatisfy { independent[$0] })
             if let id { indexOf[id] = n; spare = max(spare, id + 1) }
         }
-        let plan = GenerationPlan(trace: trace, settings: settings, steps: steps, reads: reads, independent: independent, spareID: spare)
+        var plan = GenerationPlan(trace: trace, settings: settings, steps: steps, reads: reads, independent: independent, spareID: spare)
         // Every step's nodes with the shapes of their first and last steps (only the pattern's
         // keys grow in between); values kept from earlier steps stand in as zeros of their shape.
         var checkpoints = Set([0])
@@ -190,8 +194,13 @@ extension TraceRunner {
                       "shape": .array((shapes[m] ?? []).map { .int($0) }), "value": .int(0)])
             }
             let compiled = try plan.mapErrors(positions) { () throws(TraceError) in try compile(sub, step: s) }
-            for (k, n) in positions.enumerated() where n >= 0 && plan.steps[n].range.lowerBound == s {
-                shapes[n] = compiled.nodes[k].shape
+            for (k, n) in positions.enumerated() where n >= 0 {
+                let range = plan.steps[n].range, shape = compiled.nodes[k].shape ?? []
+                if range.lowerBound == s { shapes[n] = shape }
+                guard trace.nodes[n]["op"]?.stringValue == "save" else { continue }
+                let bytes = 4 * shape.reduce(1, *)
+                if range.lowerBound == s { plan.savedBytes += bytes }
+                if range.upperBound - 1 == s, range.count > 1 { plan.savedBytes += bytes * (range.count - 1) }
             }
         }
         return plan

@@ -55,7 +55,10 @@ extension SmolTests {
 
 final class GenerateTests: XCTestCase {
     func testLimitsAndErrors() throws {
-        let live = try LiveDaemon { $0.maxGenerateTokens = 10 }
+        let live = try LiveDaemon {
+            $0.maxGenerateTokens = 10
+            $0.maxSavedBytes = 4 * 512 * 6
+        }
         defer { live.stop() }
         try live.call("models.load", ["name": "tiny", "source": .string(Fixtures.gpt2Tiny)])
         let limits = try live.call("hello", ["protocol": MessageValue(WireProtocol.version)])["limits"]
@@ -75,6 +78,12 @@ final class GenerateTests: XCTestCase {
         XCTAssertEqual(error.field, "nodes.0.steps")
         error = try live.expectError(.badRequest, "trace", ["model": "tiny", "invokes": [[1, 2]], "nodes": [get]])
         XCTAssertEqual(error.field, "nodes.0.steps")
+        // Saved values over every step count against --max-saved-mb: the logits of 3 steps
+        // and those of step 0 again fit, of 7 steps ([1, 2, 512], then [1, 1, 512]) not.
+        let saveAll: MessageValue = [["id": 1, "op": "get", "site": "logits", "steps": "all"],
+                                     ["id": 2, "op": "save", "x": ["ref": 1], "name": "logits", "steps": "all"]]
+        error = try live.expectError(.tooLarge, "trace", trace(["max_new_tokens": 7], nodes: saveAll))
+        XCTAssertEqual(error.field, "nodes")
         // Per-step saves: a list and the steps they came from.
         let reply = try live.call("trace", trace(["max_new_tokens": 3, "eos": false], nodes: [
             ["id": 1, "op": "get", "site": "logits", "steps": "all"], ["id": 2, "op": "save", "x": ["ref": 1], "name": "logits", "steps": "all"],
