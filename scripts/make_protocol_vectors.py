@@ -33,7 +33,7 @@ VARIABLE = ["server_version", "job", "timing", "load_seconds", "idle_seconds", "
             "requests", "rss_bytes", "pid", "endpoint", "error.message", "path", "source",
             "models.*.idle_seconds", "models.*.path", "models.*.source"]
 
-PROTOCOL = 3
+PROTOCOL = 4
 
 OPS = ["hello", "models.list", "models.load", "models.unload", "models.describe", "models.weights", "tokenize", "detokenize", "forward",
        "sweep", "trace", "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
@@ -252,7 +252,8 @@ def vectors():
         "sweep": {"kinds": ["residual", "heads", "head_positions", "mlp", "neurons"], "metrics": ["logit_diff", "logprob", "kl"],
                   "interventions": ["patch", "ablate"], "ablation_modes": ["zero", "mean", "resample"],
                   "methods": ["activation", "attribution"], "neuron_positions": ["last", "sum"]},
-        "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64}}, ["instance", "started"]
+        "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64,
+                   "max_generate_tokens": 16384}}, ["instance", "started"]
     yield "hello-version-mismatch", {"op": "hello", "protocol": 99}, error("version_mismatch", "protocol"), []
     yield "unknown-op", {"op": "models.frobnicate"}, error("unknown_op", "op"), []
     yield "missing-op", {"name": "tiny"}, error("bad_request", "op"), []
@@ -306,6 +307,41 @@ def vectors():
     yield from gradient_vectors(model, cases)
     yield from attribution_vectors(model, cases)
     yield from module_call_vectors(model, cases)
+    # Added with version 4.
+    yield from generation_vectors()
+
+
+def generation_vectors():
+    """Greedy generation on the tiny GPT-2 with the logits of every step saved, as HF's
+    generate gives them (scripts/make_generation_fixtures.py), and generation's errors."""
+    golden = json.loads((MODELS / "gpt2-tiny" / "generation.json").read_text())
+    logits = safetensors(MODELS / "gpt2-tiny" / "generation.safetensors")["single.logits"]
+    prompt, tokens = golden["single"]["prompt"], golden["single"]["tokens"]
+    steps = len(tokens)
+    nodes = [
+        {"id": 1, "op": "get", "site": "logits", "steps": "all"},
+        {"id": 2, "op": "index", "x": {"ref": 1}, "key": [0, -1], "steps": "all"},
+        {"id": 3, "op": "save", "x": {"ref": 2}, "name": "logits", "steps": "all"},
+    ]
+    saved = [{"dtype": "f32", "shape": [512], "data": np.ascontiguousarray(logits[s], dtype="<f4").tobytes()} for s in range(steps)]
+    yield "trace-generate", {"op": "trace", "model": "tiny", "invokes": [prompt], "nodes": nodes,
+                             "generate": {"max_new_tokens": golden["new_tokens"]}}, {
+        "status": "ok", "names": ["logits"], "saved": {"logits": saved}, "saved_steps": {"logits": list(range(steps))},
+        "generation": {"steps": steps, "tokens": [tokens], "output": [prompt + tokens], "finish": ["length"]},
+        "job": 0, "timing": {}}, []
+    one = {"op": "trace", "model": "tiny", "invokes": [[1, 2]]}
+    get = {"id": 1, "op": "get", "site": "blocks.0.resid_post"}
+    yield "trace-generate-step-out-of-range", {**one, "nodes": [{**get, "steps": 3}], "generate": {"max_new_tokens": 3}}, \
+        node_error("index_out_of_range", "nodes.0.steps", 1), []
+    yield "trace-generate-other-steps", {**one, "generate": {"max_new_tokens": 3}, "nodes": [
+        {**get, "steps": [1, 3]}, {"id": 2, "op": "save", "x": {"ref": 1}, "name": "x", "steps": "all"}]}, \
+        node_error("out_of_order", "nodes.1.steps", 2), []
+    yield "trace-steps-without-generate", {**one, "nodes": [{**get, "steps": 1}]}, \
+        node_error("bad_request", "nodes.0.steps", 1), []
+    yield "trace-generate-past-context", {**one, "nodes": [], "generate": {"max_new_tokens": 63}}, \
+        error("too_large", "generate.max_new_tokens"), []
+    yield "trace-generate-bad-field", {**one, "nodes": [], "generate": {"max_new_tokens": 2, "top_k": -1}}, \
+        error("bad_request", "generate.top_k"), []
 
 
 def sweep_vectors(model, cases):

@@ -58,7 +58,10 @@ public final class RequestCheck {
         case "trace":
             let spec = try TraceSpec(request, model: try model(request, "model"), configuration: configuration, interventions: interventions)
             guard run else { return [:] }
-            do { return TraceSpec.reply(try spec.runner.run(spec.compiled)) } catch { throw ProtocolError.running(error) }
+            do {
+                if let generation = spec.generation { return TraceSpec.reply(try spec.runner.generate(generation)) }
+                return TraceSpec.reply(try spec.runner.run(spec.compiled!))
+            } catch { throw ProtocolError.running(error) }
         case "sweep":
             _ = try SweepSpec(request, model: try model(request, "model"), configuration: configuration)
         case "models.load":

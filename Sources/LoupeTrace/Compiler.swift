@@ -182,6 +182,9 @@ struct Compiler {
     let interventions: InterventionRegistry
     let trace: Trace
     let mode: LogitMode
+    /// The generation step the trace runs at (`GenerationPlan`): from step 1 on, every
+    /// site has one position per invocation, and attention keys `count + step`.
+    var step = 0
 
     static let headSites: Set<Site> = [Site("lm_head", .input), Site("lm_head", .output), Site("logits", .output)]
 
@@ -405,8 +408,14 @@ struct Compiler {
 
     /// The value's shape at `ref` for its invocation alone.
     private func siteShape(_ ref: SiteRef) -> [Int] {
-        let length = mode == .last && Compiler.headSites.contains(ref.site) ? 1 : trace.invocations[ref.invoke].count
-        return ref.info.shape.map { $0 == SiteInfo.batchDim ? 1 : ($0 == SiteInfo.sequenceDim ? length : $0) }
+        let count = trace.invocations[ref.invoke].count
+        let length = step > 0 || (mode == .last && Compiler.headSites.contains(ref.site)) ? 1 : count
+        var sequenceAxes = 0
+        return ref.info.shape.map { d in
+            guard d == SiteInfo.sequenceDim else { return d == SiteInfo.batchDim ? 1 : d }
+            sequenceAxes += 1
+            return sequenceAxes == 2 ? count + step : length  // the second is the pattern's keys
+        }
     }
 
     private func dim(_ d: Int, rank: Int, _ reader: NodeReader, _ key: String) throws(TraceError) -> Int {
@@ -807,7 +816,7 @@ struct Compiler {
         }
         let sites = self.sites, order = self.siteOrder
         let context = InterventionContext(node: r.id, target: target, dimensions: model.dimensions,
-                                          lengths: trace.invocations.map(\.count),
+                                          lengths: trace.invocations.map { step > 0 ? 1 : $0.count },
                                           siteInfo: { order[$0].map { sites[$0] } })
         let arguments = InterventionArguments(node: r.id, values: params, tensorShapes: shapes)
         let steps = try type.plan(arguments, context)
