@@ -111,7 +111,8 @@ public final class ModuleScope {
     public func linear(_ name: String, in inputs: Int, out outputs: Int, bias: Bool, inputMajor: Bool = false) throws -> LinearModule {
         let scope = child(name, "Linear", extra: "in_features=\(inputs), out_features=\(outputs), bias=\(bias ? "True" : "False")")
         let map = Linear(weight: try scope.weight("weight", [outputs, inputs]),
-                         bias: bias ? try scope.weight("bias", [outputs]) : nil, layout: .outputMajor)
+                         bias: bias ? try scope.weight("bias", [outputs]) : nil, layout: .outputMajor,
+                         blocks: weights.blocks("\(scope.path).weight"))
         return LinearModule(module: scope.module, map: inputMajor ? map.inputMajor() : map)
     }
 
@@ -127,7 +128,8 @@ public final class ModuleScope {
     public func tiedLinear(_ name: String, to tied: EmbeddingModule) -> LinearModule {
         let (count, width) = (tied.table.shape[0], tied.table.shape[1])
         let scope = child(name, "Linear", extra: "in_features=\(width), out_features=\(count), bias=False")
-        return LinearModule(module: scope.module, map: Linear(weight: tied.table, layout: .outputMajor))
+        return LinearModule(module: scope.module, map: Linear(weight: tied.table, layout: .outputMajor,
+                                                              blocks: weights.blocks("\(tied.module.path).weight")))
     }
 
     /// An `nn.Embedding` (or a subclass `type`, such as Gemma's scaled one) of `count` rows.
