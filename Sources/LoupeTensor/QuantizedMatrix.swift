@@ -32,6 +32,26 @@ public enum BlockFormat: Sendable, CaseIterable {
     /// Weights per block.
     public var blockSize: Int { self == .q4_K || self == .q6_K ? 256 : 32 }
 
+    /// x's `count` elements (whole blocks) in the order the decoder gives each block's weights.
+    func reorder(_ x: UnsafePointer<Float>, count: Int, into destination: UnsafeMutablePointer<Float>) {
+        let order = self.order
+        for start in stride(from: 0, to: count, by: order.count) {
+            for (position, element) in order.enumerated() { destination[start + position] = x[start + element] }
+        }
+    }
+
+    /// Position p of a block's decoded weights is element order[p].
+    private var order: [Int] {
+        switch self {
+        case .q4_0: Q4_0.order
+        case .q4_1: Q4_1.order
+        case .q5_0: Q5_0.order
+        case .q8_0: Q8_0.order
+        case .q4_K: Q4_K.order
+        case .q6_K: Q6_K.order
+        }
+    }
+
     /// Bytes per block.
     public var typeSize: Int {
         switch self {
@@ -73,8 +93,8 @@ public struct QuantizedMatrix: Sendable {
 
         func row(_ r: Int) -> UnsafeRawPointer { UnsafeRawPointer(bytes.pointer + r * rowBytes) }
 
-        /// Rows `rows` of this part times each of the `count` rows of x, into column o of y
-        /// for row o. Each format's loop is compiled for it.
+        /// Rows `rows` of this part times each of the `count` rows of x (in the format's
+        /// order), into column o of y for row o. Each format's loop is compiled for it.
         func products(rows: Range<Int>, x: UnsafePointer<Float>, count: Int, y: UnsafeMutablePointer<Float>, yStride: Int) {
             switch format {
             case .q4_0: Q4_0.products(self, rows: rows, x: x, count: count, y: y, yStride: yStride)
@@ -157,17 +177,27 @@ public struct QuantizedMatrix: Sendable {
     }
 
     /// y[i, o] = Σ_j W[o, j] · x[i, j] for `count` rows of x [count, columns] into y
-    /// [count, rows], both contiguous. Output rows are split over the cores; every input row
-    /// is multiplied by a weight row while its blocks are in the L1 cache.
+    /// [count, rows], both contiguous. The decoders give a block's weights in the order its
+    /// bytes hold them, so x is first put in that order (once per call, not per row). Output
+    /// rows are split over the cores; every input row is multiplied by a weight row while its
+    /// blocks are in the L1 cache.
     public func multiply(_ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<Float>) {
-        Parallel.forEachChunk(rows, costPerItem: columns * count) { range in
-            var start = 0
-            for part in parts {
-                let lower = max(range.lowerBound, start), upper = min(range.upperBound, start + part.rows)
-                if lower < upper {
-                    part.products(rows: (lower - start)..<(upper - start), x: x, count: count, y: y + start, yStride: rows)
+        let formats = parts.map(\.format)
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: formats.count * count * columns) { reordered in
+            for (index, format) in formats.enumerated() {
+                format.reorder(x, count: count * columns, into: reordered.baseAddress! + index * count * columns)
+            }
+            let inputs = UnsafePointer(reordered.baseAddress!)
+            Parallel.forEachChunk(rows, costPerItem: columns * count) { range in
+                var start = 0
+                for (index, part) in parts.enumerated() {
+                    let lower = max(range.lowerBound, start), upper = min(range.upperBound, start + part.rows)
+                    if lower < upper {
+                        part.products(rows: (lower - start)..<(upper - start), x: inputs + index * count * columns, count: count,
+                                      y: y + start, yStride: rows)
+                    }
+                    start += part.rows
                 }
-                start += part.rows
             }
         }
     }
@@ -175,48 +205,66 @@ public struct QuantizedMatrix: Sendable {
 
 // MARK: - Block decoders
 
-/// One block format: how to decode its 32-weight chunks, as the dequantizer does.
+/// One block format. `weights` hands out a block's weights eight at a time (group g:
+/// positions 8g..<8g+8), decoded as the dequantizer does, in the order that the block's bytes
+/// give them most cheaply: `order` says which element each position is.
 protocol BlockCodec {
     static var blockSize: Int { get }
     static var typeSize: Int { get }
-    /// Weights 32c..<32c+32 of the block at `p`, in two halves.
-    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (SIMD16<Float>, SIMD16<Float>)
+    static var order: [Int] { get }
+    static func weights(_ p: UnsafeRawPointer, _ body: (_ group: Int, _ weights: SIMD8<Float>) -> Void)
+}
+
+/// Four sums, so that consecutive multiply-adds do not wait on each other.
+struct Sums {
+    var a = SIMD8<Float>(), b = SIMD8<Float>(), c = SIMD8<Float>(), d = SIMD8<Float>()
+
+    @inline(__always)
+    mutating func add(_ group: Int, _ w: SIMD8<Float>, _ x: UnsafePointer<Float>) {
+        let v = UnsafeRawPointer(x + 8 * group).loadUnaligned(as: SIMD8<Float>.self)
+        switch group & 3 {
+        case 0: a = a.addingProduct(w, v)
+        case 1: b = b.addingProduct(w, v)
+        case 2: c = c.addingProduct(w, v)
+        default: d = d.addingProduct(w, v)
+        }
+    }
+
+    var total: Float { ((a + b) + (c + d)).sum() }
 }
 
 extension BlockCodec {
+    /// The order of a block whose group g, lane k is element `element(g, k)`.
+    static func ordering(_ element: (_ group: Int, _ lane: Int) -> Int) -> [Int] {
+        (0..<blockSize).map { element($0 / 8, $0 % 8) }
+    }
+
+    /// A row of `columns` weights in natural order.
     static func dequantize(_ row: UnsafeRawPointer, _ destination: UnsafeMutablePointer<Float>, _ columns: Int) {
         for b in 0..<columns / blockSize {
-            for c in 0..<blockSize / 32 {
-                let (low, high) = chunk(row + b * typeSize, c)
-                let out = UnsafeMutableRawPointer(destination + b * blockSize + 32 * c)
-                out.storeBytes(of: low, as: SIMD16<Float>.self)
-                (out + 64).storeBytes(of: high, as: SIMD16<Float>.self)
+            let out = destination + b * blockSize
+            weights(row + b * typeSize) { group, w in
+                for lane in 0..<8 { out[order[8 * group + lane]] = w[lane] }
             }
         }
     }
 
-    /// Rows `rows` of `part` times each of the `count` rows of x.
+    /// Rows `rows` of `part` times each of the `count` rows of x (reordered).
     static func products(_ part: QuantizedMatrix.Part, rows: Range<Int>, x: UnsafePointer<Float>, count: Int,
                          y: UnsafeMutablePointer<Float>, yStride: Int) {
         let blocks = part.rowBytes / typeSize, columns = blocks * blockSize
         for o in rows {
             let row = part.row(o)
-            for i in 0..<count { y[i * yStride + o] = dot(row, x + i * columns, blocks) }
-        }
-    }
-
-    @inline(__always)
-    static func dot(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ blocks: Int) -> Float {
-        var sum0 = SIMD16<Float>(), sum1 = SIMD16<Float>()
-        for b in 0..<blocks {
-            let p = row + b * typeSize, xs = UnsafeRawPointer(x + b * blockSize)
-            for c in 0..<blockSize / 32 {
-                let (low, high) = chunk(p, c)
-                sum0 = sum0.addingProduct(low, xs.loadUnaligned(fromByteOffset: 128 * c, as: SIMD16<Float>.self))
-                sum1 = sum1.addingProduct(high, xs.loadUnaligned(fromByteOffset: 128 * c + 64, as: SIMD16<Float>.self))
+            for i in 0..<count {
+                var sums = Sums()
+                let input = x + i * columns
+                for b in 0..<blocks {
+                    let xs = input + b * blockSize
+                    weights(row + b * typeSize) { group, w in sums.add(group, w, xs) }
+                }
+                y[i * yStride + o] = sums.total
             }
         }
-        return (sum0 + sum1).sum()
     }
 }
 
@@ -226,22 +274,26 @@ private func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
 }
 
 @inline(__always)
-private func bytes16(_ p: UnsafeRawPointer, _ offset: Int) -> SIMD16<UInt8> {
-    p.loadUnaligned(fromByteOffset: offset, as: SIMD16<UInt8>.self)
+private func lanes(_ p: UnsafeRawPointer, _ offset: Int) -> SIMD8<UInt32> {
+    p.loadUnaligned(fromByteOffset: offset, as: SIMD8<UInt32>.self)
 }
 
-/// Small whole numbers to float32, exactly.
+/// The low and high nibbles of 16 bytes, four to a lane: lane k < 4 holds elements 4k..<4k+4,
+/// lane k >= 4 elements 16 + 4(k - 4)..<. (Element j's low nibble is byte j's, j + 16's its high.)
 @inline(__always)
-private func floats(_ v: SIMD16<UInt8>) -> SIMD16<Float> { SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: v)) }
+private func nibbles(_ p: UnsafeRawPointer, _ offset: Int) -> SIMD8<UInt32> {
+    let w = p.loadUnaligned(fromByteOffset: offset, as: SIMD4<UInt32>.self)
+    return SIMD8(lowHalf: w & 0x0F0F_0F0F, highHalf: (w &>> 4) & 0x0F0F_0F0F)
+}
 
-@inline(__always)
-private func floats(_ v: SIMD16<Int8>) -> SIMD16<Float> { SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: v)) }
+/// Element of group g (byte g of each lane), lane k, for `nibbles`.
+private func nibbleElement(_ g: Int, _ k: Int) -> Int { k < 4 ? 4 * k + g : 16 + 4 * (k - 4) + g }
 
-/// Bit j of `bits` as 16 lanes (lane j: bit j + from), moved to bit `to`.
+/// Byte `b` of every lane, a whole number below 2^23, minus `offset`, exactly as a float: the
+/// bits 2^23 + n read as a float are 2^23 + n (integer conversions do not vectorise).
 @inline(__always)
-private func bitLanes(_ bits: UInt32, from: UInt32, to: UInt8) -> SIMD16<UInt8> {
-    let lanes = SIMD16<UInt32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) &+ from
-    return SIMD16<UInt8>(truncatingIfNeeded: (SIMD16<UInt32>(repeating: bits) &>> lanes) & 1) &<< to
+private func floats(_ v: SIMD8<UInt32>, byte b: UInt32, minus offset: Float = 0) -> SIMD8<Float> {
+    unsafeBitCast(((v &>> (8 * b)) & 0xFF) | 0x4B00_0000, to: SIMD8<Float>.self) - (8_388_608 + offset)
 }
 
 // Each decoder below mirrors its namesake in LoupeFormats/Dequantize.swift, rounding the same
@@ -250,87 +302,102 @@ private func bitLanes(_ bits: UInt32, from: UInt32, to: UInt8) -> SIMD16<UInt8> 
 /// Q4_0: (q - 8) * d.
 private enum Q4_0: BlockCodec {
     static let blockSize = 32, typeSize = 18
+    static let order = ordering(nibbleElement)
     @inline(__always)
-    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (SIMD16<Float>, SIMD16<Float>) {
-        let d = half(p, 0), q = bytes16(p, 2)
-        return ((floats(q & 0xF) - 8) * d, (floats(q &>> 4) - 8) * d)
+    static func weights(_ p: UnsafeRawPointer, _ body: (Int, SIMD8<Float>) -> Void) {
+        let d = half(p, 0), q = nibbles(p, 2)
+        for g in 0..<4 { body(g, floats(q, byte: UInt32(g), minus: 8) * d) }
     }
 }
 
 /// Q4_1: d * q + m.
 private enum Q4_1: BlockCodec {
     static let blockSize = 32, typeSize = 20
+    static let order = ordering(nibbleElement)
     @inline(__always)
-    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (SIMD16<Float>, SIMD16<Float>) {
-        let d = half(p, 0), m = half(p, 2), q = bytes16(p, 4)
-        return (d * floats(q & 0xF) + m, d * floats(q &>> 4) + m)
+    static func weights(_ p: UnsafeRawPointer, _ body: (Int, SIMD8<Float>) -> Void) {
+        let d = half(p, 0), m = half(p, 2), q = nibbles(p, 4)
+        for g in 0..<4 { body(g, d * floats(q, byte: UInt32(g)) + m) }
     }
 }
 
-/// Q5_0: (q - 16) * d, q's fifth bit from the 32 high bits.
+/// Q5_0: (q - 16) * d, q's fifth bit (element j: bit j of the 32 high bits).
 private enum Q5_0: BlockCodec {
     static let blockSize = 32, typeSize = 22
+    static let order = ordering(nibbleElement)
     @inline(__always)
-    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (SIMD16<Float>, SIMD16<Float>) {
-        let d = half(p, 0), q = bytes16(p, 6)
-        let high = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
-        let low = (q & 0xF) | bitLanes(high, from: 0, to: 4), top = (q &>> 4) | bitLanes(high, from: 16, to: 4)
-        return ((floats(low) - 16) * d, (floats(top) - 16) * d)
+    static func weights(_ p: UnsafeRawPointer, _ body: (Int, SIMD8<Float>) -> Void) {
+        let d = half(p, 0), q = nibbles(p, 6)
+        let high = SIMD8<UInt32>(repeating: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)))
+        let elements = SIMD8<UInt32>(0, 4, 8, 12, 16, 20, 24, 28)
+        for g in 0..<4 {
+            let fifth = ((high &>> (elements &+ UInt32(g))) & 1) &<< (8 * UInt32(g) + 4)
+            body(g, floats(q | fifth, byte: UInt32(g), minus: 16) * d)
+        }
     }
 }
 
-/// Q8_0: q * d.
+/// Q8_0: q * d, q a signed byte.
 private enum Q8_0: BlockCodec {
     static let blockSize = 32, typeSize = 34
+    static let order = ordering { g, k in 4 * k + g }
     @inline(__always)
-    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (SIMD16<Float>, SIMD16<Float>) {
-        let d = half(p, 0)
-        let low = p.loadUnaligned(fromByteOffset: 2, as: SIMD16<Int8>.self)
-        let high = p.loadUnaligned(fromByteOffset: 18, as: SIMD16<Int8>.self)
-        return (floats(low) * d, floats(high) * d)
+    static func weights(_ p: UnsafeRawPointer, _ body: (Int, SIMD8<Float>) -> Void) {
+        let d = half(p, 0), q = lanes(p, 2)
+        for g in 0..<4 {
+            // Byte g sign-extended, then 1.5 · 2^23 + n read as a float, exactly.
+            let n = unsafeBitCast(q &<< UInt32(24 - 8 * g), to: SIMD8<Int32>.self) &>> 24
+            body(g, (unsafeBitCast(n &+ 0x4B40_0000, to: SIMD8<Float>.self) - 12_582_912) * d)
+        }
     }
 }
 
-/// Q4_K: (d * scale) * q - (dmin * min), sub-block c's 6-bit scale and min.
+/// Q4_K: (d * scale) * q - (dmin * min), each sub-block of 32 its 6-bit scale and min; the
+/// 32 bytes of pair i hold sub-block 2i in their low nibbles and 2i + 1 in their high ones.
 private enum Q4_K: BlockCodec {
     static let blockSize = 256, typeSize = 144
+    static let order = ordering { g, k in 32 * (g / 4) + 4 * k + g % 4 }
     @inline(__always)
-    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (SIMD16<Float>, SIMD16<Float>) {
-        let scales = p + 4
-        @inline(__always) func byte(_ i: Int) -> UInt8 { scales.load(fromByteOffset: i, as: UInt8.self) }
-        let (scale, min) = c < 4
-            ? (byte(c) & 63, byte(c + 4) & 63)
-            : ((byte(c + 4) & 0xF) | (byte(c - 4) >> 6) << 4, (byte(c + 4) >> 4) | (byte(c) >> 6) << 4)
-        let d = half(p, 0) * Float(scale), m = half(p, 2) * Float(min)
-        let offset = 16 + 32 * (c >> 1)
-        var low = bytes16(p, offset), high = bytes16(p, offset + 16)
-        if c & 1 == 0 {
-            low &= 0xF
-            high &= 0xF
-        } else {
-            low &>>= 4
-            high &>>= 4
+    static func weights(_ p: UnsafeRawPointer, _ body: (Int, SIMD8<Float>) -> Void) {
+        let d = half(p, 0), dmin = half(p, 2)
+        @inline(__always) func byte(_ i: Int) -> UInt8 { p.load(fromByteOffset: 4 + i, as: UInt8.self) }
+        for pair in 0..<4 {
+            let q = lanes(p, 16 + 32 * pair)
+            for sub in 0..<2 {
+                let j = 2 * pair + sub
+                let (scale, min) = j < 4
+                    ? (byte(j) & 63, byte(j + 4) & 63)
+                    : ((byte(j + 4) & 0xF) | (byte(j - 4) >> 6) << 4, (byte(j + 4) >> 4) | (byte(j) >> 6) << 4)
+                let scaled = d * Float(scale), offset = dmin * Float(min)
+                let v = (q &>> UInt32(4 * sub)) & 0x0F0F_0F0F
+                for g in 0..<4 { body(4 * j + g, scaled * floats(v, byte: UInt32(g)) - offset) }
+            }
         }
-        return (d * floats(low) - m, d * floats(high) - m)
     }
 }
 
-/// Q6_K: (d * scale) * (q - 32), a signed scale per 16 weights; chunk c is weights
-/// 32k..<32k+32 of half c / 4 (k = c % 4).
+/// Q6_K: (d * scale) * (q - 32), a signed scale per 16 weights. Each half of 128 weights: 64
+/// bytes of low nibbles (ql), 32 of 2-bit highs (qh); weight 32k + l of the half (k < 4)
+/// takes byte l (k even) or l + 32 (k odd) of ql, its high nibble for k >= 2, and bits 2k of
+/// qh's byte l.
 private enum Q6_K: BlockCodec {
     static let blockSize = 256, typeSize = 210
+    static let order = ordering { g, k in 128 * (g / 16) + 32 * (g / 4 % 4) + 4 * k + g % 4 }
     @inline(__always)
-    static func chunk(_ p: UnsafeRawPointer, _ c: Int) -> (SIMD16<Float>, SIMD16<Float>) {
-        let part = c >> 2, k = c & 3
-        let ql = 64 * part + 32 * (k & 1), qh = 128 + 32 * part, scales = 192 + 8 * part + 2 * k
-        let shift = UInt8(4 * (k >> 1)), highShift = UInt8(2 * k)
-        @inline(__always) func weights(_ l: Int) -> SIMD16<Float> {
-            let q = (bytes16(p, ql + l) &>> shift) & 0xF | ((bytes16(p, qh + l) &>> highShift) & 3) &<< 4
-            return floats(q) - 32
-        }
+    static func weights(_ p: UnsafeRawPointer, _ body: (Int, SIMD8<Float>) -> Void) {
         let d = half(p, 208)
-        let scale0 = d * Float(p.load(fromByteOffset: scales, as: Int8.self))
-        let scale1 = d * Float(p.load(fromByteOffset: scales + 1, as: Int8.self))
-        return (scale0 * weights(0), scale1 * weights(16))
+        for part in 0..<2 {
+            let low = lanes(p, 64 * part), high = lanes(p, 64 * part + 32), bits = lanes(p, 128 + 32 * part)
+            for k in 0..<4 {
+                let nibble = ((k & 1 == 0 ? low : high) &>> UInt32(4 * (k >> 1))) & 0x0F0F_0F0F
+                let q = nibble | ((bits &>> UInt32(2 * k)) & 0x0303_0303) &<< 4
+                // Weights 0..<16 of the 32 (lanes 0..<4) take one scale, 16..<32 the next.
+                let scales = 192 + 8 * part + 2 * k
+                let first = d * Float(p.load(fromByteOffset: scales, as: Int8.self))
+                let second = d * Float(p.load(fromByteOffset: scales + 1, as: Int8.self))
+                let scale = SIMD8(lowHalf: SIMD4(repeating: first), highHalf: SIMD4(repeating: second))
+                for g in 0..<4 { body(16 * part + 4 * k + g, scale * floats(q, byte: UInt32(g), minus: 32)) }
+            }
+        }
     }
 }

@@ -37,6 +37,9 @@ struct EngineBenchmark: ParsableCommand {
     @Flag(help: "Also time the gradient of the IOI logit difference at every layer's output against the forward pass.")
     var gradients = false
 
+    @Flag(help: "Also time a decode step's products read from the GGUF's quantized blocks against float32 (GGUF models).")
+    var quantized = false
+
     func run() throws {
         Parallel.configureBLAS()
         let registry = BuiltInPlugins.architectureRegistry()
@@ -80,6 +83,7 @@ struct EngineBenchmark: ParsableCommand {
                      hooked * 1000, bare * 1000, hooked / bare))
         if sweeps { try benchmarkSweeps(loaded) }
         if gradients { try benchmarkGradients(loaded) }
+        if quantized { try benchmarkQuantizedProducts(loaded) }
     }
 
     /// One forward and backward of the corrupted IOI prompt, keeping every layer output's

@@ -45,8 +45,9 @@ final class QuantizedMatrixTests: XCTestCase {
             var row = [Float](repeating: 0, count: columns)
             for r in 0..<rows {
                 row.withUnsafeMutableBufferPointer { matrix.dequantizeRow(r, into: $0.baseAddress!) }
-                let want = Array(UnsafeBufferPointer(start: expected.data + r * columns, count: columns))
-                XCTAssertEqual(row.map(\.bitPattern), want.map(\.bitPattern), "\(format) row \(r)")
+                let want = UnsafeBufferPointer(start: expected.data + r * columns, count: columns)
+                let mismatch = (0..<columns).first { row[$0].bitPattern != want[$0].bitPattern }
+                XCTAssertNil(mismatch, "\(format) row \(r): weight \(mismatch ?? 0) is \(row[mismatch ?? 0]), the dequantizer's \(want[mismatch ?? 0])")
             }
 
             // Products of 1 and 3 rows against the dequantized matrix's, summed in Double.
