@@ -47,9 +47,11 @@ public struct Linear: Sendable {
     }
     private static let quantizedSwitch = Atomic<Bool>(ProcessInfo.processInfo.environment["LOUPE_QUANTIZED_PRODUCTS"] != "0")
 
-    /// Inputs of at most this many rows take the quantized product: it reads a quarter or less
-    /// of sgemm's bytes but decodes every weight once per row, and past this sgemm is faster.
-    public static let quantizedRowLimit = 4
+    /// Inputs of at most this many rows take the quantized product. It reads a sixth of
+    /// sgemm's bytes (Q4_1) but decodes every weight again for each row: on SmolLM2's products
+    /// it took half sgemm's time on one row, about the same on two, more from three on
+    /// (`loupe-bench --quantized`).
+    public static let quantizedRowLimit = 2
 
     /// Several maps of the same input as one, in input-major layout: one sgemm computes
     /// all of them side by side (Llama's q, k and v; its gate and up projections). sgemm

@@ -24,26 +24,35 @@ extension EngineBenchmark {
                 (linear, Tensor(shape: [rows, linear.inputSize], values: (0..<rows * linear.inputSize).map { Float($0 % 17) * 0.01 - 0.08 }),
                  Tensor(zeros: [rows, linear.outputSize]))
             }
-            let float32 = median(repeats) {
+            let float32 = cpuMedian(repeats) {
                 for (linear, x, y) in operands {
                     gemm(rows: rows, columns: linear.outputSize, inner: linear.inputSize, a: x.data, lda: linear.inputSize, transposeA: false,
                          b: linear.weight.data, ldb: linear.weight.shape[1], transposeB: linear.layout == .outputMajor,
                          c: y.data, ldc: linear.outputSize)
                 }
             }
-            let blocks = median(repeats) { for (linear, x, y) in operands { linear.blocks!.multiply(x.data, count: rows, into: y.data) } }
+            let blocks = cpuMedian(repeats) { for (linear, x, y) in operands { linear.blocks!.multiply(x.data, count: rows, into: y.data) } }
             lines.append(String(format: "%d: %.2f / %.2f ms (%.2fx)", rows, blocks * 1000, float32 * 1000, float32 / blocks))
         }
-        print("  every product on R rows, blocks / sgemm (row limit \(Linear.quantizedRowLimit)): " + lines.joined(separator: "; "))
+        print("  every product on R rows, blocks / sgemm, CPU time of both cores (row limit \(Linear.quantizedRowLimit)): " + lines.joined(separator: "; "))
         defer { Linear.quantizedProducts = true }
         let token = TokenBatch([[1]])
-        func forward(quantized: Bool) -> Double {
+        func forward(quantized: Bool, _ measure: (Int, () -> Void) -> Double) -> Double {
             Linear.quantizedProducts = quantized
-            return median(repeats) { _ = try! loaded.model.forward(token, logits: .all) }
+            return measure(repeats) { _ = try! loaded.model.forward(token, logits: .all) }
         }
-        let (float32, blocks) = (forward(quantized: false), forward(quantized: true))
-        print(String(format: "  forward 1x1 (a decode step's products, norms and lm_head): quantized %.2f ms, float32 %.2f ms (%.2fx)",
-                     blocks * 1000, float32 * 1000, float32 / blocks))
+        for (what, measure) in [("wall", median), ("CPU", cpuMedian)] as [(String, (Int, () -> Void) -> Double)] {
+            let (float32, blocks) = (forward(quantized: false, measure), forward(quantized: true, measure))
+            print(String(format: "  forward 1x1 (a decode step: the products, norms, lm_head), %@ time: quantized %.2f ms, float32 %.2f ms (%.2fx)",
+                         what, blocks * 1000, float32 * 1000, float32 / blocks))
+        }
+        let check = TokenBatch([[2322]])
+        Linear.quantizedProducts = false
+        let float32Logits = try loaded.model.forward(check, logits: .all)
+        Linear.quantizedProducts = true
+        let quantizedLogits = try loaded.model.forward(check, logits: .all)
+        let difference = zip(float32Logits.toArray(), quantizedLogits.toArray()).map { abs($0 - $1) }.max() ?? 0
+        print(String(format: "  one-token logits, quantized against float32 products: max difference %.2e", difference))
     }
 
     /// The GGUF's matrices as the Llama and Gemma adapters hold them: q, k, v and gate, up
@@ -65,4 +74,22 @@ extension EngineBenchmark {
         linears.append(file.shape(of: "output.weight") != nil ? try linear("output.weight").inputMajor() : try linear("token_embd.weight"))
         return linears
     }
+}
+
+/// Median CPU time (user and system, every thread of the process) of `repeats` runs after one
+/// warm-up: what a run costs the machine, steadier than wall time when the machine is shared.
+func cpuMedian(_ repeats: Int, _ body: () -> Void) -> Double {
+    func cpu() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+    body()
+    var times = [Double]()
+    for _ in 0..<repeats {
+        let start = cpu()
+        body()
+        times.append(cpu() - start)
+    }
+    return times.sorted()[times.count / 2]
 }

