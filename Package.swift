@@ -81,7 +81,7 @@ let package = Package(
 
         .executableTarget(
             name: "loupe-bench",
-            dependencies: ["LoupeModels", "LoupeSweeps", "LoupeTrace", "BuiltInPlugins", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["LoupeModels", "LoupeFormats", "LoupeSweeps", "LoupeTrace", "BuiltInPlugins", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         // The fuzz target over the daemon's request path (scripts/fuzz.sh builds it with libFuzzer).
         .executableTarget(

@@ -410,11 +410,12 @@ enum GemmaGGUF {
                                "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
                                "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
                                "input_layernorm": "attn_norm", "post_attention_layernorm": "post_attention_norm",
-                               "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"]) { name, t in
+                               "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"],
+                    adjust: { name, t in
             if name.hasSuffix("norm.weight") {
                 for i in 0..<t.count { t.data[i] -= 1 }
             }
             return t
-        }
+        })
     }
 }

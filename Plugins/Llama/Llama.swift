@@ -387,26 +387,23 @@ enum LlamaGGUF {
                     model: ["model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"],
                     perLayer: ["self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                                "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"]) { name, t in
-            if name.hasSuffix("attn_q.weight") || name.hasSuffix("attn_q.bias") { return unpermute(t, heads: settings.heads) }
-            if name.hasSuffix("attn_k.weight") || name.hasSuffix("attn_k.bias") { return unpermute(t, heads: settings.keyValueHeads) }
-            return t
-        }
+                               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"],
+                    rowOrder: { name, rows in
+            if name.hasSuffix("attn_q.weight") || name.hasSuffix("attn_q.bias") { return unpermuted(rows, heads: settings.heads) }
+            if name.hasSuffix("attn_k.weight") || name.hasSuffix("attn_k.bias") { return unpermuted(rows, heads: settings.keyValueHeads) }
+            return nil
+        })
     }
 
-    /// Row i·2 + j of each head's block (i < half, j < 2) goes back to row j·half + i.
-    private static func unpermute(_ t: Tensor, heads: Int) -> Tensor {
-        let rows = t.shape[0], width = t.count / rows
+    /// Row j·half + i of each head's block (i < half, j < 2) is the file's row i·2 + j.
+    private static func unpermuted(_ rows: Int, heads: Int) -> [Int] {
         let half = rows / heads / 2
-        let out = Tensor(zeros: t.shape)
+        var order = [Int](repeating: 0, count: rows)
         for h in 0..<heads {
             for i in 0..<half {
-                for j in 0..<2 {
-                    let from = h * 2 * half + i * 2 + j, to = h * 2 * half + j * half + i
-                    (out.data + to * width).update(from: t.data + from * width, count: width)
-                }
+                for j in 0..<2 { order[h * 2 * half + j * half + i] = h * 2 * half + i * 2 + j }
             }
         }
-        return out
+        return order
     }
 }

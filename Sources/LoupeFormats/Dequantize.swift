@@ -40,25 +40,6 @@ struct BlockConverter {
     }
 }
 
-/// IEEE half precision to float32, exactly (subnormals, infinities and NaNs included). Written
-/// out rather than using Float16, which Swift lacks on Intel Macs.
-@inline(__always)
-func floatFromHalf(_ bits: UInt16) -> Float {
-    let sign = UInt32(bits & 0x8000) << 16
-    let exponent = UInt32(bits >> 10) & 0x1F
-    let mantissa = UInt32(bits & 0x3FF)
-    switch exponent {
-    case 0x1F:
-        return Float(bitPattern: sign | 0x7F80_0000 | mantissa << 13)
-    case 0:
-        // Zero or subnormal: mantissa * 2^-24, exact in float32.
-        let magnitude = Float(mantissa) * 0x1p-24
-        return sign == 0 ? magnitude : -magnitude
-    default:
-        return Float(bitPattern: sign | (exponent + 112) << 23 | mantissa << 13)
-    }
-}
-
 /// ggml's block decoders, written to give bit-for-bit the float32 values of ggml-quants.c's
 /// `dequantize_row_*` and gguf-py's `quants.py`: each scale is widened to float32 first and the
 /// products and sums are rounded in the same order.

@@ -1,3 +1,5 @@
+import LoupeTensor
+
 /// ggml's tensor data types (ggml.h's `ggml_type`), with their block layouts: `blockSize`
 /// elements stored in `typeSize` bytes. All are listed so that a GGUF file holding any of them
 /// can be opened and bounds-checked; `tensor(_:)` converts those with a `converter`.
@@ -67,6 +69,19 @@ enum GGMLType: UInt32, CaseIterable {
         case .q4_K: return .init(blockSize: 256, typeSize: typeSize, decode: Dequantize.q4_K)
         case .q5_K: return .init(blockSize: 256, typeSize: typeSize, decode: Dequantize.q5_K)
         case .q6_K: return .init(blockSize: 256, typeSize: typeSize, decode: Dequantize.q6_K)
+        default: return nil
+        }
+    }
+
+    /// The format the fused quantized product reads this type in, nil for types it does not.
+    var blockFormat: BlockFormat? {
+        switch self {
+        case .q4_0: return .q4_0
+        case .q4_1: return .q4_1
+        case .q5_0: return .q5_0
+        case .q8_0: return .q8_0
+        case .q4_K: return .q4_K
+        case .q6_K: return .q6_K
         default: return nil
         }
     }

@@ -233,4 +233,14 @@ public final class GGUFFile: WeightSource, @unchecked Sendable {
         }
         return try file.tensor(name, shape: info.shape, at: info.offset, converter: converter)
     }
+
+    /// A copy of a matrix's blocks, for the fused quantized product; its pages of the mapping
+    /// are handed back as after a conversion.
+    public func blocks(_ name: String) -> QuantizedMatrix? {
+        guard let i = index[name], infos[i].shape.count == 2, let format = infos[i].type?.blockFormat else { return nil }
+        let info = infos[i]
+        let matrix = QuantizedMatrix(format: format, rows: info.shape[0], columns: info.shape[1], copying: file.pointer(at: info.offset))
+        file.release(at: info.offset, count: matrix.byteCount)
+        return matrix
+    }
 }

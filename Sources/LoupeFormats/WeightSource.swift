@@ -9,6 +9,13 @@ public protocol WeightSource: Sendable {
     func shape(of name: String) -> [Int]?
     /// Float32, contiguous; throws FormatError(.missingTensor) if absent.
     func tensor(_ name: String) throws -> Tensor
+    /// The quantized blocks of matrix `name`, when it is stored in a block format the fused
+    /// product reads (its rows the rows of `tensor(name)`); nil otherwise.
+    func blocks(_ name: String) -> QuantizedMatrix?
+}
+
+extension WeightSource {
+    public func blocks(_ name: String) -> QuantizedMatrix? { nil }
 }
 
 extension WeightSource {

@@ -252,6 +252,13 @@ public struct WeightReader {
         return tensor
     }
 
+    /// The quantized blocks of matrix `name` (read after `callAsFunction` checked it), for the
+    /// fused product on few rows; nil when it has none or quantized products are off.
+    public func blocks(_ name: String) -> QuantizedMatrix? {
+        guard Linear.quantizedProducts else { return nil }
+        return source.blocks(resolve(name) ?? name)
+    }
+
     private func resolve(_ name: String) -> String? {
         if source.shape(of: name) != nil { return name }
         if name.hasPrefix(optionalPrefix) {

@@ -247,7 +247,8 @@ public final class ModuleScope {
     public func linear(_ name: String, in inputs: Int, out outputs: Int, bias: Bool, inputMajor: Bool = false) throws -> LinearModule {
         let scope = child(name, "Linear", extra: "in_features=\(inputs), out_features=\(outputs), bias=\(bias ? "True" : "False")")
         var map = Linear(weight: try scope.weight("weight", [outputs, inputs]),
-                         bias: bias ? try scope.weight("bias", [outputs]) : nil, layout: .outputMajor)
+                         bias: bias ? try scope.weight("bias", [outputs]) : nil, layout: .outputMajor,
+                         blocks: weights.blocks("\(scope.path).weight"))
         if inputMajor {
             map = map.inputMajor()
             // The parameter in HF's [out, in], as a view of the transposed copy (the original is not kept).
@@ -270,8 +271,8 @@ public final class ModuleScope {
         let (count, width) = (tied.table.shape[0], tied.table.shape[1])
         let scope = child(name, "Linear", extra: "in_features=\(width), out_features=\(count), bias=False")
         modules.register("\(scope.path).weight", parameter: tied.table)
-        return register(LinearModule(module: scope.module, map: Linear(weight: tied.table, layout: .outputMajor), table: modules),
-                        in: width, out: count)
+        let map = Linear(weight: tied.table, layout: .outputMajor, blocks: weights.blocks("\(tied.module.path).weight"))
+        return register(LinearModule(module: scope.module, map: map, table: modules), in: width, out: count)
     }
 
     /// An `nn.Embedding` (or a subclass `type`, such as Gemma's scaled one, whose lookups are

@@ -1,5 +1,6 @@
 import CBLAS
 import Foundation
+import Synchronization
 
 // The numerical kernels of both architectures. Each takes contiguous row-major tensors
 // (a tensor is seen as rows of its last dimension) and returns a new tensor unless its
@@ -16,26 +17,47 @@ public enum WeightLayout: Sendable {
     case outputMajor
 }
 
-/// A linear map with an optional bias, applied with one sgemm over all rows.
+/// A linear map with an optional bias, applied with one sgemm over all rows, or, for few rows
+/// of a matrix that came from quantized blocks, with the fused quantized product on them.
 public struct Linear: Sendable {
     public let weight: Tensor
     public let bias: Tensor?
     public let layout: WeightLayout
+    /// The blocks `weight` was dequantized from, [out, in] whatever `layout` (they equal it
+    /// weight for weight); nil for a matrix stored as floats.
+    public let blocks: QuantizedMatrix?
 
-    public init(weight: Tensor, bias: Tensor? = nil, layout: WeightLayout) {
+    public init(weight: Tensor, bias: Tensor? = nil, layout: WeightLayout, blocks: QuantizedMatrix? = nil) {
         precondition(weight.rank == 2 && weight.isContiguous, "a linear weight is a contiguous matrix")
         self.weight = weight
         self.bias = bias
         self.layout = layout
+        self.blocks = blocks
+        precondition(blocks.map { [$0.rows, $0.columns] == [outputSize, inputSize] } ?? true, "blocks of another shape than \(weight.shape)")
     }
 
     public var inputSize: Int { layout == .inputMajor ? weight.shape[0] : weight.shape[1] }
     public var outputSize: Int { layout == .inputMajor ? weight.shape[1] : weight.shape[0] }
 
+    /// Whether products on few rows read quantized blocks where a matrix has them (on unless
+    /// the environment sets LOUPE_QUANTIZED_PRODUCTS=0). Off, models also keep no blocks.
+    public static var quantizedProducts: Bool {
+        get { quantizedSwitch.load(ordering: .relaxed) }
+        set { quantizedSwitch.store(newValue, ordering: .relaxed) }
+    }
+    private static let quantizedSwitch = Atomic<Bool>(ProcessInfo.processInfo.environment["LOUPE_QUANTIZED_PRODUCTS"] != "0")
+
+    /// Inputs of at most this many rows take the quantized product. It reads a sixth of
+    /// sgemm's bytes (Q4_1) but decodes every weight again for each row: on SmolLM2's products
+    /// it took half sgemm's time on one row, about the same on two, more from three on
+    /// (`loupe-bench --quantized`).
+    public static let quantizedRowLimit = 2
+
     /// Several maps of the same input as one, in input-major layout: one sgemm computes
     /// all of them side by side (Llama's q, k and v; its gate and up projections). sgemm
     /// streams an input-major weight faster when few rows go through it, so output-major
-    /// weights are transposed here, once, at load.
+    /// weights are transposed here, once, at load. Blocks, when every part has them, are
+    /// stacked (they stay output-major).
     public static func fused(_ parts: [Linear]) -> Linear {
         let inputs = parts[0].inputSize
         precondition(parts.allSatisfy { $0.inputSize == inputs }, "fused maps must share their input")
@@ -55,7 +77,8 @@ public struct Linear: Sendable {
             }
             column += part.outputSize
         }
-        return Linear(weight: weight, bias: bias, layout: .inputMajor)
+        let blocks = parts.allSatisfy { $0.blocks != nil } ? QuantizedMatrix.stacked(parts.map { $0.blocks! }) : nil
+        return Linear(weight: weight, bias: bias, layout: .inputMajor, blocks: blocks)
     }
 
     /// The same map with an input-major weight (see `fused`).
@@ -69,13 +92,24 @@ public struct Linear: Sendable {
         var shape = input.shape
         shape[shape.count - 1] = outputSize
         let output = Tensor(zeros: shape)
-        if let bias {
-            for row in 0..<rows { (output.data + row * outputSize).update(from: bias.data, count: outputSize) }
+        if let blocks, rows <= Self.quantizedRowLimit, Self.quantizedProducts {
+            blocks.multiply(input.data, count: rows, into: output.data)
+            if let bias {
+                for row in 0..<rows {
+                    let out = output.data + row * outputSize
+                    for o in 0..<outputSize { out[o] += bias.data[o] }
+                }
+            }
+        } else {
+            if let bias {
+                for row in 0..<rows { (output.data + row * outputSize).update(from: bias.data, count: outputSize) }
+            }
+            gemm(rows: rows, columns: outputSize, inner: inputSize,
+                 a: input.data, lda: inputSize, transposeA: false,
+                 b: weight.data, ldb: weight.shape[1], transposeB: layout == .outputMajor,
+                 c: output.data, ldc: outputSize, accumulate: bias != nil)
         }
-        gemm(rows: rows, columns: outputSize, inner: inputSize,
-             a: input.data, lda: inputSize, transposeA: false,
-             b: weight.data, ldb: weight.shape[1], transposeB: layout == .outputMajor,
-             c: output.data, ldc: outputSize, accumulate: bias != nil)
+        // Either way the backward uses the float32 matrix.
         GradientTape.record(output, from: [x]) { _ in
             let (into, from) = (GradientView(x), GradientView(output))
             return { g in

@@ -176,6 +176,15 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         return result
     }
 
+    /// A new tensor whose row i (along the first axis) is this one's row `order[i]`.
+    public func gatheringRows(_ order: [Int]) -> Tensor {
+        let source = contiguous(), width = count / max(shape.first ?? 1, 1)
+        precondition(order.count == shape.first ?? 1, "\(order.count) rows for shape \(shape)")
+        let result = Tensor(zeros: shape)
+        for (to, from) in order.enumerated() { (result.data + to * width).update(from: source.data + from * width, count: width) }
+        return result
+    }
+
     /// A contiguous copy that no gradient passes through: what a recorder keeps.
     public func detachedCopy() -> Tensor {
         let result = Tensor(zeros: shape)

@@ -40,6 +40,9 @@ struct EngineBenchmark: ParsableCommand {
     @Flag(help: "Also time greedy generation (batch 1, 32 new tokens) and measure the key/value cache.")
     var generate = false
 
+    @Flag(help: "Also time a decode step's products read from the GGUF's quantized blocks against float32 (GGUF models).")
+    var quantized = false
+
     func run() throws {
         Parallel.configureBLAS()
         let registry = BuiltInPlugins.architectureRegistry()
@@ -84,6 +87,7 @@ struct EngineBenchmark: ParsableCommand {
         if sweeps { try benchmarkSweeps(loaded) }
         if gradients { try benchmarkGradients(loaded) }
         if generate { try benchmarkGeneration(network) }
+        if quantized { try benchmarkQuantizedProducts(loaded) }
     }
 
     /// Greedy decoding of 32 tokens after an 8-token prompt: the decode steps' tokens per
