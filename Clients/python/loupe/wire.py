@@ -9,7 +9,7 @@ import msgpack
 import numpy as np
 import zmq
 
-PROTOCOL = 3
+PROTOCOL = 4
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 _DTYPES = {"f32": "<f4", "i32": "<i4", "i64": "<i8"}
 # How long a reply may be silent before the client checks that the daemon is still there.
