@@ -22,9 +22,13 @@ class Config:
 
     @property
     def tensors(self):
-        choice = self._tensors or os.environ.get("LOUPE_TENSORS") or None
+        if self._tensors is not None:
+            return self._tensors
+        choice = os.environ.get("LOUPE_TENSORS") or None
         if choice is None:
             return "torch" if torch_available() else "numpy"
+        if choice not in _CHOICES:
+            raise ValueError(f"LOUPE_TENSORS is 'torch' or 'numpy', not {choice!r}")
         return choice
 
     @tensors.setter

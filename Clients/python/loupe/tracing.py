@@ -530,6 +530,12 @@ class Steps:
         self.tracer._step_stack.pop()
         return False
 
+    def __iter__(self):
+        """nnsight 0.8's loop form, `for _ in tracer.iter[a:b]:`: the body is recorded once, as
+        nodes with these steps (the daemon runs them at each step)."""
+        with self:
+            yield self
+
 
 class _Iter:
     """`tracer.iter[a:b]` (steps a to b-1; either may be left out) and `tracer.iter[i]`."""

@@ -80,7 +80,9 @@ def test_steering_under_all_and_iter_equals_per_step_traces(tiny):
             tiny.model.layers[0].output[:] += vec
         step0 = tiny.lm_head.output[0, -1].save()
         step1 = tiny.lm_head.next().output[0, -1].save()
-        with tracer.iter[3]:
+        with tracer.iter[2]:
+            step2 = tiny.lm_head.output[0, -1].save()
+        for _ in tracer.iter[3:4]:  # nnsight 0.8's loop form
             step3 = tiny.lm_head.output[0, -1].save()
     window = tracer.generation["tokens"][0]
     n, ids = len(PROMPT), list(PROMPT)
@@ -92,7 +94,8 @@ def test_steering_under_all_and_iter_equals_per_step_traces(tiny):
         assert _next_token(tiny, ids, edit if k else None) == token
         ids.append(token)
     assert int(np.argmax(step0.value)) == window[0] and int(np.argmax(step1.value)) == window[1]
-    assert int(np.argmax(step3.value)) == window[3]
+    assert step2.steps is None and int(np.argmax(step2.value)) == window[2]
+    assert step3.steps == [3] and int(np.argmax(step3.value[0])) == window[3]
     assert step0.steps is None  # a single step saves one value
 
 
