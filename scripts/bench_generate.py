@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,8 @@ def main():
             sys.exit(f"{path}: no such file ({what})")
     torch, transformers = reference_forward.import_stack()
     import nnsight
+
+    warnings.filterwarnings("ignore", message=".*deprecated.*")  # nnsight 0.8's notes on its older forms
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
