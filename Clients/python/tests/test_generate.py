@@ -160,3 +160,18 @@ def test_cache_and_run_with_cache_equal_single_saves(tiny):
     np.testing.assert_array_equal(tl["blocks.1.hook_resid_pre"], single["blocks.0.hook_resid_post"].value)
     _, only = tiny.run_with_cache(PROMPT, names_filter=lambda n: n.endswith("hook_z"))
     assert sorted(only) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
+
+
+def test_generator_output_pads_as_hf_generate():
+    """Rows that stopped early get the pad id after their stop token, shorter prompts get it
+    before theirs: HF generate's [batch, longest prompt + steps] (no daemon: the reply's
+    `generation` as the daemon sends it)."""
+    from types import SimpleNamespace
+
+    from loupe.tracing import Tracer
+
+    model = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=9))
+    tracer = Tracer(model, generate={"max_new_tokens": 3})
+    tracer.generation = {"steps": 3, "tokens": [[5, 2], [6, 7, 8]], "output": [[1, 2, 3, 5, 2], [4, 6, 7, 8]],
+                         "finish": ["eos", "length"]}
+    np.testing.assert_array_equal(tracer._generated_ids(), [[1, 2, 3, 5, 2, 9], [9, 9, 4, 6, 7, 8]])
