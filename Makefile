@@ -23,6 +23,7 @@ fixtures:
 	python3 scripts/make_format_fixtures.py
 	python3 scripts/make_tokenizer_fixtures.py
 	python3 scripts/make_model_fixtures.py
+	python3 scripts/make_generation_fixtures.py
 	python3 scripts/nnsight_reference.py
 	python3 scripts/nnsight_reference.py --model gemma3
 	python3 scripts/make_tutorial_golden.py

@@ -33,9 +33,9 @@ VARIABLE = ["server_version", "job", "timing", "load_seconds", "idle_seconds", "
             "requests", "rss_bytes", "pid", "endpoint", "error.message", "path", "source",
             "models.*.idle_seconds", "models.*.path", "models.*.source"]
 
-PROTOCOL = 3
+PROTOCOL = 4
 
-OPS = ["hello", "models.list", "models.load", "models.unload", "models.describe", "tokenize", "detokenize", "forward",
+OPS = ["hello", "models.list", "models.load", "models.unload", "models.describe", "models.weights", "tokenize", "detokenize", "forward",
        "sweep", "trace", "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
 
 GPT2_DIMENSIONS = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 4, "head_dim": 16, "vocab": 512, "context": 64}
@@ -61,7 +61,7 @@ def safetensors(path):
 TRACE_OPS = ["get", "set", "constant", "index", "setindex", "add", "sub", "mul", "div", "pow", "neg", "exp", "log", "abs",
              "sqrt", "matmul", "sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax", "reshape", "view",
              "transpose", "permute", "split_heads", "merge_heads", "clone", "zeros_like", "ones_like", "full_like", "full",
-             "cat", "stack", "topk", "intervene", "save", "backward", "grad", "set_grad"]
+             "cat", "stack", "topk", "call", "weight", "intervene", "save", "backward", "grad", "set_grad"]
 INTERVENTIONS = ["ablate", "head_patch", "residual_patch", "steer"]
 
 
@@ -252,7 +252,8 @@ def vectors():
         "sweep": {"kinds": ["residual", "heads", "head_positions", "mlp", "neurons"], "metrics": ["logit_diff", "logprob", "kl"],
                   "interventions": ["patch", "ablate"], "ablation_modes": ["zero", "mean", "resample"],
                   "methods": ["activation", "attribution"], "neuron_positions": ["last", "sum"]},
-        "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64}}, ["instance", "started"]
+        "limits": {"max_message_bytes": 256 << 20, "max_batch_tokens": 65536, "max_queue": 64,
+                   "max_generate_tokens": 16384}}, ["instance", "started"]
     yield "hello-version-mismatch", {"op": "hello", "protocol": 99}, error("version_mismatch", "protocol"), []
     yield "unknown-op", {"op": "models.frobnicate"}, error("unknown_op", "op"), []
     yield "missing-op", {"name": "tiny"}, error("bad_request", "op"), []
@@ -305,6 +306,42 @@ def vectors():
         "shared": False, "job": 0, "timing": {}}, []
     yield from gradient_vectors(model, cases)
     yield from attribution_vectors(model, cases)
+    yield from module_call_vectors(model, cases)
+    # Added with version 4.
+    yield from generation_vectors()
+
+
+def generation_vectors():
+    """Greedy generation on the tiny GPT-2 with the logits of every step saved, as HF's
+    generate gives them (scripts/make_generation_fixtures.py), and generation's errors."""
+    golden = json.loads((MODELS / "gpt2-tiny" / "generation.json").read_text())
+    logits = safetensors(MODELS / "gpt2-tiny" / "generation.safetensors")["single.logits"]
+    prompt, tokens = golden["single"]["prompt"], golden["single"]["tokens"]
+    steps = len(tokens)
+    nodes = [
+        {"id": 1, "op": "get", "site": "logits", "steps": "all"},
+        {"id": 2, "op": "index", "x": {"ref": 1}, "key": [0, -1], "steps": "all"},
+        {"id": 3, "op": "save", "x": {"ref": 2}, "name": "logits", "steps": "all"},
+    ]
+    saved = [{"dtype": "f32", "shape": [512], "data": np.ascontiguousarray(logits[s], dtype="<f4").tobytes()} for s in range(steps)]
+    yield "trace-generate", {"op": "trace", "model": "tiny", "invokes": [prompt], "nodes": nodes,
+                             "generate": {"max_new_tokens": golden["new_tokens"]}}, {
+        "status": "ok", "names": ["logits"], "saved": {"logits": saved}, "saved_steps": {"logits": list(range(steps))},
+        "generation": {"steps": steps, "tokens": [tokens], "output": [prompt + tokens], "finish": ["length"]},
+        "job": 0, "timing": {}}, []
+    one = {"op": "trace", "model": "tiny", "invokes": [[1, 2]]}
+    get = {"id": 1, "op": "get", "site": "blocks.0.resid_post"}
+    yield "trace-generate-step-out-of-range", {**one, "nodes": [{**get, "steps": 3}], "generate": {"max_new_tokens": 3}}, \
+        node_error("index_out_of_range", "nodes.0.steps", 1), []
+    yield "trace-generate-other-steps", {**one, "generate": {"max_new_tokens": 3}, "nodes": [
+        {**get, "steps": [1, 3]}, {"id": 2, "op": "save", "x": {"ref": 1}, "name": "x", "steps": "all"}]}, \
+        node_error("out_of_order", "nodes.1.steps", 2), []
+    yield "trace-steps-without-generate", {**one, "nodes": [{**get, "steps": 1}]}, \
+        node_error("bad_request", "nodes.0.steps", 1), []
+    yield "trace-generate-past-context", {**one, "nodes": [], "generate": {"max_new_tokens": 63}}, \
+        error("too_large", "generate.max_new_tokens"), []
+    yield "trace-generate-bad-field", {**one, "nodes": [], "generate": {"max_new_tokens": 2, "top_k": -1}}, \
+        error("bad_request", "generate.top_k"), []
 
 
 def sweep_vectors(model, cases):
@@ -529,6 +566,53 @@ def trace_vectors(model, cases):
     yield "trace-forward-reference", {**one, "nodes": [{"id": 0, "op": "save", "x": {"ref": 1}, "name": "x"},
                                                        {"id": 1, "op": "constant", "value": 1}]}, \
         node_error("bad_request", "nodes.0.x", 0), []
+
+
+def module_call_vectors(model, cases):
+    """The trace ops call and weight, and models.weights (added with issue 13, after the
+    others so that theirs keep their numbers)."""
+    clean = cases[0]
+    one = {"op": "trace", "model": "tiny", "invokes": [[1, 2]]}
+    # The logit lens after layer 0: lm_head(ln_f(h)), by module calls.
+    record = {}
+    model.forward(clean, record=record)
+    lens = model.norm(record["resid_post.0"][-1], "transformer.ln_f") @ model.w["transformer.wte.weight"].T
+    nodes = [{"id": 0, "op": "get", "site": "transformer.h.0", "invoke": 0},
+             {"id": 1, "op": "call", "module": "transformer.ln_f", "x": {"ref": 0}},
+             {"id": 2, "op": "call", "module": "lm_head", "x": {"ref": 1}},
+             {"id": 3, "op": "index", "x": {"ref": 2}, "key": [0, -1, {"slice": [0, 4]}]},
+             {"id": 4, "op": "save", "x": {"ref": 3}, "name": "lens"}]
+    yield "trace-logit-lens", {"op": "trace", "model": "tiny", "invokes": [clean], "nodes": nodes}, {
+        "status": "ok", "names": ["lens"], "logits": "none", "slots": len(clean), "rows": 1, "token_layers": len(clean) * model.layers,
+        "plain_token_layers": len(clean) * model.layers,
+        "saved": {"lens": {"dtype": "f32", "shape": [4], "data": np.asarray(lens[:4], dtype="<f4").tobytes()}},
+        "job": 0, "timing": {}}, []
+    yield "trace-call-not-callable", {**one, "nodes": [{"id": 0, "op": "get", "site": "transformer.h.0"},
+                                                      {"id": 1, "op": "call", "module": "transformer.h.0.attn", "x": {"ref": 0}}]}, \
+        node_error("bad_request", "nodes.1.module", 1), []
+    yield "trace-weight-read-only", {**one, "nodes": [{"id": 0, "op": "weight", "module": "transformer.ln_f", "name": "weight"},
+                                                     {"id": 1, "op": "setindex", "x": {"ref": 0}, "key": [0], "value": 1}]}, \
+        node_error("bad_request", "nodes.1.x", 1), []
+    yield from weights_vectors(model)
+
+
+def weights_vectors(model):
+    """models.weights: a parameter by name, the list, an unknown name."""
+    bias = np.asarray(model.w["transformer.ln_f.bias"], dtype="<f4")
+    yield "models-weights", {"op": "models.weights", "model": "tiny", "names": ["transformer.ln_f.bias"]}, {
+        "status": "ok", "weights": {"transformer.ln_f.bias": {"dtype": "f32", "shape": [64], "data": bias.tobytes()}}}, []
+    names = ["transformer.wte.weight", "transformer.wpe.weight"]
+    for l in range(model.layers):
+        p = f"transformer.h.{l}."
+        names += [p + m + "." + w for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+                  for w in ("weight", "bias")]
+    names += ["transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"]
+    shape = {n: list(model.w[n].shape) for n in names if n in model.w}
+    shape["lm_head.weight"] = shape["transformer.wte.weight"]
+    yield "models-weights-list", {"op": "models.weights", "model": "tiny", "list": True}, {
+        "status": "ok", "parameters": [{"name": n, "shape": shape[n]} for n in names]}, []
+    yield "models-weights-unknown", {"op": "models.weights", "model": "tiny", "names": ["transformer.ln_f.bias", "lm_head.bias"]}, \
+        error("unknown_site", "names.1"), []
 
 
 def resid_gradient(model, ids, layer, score):

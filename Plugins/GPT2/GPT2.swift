@@ -25,10 +25,10 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
     let canonicalSites = Set(CanonicalSite.Kind.allCases)
     let dimensions: ModelDimensions
     let moduleTree: ModuleNode
+    let modules: ModuleTable
     let weightBytes: Int
     let head: LinearModule
 
-    private let epsilon: Float
     private let base: ModulePath
     private let wte: EmbeddingModule      // also the unembedding
     private let wpe: EmbeddingModule
@@ -46,11 +46,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         let attentionDropout: ModulePath
         let residualDropout: ModulePath
         let ln2: NormModule
-        let mlp: ModulePath
-        let cFC: LinearModule
-        let mlpProj: LinearModule
-        let activation: ModulePath
-        let mlpDropout: ModulePath
+        let mlp: PlainMLP
         let attentionScale: Float
     }
 
@@ -71,7 +67,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         }
         try ConfigCheck.activation(config, key: "activation_function", allowed: ["gelu_new", "gelu_pytorch_tanh"])
         let configEpsilon = try ConfigCheck.positive(config.double("layer_norm_epsilon") ?? 1e-5, key: "layer_norm_epsilon", file: file)
-        epsilon = Float(configEpsilon)
+        let epsilon = Float(configEpsilon)
         let headDim = hidden / heads
         dimensions = ModelDimensions(layers: layers, hidden: hidden, heads: heads, keyValueHeads: heads,
                                      headDim: headDim, intermediate: inner, vocabulary: vocabulary, context: context)
@@ -90,24 +86,25 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         drop = transformer.leaf("drop", "Dropout", extra: dropout)
         let list = transformer.child("h", "ModuleList")
         blocks = try (0..<layers).map { l in
-            let block = list.child("\(l)", "GPT2Block")
-            let ln1 = try block.norm("ln_1", "LayerNorm", width: hidden, bias: true, extra: normExtra)
+            let block = list.decoderLayer(l, "GPT2Block", width: hidden)
+            let ln1 = try block.norm("ln_1", "LayerNorm", .layer, width: hidden, epsilon: epsilon, bias: true, extra: normExtra)
             let attention = block.child("attn", "GPT2Attention")
             let cAttn = try attention.conv1D("c_attn", in: hidden, out: 3 * hidden)
             let cProj = try attention.conv1D("c_proj", in: hidden, out: hidden)
             let attentionDropout = attention.leaf("attn_dropout", "Dropout", extra: dropout)
             let residualDropout = attention.leaf("resid_dropout", "Dropout", extra: dropout)
-            let ln2 = try block.norm("ln_2", "LayerNorm", width: hidden, bias: true, extra: normExtra)
+            let ln2 = try block.norm("ln_2", "LayerNorm", .layer, width: hidden, epsilon: epsilon, bias: true, extra: normExtra)
             let mlp = block.child("mlp", "GPT2MLP")
             var scale: Float = scaleByHeadDim ? 1 / Float(headDim).squareRoot() : 1
             if scaleByLayer { scale /= Float(l + 1) }
+            let up = try mlp.conv1D("c_fc", in: hidden, out: inner), down = try mlp.conv1D("c_proj", in: inner, out: hidden)
+            let perceptron = PlainMLP(mlp.module, layer: l, up: up, activation: mlp.activation("act", "NewGELUActivation", .geluTanh),
+                                      down: down, dropout: mlp.leaf("dropout", "Dropout", extra: dropout))
             return Block(module: block.module, ln1: ln1, attention: attention.module, cAttn: cAttn, cProj: cProj,
-                         attentionDropout: attentionDropout, residualDropout: residualDropout, ln2: ln2, mlp: mlp.module,
-                         cFC: try mlp.conv1D("c_fc", in: hidden, out: inner), mlpProj: try mlp.conv1D("c_proj", in: inner, out: hidden),
-                         activation: mlp.leaf("act", "NewGELUActivation"), mlpDropout: mlp.leaf("dropout", "Dropout", extra: dropout),
+                         attentionDropout: attentionDropout, residualDropout: residualDropout, ln2: ln2, mlp: mlp.callable(perceptron),
                          attentionScale: scale)
         }
-        lnF = try transformer.norm("ln_f", "LayerNorm", width: hidden, bias: true, extra: normExtra)
+        lnF = try transformer.norm("ln_f", "LayerNorm", .layer, width: hidden, epsilon: epsilon, bias: true, extra: normExtra)
         // HF ties lm_head to wte unless the config says otherwise and the checkpoint has its own.
         if try !(config.bool("tie_word_embeddings") ?? true), weights.has("lm_head.weight") {  // GPT2Config's default: tied
             head = try root.linear("lm_head", in: hidden, out: vocabulary, bias: false, inputMajor: true)
@@ -115,6 +112,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
             head = root.tiedLinear("lm_head", to: wte)
         }
         moduleTree = root.tree
+        modules = root.modules
         weightBytes = root.weightBytes
     }
 
@@ -128,8 +126,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
     }
 
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        let final = try pass.call(lnF.module, x) { layerNorm($0, weight: lnF.weight, bias: lnF.bias!, eps: epsilon) }
-        return try pass.hook(base.output, final, tuple: true)
+        try pass.hook(base.output, try pass.call(lnF, x), tuple: true)
     }
 
     /// One block: x + attn(ln_1(x)), then + mlp(ln_2(·)).
@@ -140,8 +137,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         x = try pass.hook(.residPre(l), x)
 
         // Attention: c_proj(softmax(q kᵀ · scale) v).
-        let normed = try pass.call(b.ln1.module, x) { layerNorm($0, weight: b.ln1.weight, bias: b.ln1.bias!, eps: epsilon) }
-        var attention = try pass.call(b.attention, normed, tuple: true) { h in
+        var attention = try pass.call(b.attention, try pass.call(b.ln1, x), tuple: true) { h in
             let qkv = try pass.call(b.cAttn, h)
             let attended = try pass.attend(layer: l, q: qkv.slice(axis: 1, 0..<hidden), k: qkv.slice(axis: 1, hidden..<(2 * hidden)),
                                            v: qkv.slice(axis: 1, (2 * hidden)..<(3 * hidden)), heads: heads, keyValueHeads: heads,
@@ -153,13 +149,7 @@ final class GPT2Model: LanguageModel, @unchecked Sendable {
         x = try pass.hook(.residMid(l), x)
 
         // MLP: c_proj(gelu(c_fc(x))).
-        let normed2 = try pass.call(b.ln2.module, x) { layerNorm($0, weight: b.ln2.weight, bias: b.ln2.bias!, eps: epsilon) }
-        var mlp = try pass.call(b.mlp, normed2) { h in
-            let up = try pass.call(b.cFC, h)
-            let activated = try pass.call(b.activation, up) { geluTanhInPlace($0); return $0 }
-            return try pass.identity(b.mlpDropout, pass.call(b.mlpProj, try pass.hook(.mlpHidden(l), activated)))
-        }
-        mlp = try pass.hook(.mlpOut(l), mlp)
+        let mlp = try pass.hook(.mlpOut(l), try b.mlp(try pass.call(b.ln2, x), pass))
         addInPlace(x, mlp)
 
         x = try pass.hook(b.module.output, x, tuple: true)

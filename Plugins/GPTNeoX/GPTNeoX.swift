@@ -68,10 +68,10 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
     let canonicalSites = Set(CanonicalSite.Kind.allCases)
     let dimensions: ModelDimensions
     let moduleTree: ModuleNode
+    let modules: ModuleTable
     let weightBytes: Int
     let head: LinearModule
 
-    private let epsilon: Float
     private let parallelResidual: Bool
     private let base: ModulePath
     private let embedIn: EmbeddingModule
@@ -92,16 +92,13 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
         /// q, k and v of every head, laid out per head: (head, {q, k, v}, head_dim).
         let queryKeyValue: LinearModule
         let dense: LinearModule
-        let mlp: ModulePath
-        let up: LinearModule      // dense_h_to_4h
-        let down: LinearModule    // dense_4h_to_h
-        let activation: ModulePath
+        let mlp: PlainMLP
     }
 
     init(_ s: Settings, weights: WeightReader) throws {
         dimensions = ModelDimensions(layers: s.layers, hidden: s.hidden, heads: s.heads, keyValueHeads: s.heads,
                                      headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
-        epsilon = Float(s.epsilon)
+        let epsilon = Float(s.epsilon)
         parallelResidual = s.parallelResidual
         let normExtra = "(\(s.hidden),), eps=\(s.epsilon), elementwise_affine=True, bias=True"
         let dropout = "p=\(s.hiddenDropout), inplace=False"
@@ -114,24 +111,27 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
         embeddingDropout = model.leaf("emb_dropout", "Dropout", extra: dropout)
         let list = model.child("layers", "ModuleList")
         blocks = try (0..<s.layers).map { l in
-            let layer = list.child("\(l)", "GPTNeoXLayer")
-            let inputLayerNorm = try layer.norm("input_layernorm", "LayerNorm", width: s.hidden, bias: true, extra: normExtra)
-            let postAttentionLayerNorm = try layer.norm("post_attention_layernorm", "LayerNorm", width: s.hidden, bias: true, extra: normExtra)
+            let layer = list.decoderLayer(l, "GPTNeoXLayer", width: s.hidden)
+            let inputLayerNorm = try layer.norm("input_layernorm", "LayerNorm", .layer, width: s.hidden, epsilon: epsilon, bias: true,
+                                                extra: normExtra)
+            let postAttentionLayerNorm = try layer.norm("post_attention_layernorm", "LayerNorm", .layer, width: s.hidden, epsilon: epsilon,
+                                                        bias: true, extra: normExtra)
             let postAttentionDropout = layer.leaf("post_attention_dropout", "Dropout", extra: dropout)
             let postMLPDropout = layer.leaf("post_mlp_dropout", "Dropout", extra: dropout)
             let attention = layer.child("attention", "GPTNeoXAttention")
             let queryKeyValue = try attention.linear("query_key_value", in: s.hidden, out: 3 * s.hidden, bias: s.attentionBias)
             let dense = try attention.linear("dense", in: s.hidden, out: s.hidden, bias: s.attentionBias, inputMajor: true)
             let mlp = layer.child("mlp", "GPTNeoXMLP")
+            let up = try mlp.linear("dense_h_to_4h", in: s.hidden, out: s.intermediate, bias: true)
+            let down = try mlp.linear("dense_4h_to_h", in: s.intermediate, out: s.hidden, bias: true, inputMajor: true)
+            let perceptron = PlainMLP(mlp.module, layer: l, up: up, activation: mlp.activation("act", "GELUActivation", .geluErf), down: down)
             return Block(
                 module: layer.module, inputLayerNorm: inputLayerNorm, postAttentionLayerNorm: postAttentionLayerNorm,
                 postAttentionDropout: postAttentionDropout, postMLPDropout: postMLPDropout,
-                attention: attention.module, queryKeyValue: queryKeyValue, dense: dense, mlp: mlp.module,
-                up: try mlp.linear("dense_h_to_4h", in: s.hidden, out: s.intermediate, bias: true),
-                down: try mlp.linear("dense_4h_to_h", in: s.intermediate, out: s.hidden, bias: true, inputMajor: true),
-                activation: mlp.leaf("act", "GELUActivation"))
+                attention: attention.module, queryKeyValue: queryKeyValue, dense: dense, mlp: mlp.callable(perceptron))
         }
-        finalLayerNorm = try model.norm("final_layer_norm", "LayerNorm", width: s.hidden, bias: true, extra: normExtra)
+        finalLayerNorm = try model.norm("final_layer_norm", "LayerNorm", .layer, width: s.hidden, epsilon: epsilon, bias: true,
+                                        extra: normExtra)
         // Its (cos, sin) output is a table made once per model here (`rotary`), not per pass.
         model.leaf("rotary_emb", "GPTNeoXRotaryEmbedding", sites: false)
         // transformers 5 names the unembedding lm_head; checkpoints store it as embed_out (EmbedOutAlias).
@@ -149,6 +149,7 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
         rotary = frequencies.isEmpty ? nil
             : RotaryTable(dim: 2 * frequencies.count, inverseFrequency: frequencies, positions: s.context)
         moduleTree = root.tree
+        modules = root.modules
         weightBytes = root.weightBytes
     }
 
@@ -157,8 +158,7 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
     }
 
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        let final = try pass.call(finalLayerNorm.module, x) { layerNorm($0, weight: finalLayerNorm.weight, bias: finalLayerNorm.bias!, eps: epsilon) }
-        return try pass.hook(base.output, final, tuple: true)
+        try pass.hook(base.output, try pass.call(finalLayerNorm, x), tuple: true)
     }
 
     /// One layer. Parallel: x + attn(ln1(x)) + mlp(ln2(x)). Sequential: x + attn(ln1(x)),
@@ -168,8 +168,7 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
         var x = try pass.hook(b.module.input, input)
         x = try pass.hook(.residPre(l), x)
 
-        let normed = try pass.call(b.inputLayerNorm.module, x) { norm(b.inputLayerNorm, $0) }
-        var attention = try pass.call(b.attention, normed, tuple: true) { try attend(l, $0, pass) }
+        var attention = try pass.call(b.attention, try pass.call(b.inputLayerNorm, x), tuple: true) { try attend(l, $0, pass) }
         attention = try pass.identity(b.postAttentionDropout, attention)
         attention = try pass.hook(.attnOut(l), attention)
 
@@ -180,14 +179,7 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
         stream = try pass.hook(.residMid(l), stream)
 
         // MLP: dense_4h_to_h(gelu(dense_h_to_4h(x))).
-        let normed2 = try pass.call(b.postAttentionLayerNorm.module, parallelResidual ? mlpReads : stream) {
-            norm(b.postAttentionLayerNorm, $0)
-        }
-        var mlp = try pass.call(b.mlp, normed2) { h in
-            let up = try pass.call(b.up, h)
-            let activated = try pass.call(b.activation, up) { geluErfInPlace($0); return $0 }
-            return try pass.call(b.down, try pass.hook(.mlpHidden(l), activated))
-        }
+        var mlp = try b.mlp(try pass.call(b.postAttentionLayerNorm, parallelResidual ? mlpReads : stream), pass)
         mlp = try pass.identity(b.postMLPDropout, mlp)
         mlp = try pass.hook(.mlpOut(l), mlp)
         addInPlace(stream, mlp)
@@ -218,10 +210,6 @@ final class GPTNeoXModel: LanguageModel, @unchecked Sendable {
     private func part(_ qkv: Tensor, _ index: Int) -> Tensor {
         let (heads, headDim) = (dimensions.heads, dimensions.headDim)
         return qkv.reshaped([-1, heads, 3, headDim]).select(axis: 2, index).copy().reshaped([-1, heads * headDim])
-    }
-
-    private func norm(_ n: NormModule, _ x: Tensor) -> Tensor {
-        layerNorm(x, weight: n.weight, bias: n.bias!, eps: epsilon)
     }
 }
 

@@ -97,35 +97,21 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
                                     defaultLocalRopeTheta: 10_000, capsAttention: false, defaultAttentionSoftcap: nil, defaultFinalSoftcap: nil)
     }
 
-    /// A Gemma RMSNorm: the module as declared, and the (1 + weight) it scales by.
-    struct Norm {
-        let module: NormModule
-        let scale: Tensor
-
-        init(_ module: NormModule) {
-            self.module = module
-            scale = module.weight.copy()
-            for i in 0..<scale.count { scale.data[i] += 1 }  // in float32, as HF's 1.0 + weight.float()
-        }
-    }
-
     let architecture: String
     let canonicalSites = Set(CanonicalSite.Kind.allCases)
     let dimensions: ModelDimensions
     let moduleTree: ModuleNode
+    let modules: ModuleTable
     let weightBytes: Int
     let head: LinearModule
     let logitSoftcap: Float?
 
-    private let epsilon: Float
-    /// √hidden, rounded to float32 as HF's embed_scale buffer.
-    private let embedScale: Float
     private let queryScale: Float
     private let attentionSoftcap: Float?
     private let slidingWindow: Int
     private let embedTokens: EmbeddingModule
     private let blocks: [Block]
-    private let norm: Norm
+    private let norm: NormModule
     private let model: ModulePath
     private let globalRotary, localRotary: RotaryTable
 
@@ -138,40 +124,36 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
         let qkv: FusedLinear
         let o: LinearModule
         /// Gemma 3's q_norm and k_norm, over each head.
-        let qNorm, kNorm: Norm?
-        let mlp: ModulePath
-        /// gate_proj and up_proj as one product.
-        let gateUp: FusedLinear
-        let down: LinearModule
-        let activation: ModulePath
-        let inputNorm, postAttentionNorm, preFeedforwardNorm, postFeedforwardNorm: Norm
+        let qNorm, kNorm: NormModule?
+        let mlp: GatedMLP
+        let inputNorm, postAttentionNorm, preFeedforwardNorm, postFeedforwardNorm: NormModule
     }
 
     init(_ s: Settings, weights: WeightReader) throws {
         dimensions = ModelDimensions(layers: s.layers, hidden: s.hidden, heads: s.heads, keyValueHeads: s.keyValueHeads,
                                      headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
         architecture = s.variant.architecture
-        epsilon = Float(s.epsilon)
-        embedScale = Float(Double(s.hidden).squareRoot())
         queryScale = Float(pow(s.queryPreAttentionScalar, -0.5))
         attentionSoftcap = s.attentionSoftcap.map(Float.init)
         logitSoftcap = s.finalSoftcap.map(Float.init)
         slidingWindow = s.slidingWindow
         let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
         let prefix = s.variant.classPrefix
-        func rmsNorm(_ scope: ModuleScope, _ name: String, width: Int) throws -> Norm {
-            Norm(try scope.norm(name, "\(prefix)RMSNorm", width: width, bias: false, extra: "(\(width),), eps=\(s.epsilon)"))
+        // Every norm scales by 1 + weight.
+        func rmsNorm(_ scope: ModuleScope, _ name: String, width: Int) throws -> NormModule {
+            try scope.norm(name, "\(prefix)RMSNorm", .rmsPlusOne, width: width, epsilon: Float(s.epsilon), extra: "(\(width),), eps=\(s.epsilon)")
         }
 
         // The modules in the order Gemma*ForCausalLM registers them.
         let root = ModuleScope(root: "\(prefix)ForCausalLM", weights: weights)
         let base = root.child("model", s.variant.baseClass)
         model = base.module
+        // Scaled by √hidden, rounded to float32 as HF's embed_scale buffer.
         embedTokens = try base.embedding("embed_tokens", count: s.vocabulary, width: s.hidden,
-                                         type: "\(prefix)TextScaledWordEmbedding", paddingIndex: 0)
+                                         type: "\(prefix)TextScaledWordEmbedding", paddingIndex: 0, scale: Float(Double(s.hidden).squareRoot()))
         let list = base.child("layers", "ModuleList")
         blocks = try (0..<s.layers).map { l in
-            let layer = list.child("\(l)", "\(prefix)DecoderLayer")
+            let layer = list.decoderLayer(l, "\(prefix)DecoderLayer", width: s.hidden)
             let attention = layer.child("self_attn", "\(prefix)Attention")
             let qkv = FusedLinear([
                 try attention.linear("q_proj", in: s.hidden, out: qWidth, bias: s.attentionBias),
@@ -186,11 +168,11 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
                 try mlp.linear("gate_proj", in: s.hidden, out: s.intermediate, bias: false),
                 try mlp.linear("up_proj", in: s.hidden, out: s.intermediate, bias: false),
             ])
+            let down = try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: false, inputMajor: true)
             return Block(
                 module: layer.module, local: s.local[l], selfAttention: attention.module, qkv: qkv, o: o, qNorm: qNorm, kNorm: kNorm,
-                mlp: mlp.module, gateUp: gateUp,
-                down: try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: false, inputMajor: true),
-                activation: mlp.leaf("act_fn", "GELUTanh"),
+                mlp: mlp.callable(GatedMLP(mlp.module, layer: l, gateUp: gateUp, activation: mlp.activation("act_fn", "GELUTanh", .geluTanh),
+                                           down: down)),
                 inputNorm: try rmsNorm(layer, "input_layernorm", width: s.hidden),
                 postAttentionNorm: try rmsNorm(layer, "post_attention_layernorm", width: s.hidden),
                 preFeedforwardNorm: try rmsNorm(layer, "pre_feedforward_layernorm", width: s.hidden),
@@ -207,17 +189,16 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
         globalRotary = s.globalRope.table(dim: s.headDim, positions: s.context)
         localRotary = s.localRope.table(dim: s.headDim, positions: s.context)
         moduleTree = root.tree
+        modules = root.modules
         weightBytes = root.weightBytes
     }
 
     func embed(_ pass: ForwardPass) throws -> Tensor {
-        let x = embeddingLookup(embedTokens.table, pass.tokenIDs ?? [])
-        scaleInPlace(x, embedScale)
-        return try pass.hook(embedTokens.module.output, x)
+        try pass.call(embedTokens, pass.tokenIDs ?? [])
     }
 
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        try pass.hook(model.output, try apply(norm, x, pass), tuple: true)
+        try pass.hook(model.output, try pass.call(norm, x), tuple: true)
     }
 
     /// One decoder layer: x + post_norm(attn(norm(x))), then + post_norm(mlp(norm(·))).
@@ -228,7 +209,7 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
         x = try pass.hook(.residPre(l), x)
 
         // Attention: o(softmax(q kᵀ · s) v) over the window of a local layer, q and k rotated by position.
-        var attention = try pass.call(b.selfAttention, try apply(b.inputNorm, x, pass), tuple: true) { h in
+        var attention = try pass.call(b.selfAttention, try pass.call(b.inputNorm, x), tuple: true) { h in
             let projected = try pass.call(b.qkv, h)
             var (q, k, v) = (projected[0], projected[1], projected[2])
             if let qNorm = b.qNorm, let kNorm = b.kNorm {
@@ -241,34 +222,24 @@ final class GemmaModel: LanguageModel, @unchecked Sendable {
             return try pass.attend(layer: l, q: q, k: k, v: v, heads: heads, keyValueHeads: kvHeads, headDim: headDim, scale: queryScale,
                                    window: b.local ? slidingWindow : nil, softcap: attentionSoftcap, output: b.o)
         }
-        attention = try pass.hook(.attnOut(l), try apply(b.postAttentionNorm, attention, pass))
+        attention = try pass.hook(.attnOut(l), try pass.call(b.postAttentionNorm, attention))
         addInPlace(x, attention)
         x = try pass.hook(.residMid(l), x)
 
         // MLP: down(gelu(gate(x)) * up(x)).
-        var mlp = try pass.call(b.mlp, try apply(b.preFeedforwardNorm, x, pass)) { h in
-            let projected = try pass.call(b.gateUp, h)
-            let hidden = try pass.gated(b.activation, .geluTanh, projected[0], projected[1])
-            return try pass.call(b.down, try pass.hook(.mlpHidden(l), hidden))
-        }
-        mlp = try pass.hook(.mlpOut(l), try apply(b.postFeedforwardNorm, mlp, pass))
+        let mlp = try pass.hook(.mlpOut(l), try pass.call(b.postFeedforwardNorm, try b.mlp(try pass.call(b.preFeedforwardNorm, x), pass)))
         addInPlace(x, mlp)
 
         x = try pass.hook(b.module.output, x)
         return try pass.hook(.residPost(l), x)
     }
 
-    /// x through `norm` [rows, width], its sites fired.
-    private func apply(_ norm: Norm, _ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        try pass.call(norm.module.module, x) { rmsNorm($0, weight: norm.scale, eps: epsilon) }
-    }
-
     /// RMSNorm over each head of x [rows, heads * headDim], as HF applies q_norm and k_norm
     /// to [batch, head, pos, head_dim]; its sites see [batch, pos, head, head_dim].
-    private func headNorm(_ norm: Norm, _ x: Tensor, heads: Int, _ pass: ForwardPass) throws -> Tensor {
+    private func headNorm(_ norm: NormModule, _ x: Tensor, heads: Int, _ pass: ForwardPass) throws -> Tensor {
         let headDim = dimensions.headDim
-        return try pass.call(norm.module.module, x, shape: [pass.rows, pass.length, heads, headDim]) {
-            rmsNorm($0.reshaped([-1, headDim]), weight: norm.scale, eps: epsilon).reshaped([-1, heads * headDim])
+        return try pass.call(norm.module, x, shape: [pass.rows, pass.length, heads, headDim]) {
+            norm($0.reshaped([-1, headDim])).reshaped([-1, heads * headDim])
         }
     }
 }

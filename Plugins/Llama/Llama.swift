@@ -70,10 +70,10 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     let canonicalSites = Set(CanonicalSite.Kind.allCases)
     let dimensions: ModelDimensions
     let moduleTree: ModuleNode
+    let modules: ModuleTable
     let weightBytes: Int
     let head: LinearModule
 
-    private let epsilon: Float
     private let embedTokens: EmbeddingModule
     private let blocks: [Block]
     private let norm: NormModule
@@ -88,11 +88,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         /// q_proj, k_proj and v_proj as one product.
         let qkv: FusedLinear
         let o: LinearModule
-        let mlp: ModulePath
-        /// gate_proj and up_proj as one product.
-        let gateUp: FusedLinear
-        let down: LinearModule
-        let activation: ModulePath
+        let mlp: GatedMLP
         let inputNorm: NormModule
         let postAttentionNorm: NormModule
         /// Qwen3's q_norm and k_norm, over each head.
@@ -102,7 +98,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     init(_ s: Settings, weights: WeightReader) throws {
         dimensions = ModelDimensions(layers: s.layers, hidden: s.hidden, heads: s.heads, keyValueHeads: s.keyValueHeads,
                                      headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
-        epsilon = Float(s.epsilon)
+        let epsilon = Float(s.epsilon)
         architecture = s.variant.architecture
         slidingWindow = s.slidingWindow
         let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
@@ -116,7 +112,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         embedTokens = try base.embedding("embed_tokens", count: s.vocabulary, width: s.hidden)
         let list = base.child("layers", "ModuleList")
         blocks = try (0..<s.layers).map { l in
-            let layer = list.child("\(l)", "\(prefix)DecoderLayer")
+            let layer = list.decoderLayer(l, "\(prefix)DecoderLayer", width: s.hidden)
             let attention = layer.child("self_attn", "\(prefix)Attention")
             let qkv = FusedLinear([
                 try attention.linear("q_proj", in: s.hidden, out: qWidth, bias: s.qkvBias),
@@ -126,23 +122,25 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
             let o = try attention.linear("o_proj", in: qWidth, out: s.hidden, bias: s.outputBias, inputMajor: true)
             let headNormExtra = "(\(s.headDim),), eps=\(s.epsilon)"
             let qNorm = s.variant.queryKeyNorm
-                ? try attention.norm("q_norm", "\(prefix)RMSNorm", width: s.headDim, bias: false, extra: headNormExtra) : nil
+                ? try attention.norm("q_norm", "\(prefix)RMSNorm", .rms, width: s.headDim, epsilon: epsilon, extra: headNormExtra) : nil
             let kNorm = s.variant.queryKeyNorm
-                ? try attention.norm("k_norm", "\(prefix)RMSNorm", width: s.headDim, bias: false, extra: headNormExtra) : nil
+                ? try attention.norm("k_norm", "\(prefix)RMSNorm", .rms, width: s.headDim, epsilon: epsilon, extra: headNormExtra) : nil
             let mlp = layer.child("mlp", "\(prefix)MLP")
             let gateUp = FusedLinear([
                 try mlp.linear("gate_proj", in: s.hidden, out: s.intermediate, bias: s.mlpBias),
                 try mlp.linear("up_proj", in: s.hidden, out: s.intermediate, bias: s.mlpBias),
             ])
+            let down = try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: s.mlpBias, inputMajor: true)
             return Block(
-                module: layer.module, selfAttention: attention.module, qkv: qkv, o: o, mlp: mlp.module, gateUp: gateUp,
-                down: try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: s.mlpBias, inputMajor: true),
-                activation: mlp.leaf("act_fn", "SiLUActivation"),
-                inputNorm: try layer.norm("input_layernorm", "\(prefix)RMSNorm", width: s.hidden, bias: false, extra: normExtra),
-                postAttentionNorm: try layer.norm("post_attention_layernorm", "\(prefix)RMSNorm", width: s.hidden, bias: false, extra: normExtra),
+                module: layer.module, selfAttention: attention.module, qkv: qkv, o: o,
+                mlp: mlp.callable(GatedMLP(mlp.module, layer: l, gateUp: gateUp, activation: mlp.activation("act_fn", "SiLUActivation", .silu),
+                                           down: down)),
+                inputNorm: try layer.norm("input_layernorm", "\(prefix)RMSNorm", .rms, width: s.hidden, epsilon: epsilon, extra: normExtra),
+                postAttentionNorm: try layer.norm("post_attention_layernorm", "\(prefix)RMSNorm", .rms, width: s.hidden, epsilon: epsilon,
+                                                  extra: normExtra),
                 qNorm: qNorm, kNorm: kNorm)
         }
-        norm = try base.norm("norm", "\(prefix)RMSNorm", width: s.hidden, bias: false, extra: normExtra)
+        norm = try base.norm("norm", "\(prefix)RMSNorm", .rms, width: s.hidden, epsilon: epsilon, extra: normExtra)
         // Its (cos, sin) output is a table made once per model here (`rotary`), not per pass.
         base.leaf("rotary_emb", "\(prefix)RotaryEmbedding", sites: false)
         if !s.tied, weights.has("lm_head.weight") {
@@ -157,6 +155,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         if let scaling = s.ropeScaling { frequencies = scaling.apply(frequencies) }
         rotary = RotaryTable(dim: s.headDim, inverseFrequency: frequencies, positions: s.context)
         moduleTree = root.tree
+        modules = root.modules
         weightBytes = root.weightBytes
     }
 
@@ -165,8 +164,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     }
 
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        let final = try pass.call(norm.module, x) { rmsNorm($0, weight: norm.weight, eps: epsilon) }
-        return try pass.hook(model.output, final, tuple: true)
+        try pass.hook(model.output, try pass.call(norm, x), tuple: true)
     }
 
     /// One decoder layer: x + attn(norm(x)), then + mlp(norm(·)).
@@ -177,8 +175,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         x = try pass.hook(.residPre(l), x)
 
         // Attention: o(softmax(q kᵀ / √d) v) over the window, if any, q and k rotated by position.
-        let normed = try pass.call(b.inputNorm.module, x) { rmsNorm($0, weight: b.inputNorm.weight, eps: epsilon) }
-        var attention = try pass.call(b.selfAttention, normed, tuple: true) { h in
+        var attention = try pass.call(b.selfAttention, try pass.call(b.inputNorm, x), tuple: true) { h in
             let projected = try pass.call(b.qkv, h)
             var (q, k, v) = (projected[0], projected[1], projected[2])
             if let qNorm = b.qNorm, let kNorm = b.kNorm {  // Qwen3: each head RMS-normalized
@@ -195,13 +192,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
         x = try pass.hook(.residMid(l), x)
 
         // MLP: down(silu(gate(x)) * up(x)).
-        let normed2 = try pass.call(b.postAttentionNorm.module, x) { rmsNorm($0, weight: b.postAttentionNorm.weight, eps: epsilon) }
-        var mlp = try pass.call(b.mlp, normed2) { h in
-            let projected = try pass.call(b.gateUp, h)
-            let hidden = try pass.gated(b.activation, .silu, projected[0], projected[1])
-            return try pass.call(b.down, try pass.hook(.mlpHidden(l), hidden))
-        }
-        mlp = try pass.hook(.mlpOut(l), mlp)
+        let mlp = try pass.hook(.mlpOut(l), try b.mlp(try pass.call(b.postAttentionNorm, x), pass))
         addInPlace(x, mlp)
 
         x = try pass.hook(b.module.output, x)
@@ -213,7 +204,7 @@ final class LlamaModel: LanguageModel, @unchecked Sendable {
     private func headNorm(_ norm: NormModule, _ x: Tensor, heads: Int, _ pass: ForwardPass) throws -> Tensor {
         let headDim = dimensions.headDim
         return try pass.call(norm.module, x, shape: [pass.rows, pass.length, heads, headDim]) {
-            rmsNorm($0.reshaped([-1, headDim]), weight: norm.weight, eps: epsilon).reshaped([-1, heads * headDim])
+            norm($0.reshaped([-1, headDim])).reshaped([-1, heads * headDim])
         }
     }
 }

@@ -26,6 +26,13 @@ import LoupeTrace
 ///   logits at the last position only are the last column of the full logits.
 /// - `hooks`: a pass with every site watched computes what a pass with no hooks does,
 ///   and a continuation from cached keys and values what the full pass does.
+/// - `generation`: greedy generation from the sequences as one left-padded batch, with the
+///   keys and values kept between steps, gives at every step the logits of a full pass over
+///   each row's prompt and tokens so far, alone, within 1e-5, hooks watching at every step.
+/// - `module-calls`: every module with weights, every MLP and decoder layer is callable by
+///   the trace op `call`, and reproduces on the forward pass's values what the pass computed;
+///   the logit lens, an MLP and a layer called on HF's values give HF's, and the parameters
+///   are HF's (`ModuleCallChecks`).
 /// - `interventions`: every registered intervention this suite has cases for, run in a
 ///   batched trace (left-padded by a longer invocation), equals the same edit written as
 ///   hooks on the edited prompt alone; an intervention at a site the model does not
@@ -50,7 +57,7 @@ public struct ArchitectureConformance {
     public let interventions: InterventionRegistry
 
     /// Every check, in the order `report()` runs them.
-    public static let checks = ["fixture", "sites", "module-tree", "hf-parity", "padding", "hooks", "interventions", "sweeps", "gradients", "tokenizer"]
+    public static let checks = ["fixture", "sites", "module-tree", "hf-parity", "padding", "hooks", "generation", "module-calls", "interventions", "sweeps", "gradients", "tokenizer"]
 
     /// A model and tokenizer loaded from `fixture`, or any model standing for one (a wrapper).
     public init(model: any LanguageModel, tokenizer: Tokenizer?, fixture: String, interventions: InterventionRegistry) {
@@ -87,6 +94,8 @@ public struct ArchitectureConformance {
             ("hf-parity", { try NumericChecks.parity(&$0) }),
             ("padding", { try NumericChecks.padding(&$0) }),
             ("hooks", { try NumericChecks.hooks(&$0) }),
+            ("generation", { try NumericChecks.generation(&$0) }),
+            ("module-calls", { try ModuleCallChecks.run(&$0) }),
             ("interventions", { try InterventionChecks.run(&$0) }),
             ("sweeps", { try SweepChecks.run(&$0) }),
             ("gradients", { try GradientChecks.run(&$0) }),

@@ -91,6 +91,29 @@ enum NumericChecks {
                 selfTolerance, "logits at the last position against the last column of the full logits")
     }
 
+    /// Each generation step, continued from the keys and values of the earlier ones in a
+    /// left-padded batch, computes what a full pass over the row's sequence so far does alone;
+    /// hooks see one position per row from step 1 on.
+    static func generation(_ c: inout CheckContext) throws {
+        let model = c.model, prompts = c.fixture.sequences
+        let new = min(4, model.dimensions.context - (prompts.map(\.count).max() ?? 0))
+        guard new >= 2 else { return c.fail("the fixture's sequences leave no room in the context to generate") }
+        let generation = try Generation(model: model, prompts: prompts, settings: GenerationSettings(maxNewTokens: new))
+        let watch = ActivationRecorder([CanonicalSite.residPost(0).site])
+        while !generation.isDone {
+            let step = generation.step
+            let out = try generation.next(hooks: model.canonicalSites.contains(.residPost) ? watch : nil)
+            if let seen = watch.values[CanonicalSite.residPost(0).site], step > 0, seen.shape[1] != 1 {
+                c.fail("step \(step): resid_post of layer 0 has shape \(seen.shape), expected one position per row")
+            }
+            for (row, prompt) in prompts.enumerated() {
+                let sofar = prompt + generation.tokens[row].dropLast()
+                let full = try model.forward(TokenBatch([sofar]), logits: .last).reshaped([-1])
+                compare(&c, out.logits.select(axis: 0, row), full, selfTolerance, "generation step \(step), row \(row) against a full pass alone")
+            }
+        }
+    }
+
     /// Watching every site changes nothing; a continuation from cached keys and values
     /// computes what the full pass does.
     static func hooks(_ c: inout CheckContext) throws {

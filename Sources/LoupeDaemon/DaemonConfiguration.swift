@@ -21,6 +21,8 @@ public struct DaemonConfiguration: Sendable {
     public var maxQueue = 64
     /// Token slots (rows x padded length) one forward pass may compute.
     public var maxBatchTokens = 65_536
+    /// New tokens one generation may make, over all its invocations (max_new_tokens x invocations).
+    public var maxGenerateTokens = 16_384
     public var limits = DecodeLimits.standard
     /// Bytes one trace's saved values may take (RELIABILITY.md, "Limits").
     public var maxSavedBytes = 256 << 20

@@ -58,7 +58,10 @@ public final class RequestCheck {
         case "trace":
             let spec = try TraceSpec(request, model: try model(request, "model"), configuration: configuration, interventions: interventions)
             guard run else { return [:] }
-            do { return TraceSpec.reply(try spec.runner.run(spec.compiled)) } catch { throw ProtocolError.running(error) }
+            do {
+                if let generation = spec.generation { return TraceSpec.reply(try spec.runner.generate(generation)) }
+                return TraceSpec.reply(try spec.runner.run(spec.compiled!))
+            } catch { throw ProtocolError.running(error) }
         case "sweep":
             _ = try SweepSpec(request, model: try model(request, "model"), configuration: configuration)
         case "models.load":
@@ -67,6 +70,8 @@ public final class RequestCheck {
             _ = try request.mode()
         case "models.describe", "models.unload":
             _ = try model(request, "name")
+        case "models.weights":
+            _ = try model(request, "model")
         case "jobs.status", "jobs.cancel", "jobs.result":
             _ = try request.int("job")
             _ = try request.mode()

@@ -209,6 +209,27 @@ extension ServerLoop {
         return fields
     }
 
+    /// `models.weights`: parameters by HF name (`names`), or their names and shapes (`list: true`).
+    func weights(_ request: Request) throws(ProtocolError) -> [String: MessageValue] {
+        let modules = try warmModel(request).model.modules
+        if try request.bool("list", default: false) {
+            return ["parameters": .array(modules.parameterNames.map { name in
+                ["name": .string(name), "shape": MessageValue(modules.parameter(name)!.shape)]
+            })]
+        }
+        var weights = [String: MessageValue]()
+        for (index, item) in try request.array("names").enumerated() {
+            guard let name = item.stringValue else {
+                throw ProtocolError(.badRequest, "names.\(index) must be a parameter's name (a string)", field: "names.\(index)")
+            }
+            guard let parameter = modules.parameter(name) else {
+                throw ProtocolError(.unknownSite, "the model has no parameter \(name) (list: true lists them)", field: "names.\(index)")
+            }
+            weights[name] = WireTensor(parameter).messageValue
+        }
+        return ["weights": .map(weights)]
+    }
+
     func dimensions(of model: any LanguageModel) -> MessageValue {
         let d = model.dimensions
         return ["layers": MessageValue(d.layers), "hidden": MessageValue(d.hidden), "heads": MessageValue(d.heads),

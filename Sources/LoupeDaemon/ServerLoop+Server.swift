@@ -23,6 +23,7 @@ extension ServerLoop {
             }),
             "limits": ["max_message_bytes": MessageValue(configuration.limits.maxBytes),
                        "max_batch_tokens": MessageValue(configuration.maxBatchTokens),
+                       "max_generate_tokens": MessageValue(configuration.maxGenerateTokens),
                        "max_queue": MessageValue(configuration.maxQueue),
                        "max_saved_bytes": MessageValue(configuration.maxSavedBytes),
                        "max_backward_bytes": MessageValue(configuration.maxBackwardBytes),

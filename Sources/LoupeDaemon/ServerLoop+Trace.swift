@@ -12,25 +12,54 @@ extension ServerLoop {
         let spec = try TraceSpec(request, model: instance, configuration: configuration, interventions: interventions)
         try checkRoom(on: instance, name: name)
         let job = try makeJob(op: "trace", model: name, for: request)
-        // Layers of the forward pass, then of the backward when there is one.
-        job.control.setTotal(instance.model.dimensions.layers * (spec.compiled.backwardNode == nil ? 1 : 2))
         let (inbox, jobID, interval, runner) = (self.inbox, job.id, configuration.progressInterval, spec.runner)
-        let plan = UncheckedCompiledTrace(compiled: spec.compiled)
-        enqueue(job, on: instance) { control in
-            if control.isCancelled { throw ProtocolError(.cancelled, "the job was cancelled") }
-            let result = try runner.run(plan.compiled, cancelled: {
+        // Counts a layer, reports progress now and then, and says whether to stop.
+        let checking: @Sendable (JobControl) -> CancellationCheck = { control in
+            {
                 _ = control.advance()
                 if control.shouldReport(every: interval) { inbox.post { loop in loop.reportProgress(jobID) } }
                 return control.isCancelled
-            })
-            return TraceSpec.reply(result)
+            }
         }
+        if let generation = spec.generation {
+            // Layers of every step.
+            job.control.setTotal(instance.model.dimensions.layers * generation.settings.maxNewTokens)
+            let plan = Unchecked(generation), tokenizer = instance.loaded.tokenizer
+            enqueue(job, on: instance) { control in
+                if control.isCancelled { throw ProtocolError(.cancelled, "the job was cancelled") }
+                var deltas = TextDeltas(tokenizer: tokenizer, rows: plan.value.invocations)
+                let result = try runner.generate(plan.value, cancelled: checking(control)) { step, chosen, generation in
+                    let text = deltas.advance(generation.tokens, stopped: generation.finish.map { $0 != nil })
+                    let fields: [String: MessageValue] = [
+                        "step": MessageValue(step), "tokens": .array(chosen.map { $0.map { MessageValue($0) } ?? .null }),
+                        "text": MessageValue(text)]
+                    inbox.post { loop in loop.reportTokens(jobID, fields) }
+                }
+                return TraceSpec.reply(result)
+            }
+            return
+        }
+        let compiled = spec.compiled!
+        // Layers of the forward pass, then of the backward when there is one.
+        job.control.setTotal(instance.model.dimensions.layers * (compiled.backwardNode == nil ? 1 : 2))
+        let plan = Unchecked(compiled)
+        enqueue(job, on: instance) { control in
+            if control.isCancelled { throw ProtocolError(.cancelled, "the job was cancelled") }
+            return TraceSpec.reply(try runner.run(plan.value, cancelled: checking(control)))
+        }
+    }
+
+    /// Sends a generation step's `tokens` to streaming subscribers: every step, never throttled.
+    func reportTokens(_ jobID: Int, _ fields: [String: MessageValue]) {
+        guard let job = jobs[jobID], job.state == .running else { return }
+        notify(job, .tokens, fields)
     }
 }
 
-/// A compiled trace handed to the worker; nothing else touches it once queued.
-private struct UncheckedCompiledTrace: @unchecked Sendable {
-    let compiled: CompiledTrace
+/// A compiled trace or generation plan handed to the worker; nothing else touches it once queued.
+private struct Unchecked<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 extension TraceValue {

@@ -147,7 +147,7 @@ final class ServerLoop {
 
     /// Every op this server answers; `dispatch` routes them.
     var ops: [String] {
-        ["hello", "models.list", "models.load", "models.unload", "models.describe", "tokenize", "detokenize", "forward",
+        ["hello", "models.list", "models.load", "models.unload", "models.describe", "models.weights", "tokenize", "detokenize", "forward",
          "sweep", "trace", "jobs.status", "jobs.cancel", "jobs.result", "server.stats", "server.shutdown"]
             + (configuration.debugOps ? ["debug.fail"] : [])
     }
@@ -159,6 +159,7 @@ final class ServerLoop {
         case "models.load": try load(request)
         case "models.unload": reply(to: request.requester, ok: try unload(request))
         case "models.describe": reply(to: request.requester, ok: try describe(request))
+        case "models.weights": reply(to: request.requester, ok: try weights(request))
         case "tokenize": reply(to: request.requester, ok: try tokenize(request))
         case "detokenize": reply(to: request.requester, ok: try detokenize(request))
         case "forward": try forward(request)

@@ -6,7 +6,10 @@ import LoupeWire
 /// A `trace` request decoded, validated against the model and compiled on the socket
 /// thread: every error, the limits' included, comes here, before a job exists.
 struct TraceSpec {
-    let compiled: CompiledTrace
+    /// A plain trace's plan, or nil for a generation.
+    let compiled: CompiledTrace?
+    /// A trace with a `generate` section.
+    let generation: GenerationPlan?
     let runner: TraceRunner
 
     init(_ request: Request, model instance: WarmModel, configuration: DaemonConfiguration,
@@ -44,14 +47,56 @@ struct TraceSpec {
             }
             instance.traceRunner = runner
         }
-        do { compiled = try runner.compile(trace) } catch { throw ProtocolError(error) }
-        if compiled.savedBytes > configuration.maxSavedBytes {
-            throw ProtocolError(.tooLarge, "the saved values would take \(compiled.savedBytes) bytes, more than the \(configuration.maxSavedBytes) one trace may save (loupe serve --max-saved-mb); save less or index first", field: "nodes")
+        if let section = request.fields["generate"], section != .null {
+            let value = try TraceValue(wire: section, attachments: request.attachments, field: "generate")
+            do throws(TraceError) {
+                let settings = try GenerateRequest(value, eos: instance.loaded.eosTokenIDs, vocabulary: instance.model.dimensions.vocabulary).settings
+                let total = settings.maxNewTokens.multipliedReportingOverflow(by: trace.invocations.count)
+                if total.overflow || total.partialValue > configuration.maxGenerateTokens {
+                    throw TraceError(.tooLarge, field: "generate.max_new_tokens",
+                                     "\(settings.maxNewTokens) new tokens for each of \(trace.invocations.count) invocations pass the \(configuration.maxGenerateTokens) one trace may generate (loupe serve --max-generate-tokens)")
+                }
+                generation = try runner.compileGeneration(trace, settings: settings)
+            } catch {
+                throw ProtocolError(error)
+            }
+            compiled = nil
+            try Self.checkSaved(generation!.savedBytes, configuration)
+            return
         }
+        generation = nil
+        let compiled: CompiledTrace
+        do { compiled = try runner.compile(trace) } catch { throw ProtocolError(error) }
+        self.compiled = compiled
+        try Self.checkSaved(compiled.savedBytes, configuration)
         if let bytes = compiled.backwardBytes, bytes > configuration.maxBackwardBytes, let node = compiled.backwardNode {
             throw ProtocolError(.tooLarge, "the backward could hold up to \(bytes) bytes, more than the \(configuration.maxBackwardBytes) one trace's backward may (loupe serve --max-backward-mb); use fewer or shorter invocations",
                                 field: "nodes.\(node.position)", node: node.id)
         }
+    }
+
+    /// Refuses saved values over `--max-saved-mb` (for a generation, its bound over every step).
+    private static func checkSaved(_ bytes: Int, _ configuration: DaemonConfiguration) throws(ProtocolError) {
+        if bytes > configuration.maxSavedBytes {
+            throw ProtocolError(.tooLarge, "the saved values would take \(bytes) bytes, more than the \(configuration.maxSavedBytes) one trace may save (loupe serve --max-saved-mb); save less or index first", field: "nodes")
+        }
+    }
+
+    /// The reply's fields for a generation (PROTOCOL.md, `trace`, "Generation").
+    static func reply(_ result: GenerationTraceResult) -> [String: MessageValue] {
+        var saved = [String: MessageValue](), steps = [String: MessageValue]()
+        for (key, tensors) in result.saved {
+            if result.single.contains(key), let tensor = tensors.first {
+                saved[key] = WireTensor(tensor).messageValue
+            } else {
+                saved[key] = .array(tensors.map { WireTensor($0).messageValue })
+                steps[key] = MessageValue(result.savedSteps[key] ?? [])
+            }
+        }
+        return ["saved": .map(saved), "saved_steps": .map(steps), "names": MessageValue(result.names),
+                "generation": ["steps": MessageValue(result.steps), "tokens": .array(result.tokens.map { MessageValue($0) }),
+                               "output": .array(result.output.map { MessageValue($0) }),
+                               "finish": MessageValue(result.finish.map(\.rawValue))]]
     }
 
     /// The reply's fields (PROTOCOL.md, `trace`).

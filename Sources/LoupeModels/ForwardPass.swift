@@ -27,6 +27,8 @@ public struct ForwardPass {
     /// The cache a continuation reads its earlier positions from, and which of its rows each row continues.
     private let prefix: (cache: KeyValueCache, rows: [Int])?
     private let recorder: KeyValueCache?
+    /// The cache a generation's pass appends its keys and values to, and attends through.
+    public let decodeCache: DecodeCache?
 
     /// A full pass over a batch of token sequences. `recorder` keeps every layer's keys and
     /// values, for continuations.
@@ -42,6 +44,28 @@ public struct ForwardPass {
         self.cancelled = cancelled
         prefix = nil
         self.recorder = recorder
+        decodeCache = nil
+    }
+
+    /// A pass of a generation: `count` more slots per row, token ids `ids` (row after row),
+    /// after the slots `cache` holds. Row r starts with `padding[r]` pad slots; positions
+    /// count from its first real token, so a row continues its own count. The step that
+    /// runs the prompts appends every slot of the padded batch to an empty cache; each later
+    /// step one token per row.
+    public init(appending ids: [Int], count: Int, to cache: DecodeCache, padding: [Int],
+                hooks: (any ForwardHooks)?, cancelled: CancellationCheck?) {
+        precondition(padding.count == cache.rows && ids.count == cache.rows * count && cache.filled + count <= cache.capacity)
+        rows = cache.rows
+        queryCounts = Array(repeating: count, count: rows)
+        keyCount = cache.filled + count
+        self.padding = padding
+        positionIDs = padding.flatMap { pad in (cache.filled..<(cache.filled + count)).map { max($0 - pad, 0) } }
+        tokenIDs = ids
+        self.hooks = hooks
+        self.cancelled = cancelled
+        prefix = nil
+        recorder = nil
+        decodeCache = cache
     }
 
     /// A continuation of the unpadded sequence in row `row` of `cache`: one row per entry of
@@ -71,6 +95,7 @@ public struct ForwardPass {
         self.cancelled = cancelled
         prefix = (cache, cacheRows)
         recorder = nil
+        decodeCache = nil
         precondition(hooks == nil || Set(starts).count <= 1, "hooks see [rows, length, ...]: rows of one continuation must start together")
     }
 
@@ -81,14 +106,16 @@ public struct ForwardPass {
 
     /// The attention geometry of this pass's rows.
     public func attentionGeometry(heads: Int, keyValueHeads: Int, headDim: Int) -> AttentionGeometry {
-        AttentionGeometry(queryCounts: queryCounts, keys: keyCount, heads: heads, keyValueHeads: keyValueHeads,
-                          headDim: headDim, padding: padding)
+        AttentionGeometry(queryCounts: queryCounts, keys: keyCount, keyStride: decodeCache?.capacity, heads: heads,
+                          keyValueHeads: keyValueHeads, headDim: headDim, padding: padding)
     }
 
     /// The keys and values layer `layer` attends to, [rows · keyCount, width]: for each row,
     /// the cached ones of its earlier positions, then those of the positions it computes. A
-    /// recording pass keeps them.
+    /// recording pass keeps them. A generation's pass reads them where its cache keeps them,
+    /// [rows · capacity, width].
     public func attentionInputs(layer: Int, keys: Tensor, values: Tensor) -> (keys: Tensor, values: Tensor) {
+        if let decodeCache { return decodeCache.append(layer: layer, keys: keys, values: values, count: length) }
         var result = (keys: keys, values: values)
         if let prefix {
             result = (assemble(prefix.cache.keys[layer]!, keys, cacheRows: prefix.rows, cachedPerRow: prefix.cache.positions),

@@ -37,6 +37,8 @@ public protocol LanguageModel: AnyObject, Sendable {
     var dimensions: ModelDimensions { get }
     /// The HF module tree, each module with its sites.
     var moduleTree: ModuleNode { get }
+    /// What the trace op `call` runs of each module, and every parameter (`ModuleScope.modules`).
+    var modules: ModuleTable { get }
     /// Bytes of float32 weights held.
     var weightBytes: Int { get }
     /// The canonical sites its forward pass shows the hooks (the conformance tests check it

@@ -13,13 +13,19 @@ public final class LoadedModel: Sendable {
     /// Nil for a checkpoint that ships no tokenizer (the test fixtures); such a model takes token ids only.
     public let tokenizer: Tokenizer?
     public let loadSeconds: Double
+    /// The ids that end a generated sequence, as HF's generation config gives them: an HF
+    /// directory's generation_config.json `eos_token_id` (an id or a list), else its
+    /// config.json's, else the tokenizer's EOS; a GGUF file's tokenizer EOS.
+    public let eosTokenIDs: [Int]
 
-    init(source: String, resolvedPath: String, model: any LanguageModel, tokenizer: Tokenizer?, loadSeconds: Double) {
+    init(source: String, resolvedPath: String, model: any LanguageModel, tokenizer: Tokenizer?, loadSeconds: Double,
+         eosTokenIDs: [Int] = []) {
         self.source = source
         self.resolvedPath = resolvedPath
         self.model = model
         self.tokenizer = tokenizer
         self.loadSeconds = loadSeconds
+        self.eosTokenIDs = eosTokenIDs
     }
 
     /// Loads a GGUF file, an HF directory (config.json + safetensors), or an HF id found in
@@ -59,11 +65,23 @@ public final class LoadedModel: Sendable {
             }
             try control?.check()
             let model = try registry.adapter(forModelType: type).load(checkpoint)
+            var eos = tokenizer?.eosTokenID.map { [$0] } ?? []
+            if case .huggingFace(let config, _) = checkpoint {
+                let generation = try? HFConfig(path: path + "/generation_config.json")
+                eos = eosIDs(generation) ?? eosIDs(config) ?? eos
+            }
             return LoadedModel(source: source, resolvedPath: path, model: model, tokenizer: tokenizer,
-                               loadSeconds: Date().timeIntervalSince(start))
+                               loadSeconds: Date().timeIntervalSince(start), eosTokenIDs: eos)
         } catch let error as FormatError {
             throw ModelError.format(error)
         }
+    }
+
+    /// A config's `eos_token_id`: an id or a list of them; nil when absent or null.
+    private static func eosIDs(_ config: HFConfig?) -> [Int]? {
+        guard let value = config?.values["eos_token_id"] else { return nil }
+        if let id = value.intValue { return [id] }
+        return value.arrayValue.map { $0.compactMap(\.intValue) }
     }
 
     /// A path that exists, or an HF id ("org/name") resolved in the local cache.

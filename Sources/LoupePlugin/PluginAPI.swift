@@ -65,7 +65,7 @@ public final class PluginRegistrar {
     /// is both compiled into the plugin and part of the function's interface, so a change
     /// to it rebuilds every plugin's entry point.
     @_alwaysEmitIntoClient
-    public static func entry(_ daemonVersion: Int, _ registrar: UnsafeMutableRawPointer?, apiVersion: Int = 1,
+    public static func entry(_ daemonVersion: Int, _ registrar: UnsafeMutableRawPointer?, apiVersion: Int = 2,
                              _ body: (PluginRegistrar) -> Void) -> Int {
         if daemonVersion == apiVersion, let registrar {
             body(Unmanaged<PluginRegistrar>.fromOpaque(registrar).takeUnretainedValue())

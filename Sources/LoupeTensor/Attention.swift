@@ -6,11 +6,15 @@ import Foundation
 /// forward pass has every count equal to keys; a pass that continues from cached keys and
 /// values has fewer, and rows stacked from different continuations may have different
 /// counts. Slot j of row b is padding when j < padding[b]; padding is never attended to.
+/// Row b's keys and values start at row `b * keyStride` of their matrices: a cache that
+/// grows by a slot per generated token keeps room for them (`keyStride` >= `keys`).
 public struct AttentionGeometry: Sendable {
     public let batch: Int
     /// The most queries of any row: the pattern is laid out [batch, heads, queries, keys].
     public let queries: Int
     public let keys: Int
+    /// Matrix rows from one batch row's keys to the next's.
+    public let keyStride: Int
     public let heads: Int
     /// Fewer than `heads` with grouped-query attention: query head h reads key/value head
     /// h / (heads / keyValueHeads), as HF's repeat_kv does.
@@ -26,11 +30,13 @@ public struct AttentionGeometry: Sendable {
                   keyValueHeads: keyValueHeads, headDim: headDim, padding: padding)
     }
 
-    public init(queryCounts: [Int], keys: Int, heads: Int, keyValueHeads: Int, headDim: Int, padding: [Int]) {
-        precondition(queryCounts.allSatisfy { $0 <= keys } && heads % keyValueHeads == 0 && padding.count == queryCounts.count)
+    public init(queryCounts: [Int], keys: Int, keyStride: Int? = nil, heads: Int, keyValueHeads: Int, headDim: Int, padding: [Int]) {
+        precondition(queryCounts.allSatisfy { $0 <= keys } && heads % keyValueHeads == 0 && padding.count == queryCounts.count
+                     && (keyStride ?? keys) >= keys)
         batch = queryCounts.count
         queries = queryCounts.max() ?? 0
         self.keys = keys
+        self.keyStride = keyStride ?? keys
         self.heads = heads
         self.keyValueHeads = keyValueHeads
         self.headDim = headDim
@@ -47,7 +53,7 @@ public struct AttentionGeometry: Sendable {
 /// Attention probabilities [batch, heads, queries, keys]: softmax(q kᵀ · scale) under the
 /// causal and padding mask. A row with fewer queries than `queries` leaves the rest zero.
 ///
-/// `q` is [query rows, heads * headDim] and `k` [batch * keys, keyValueHeads * headDim];
+/// `q` is [query rows, heads * headDim] and `k` [batch * keyStride, keyValueHeads * headDim];
 /// both may be column slices of a wider matrix (GPT-2's fused c_attn output).
 ///
 /// `window`: sliding-window attention (Mistral, Gemma's local layers): a query sees itself
@@ -57,7 +63,7 @@ public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry
                              window: Int? = nil, softcap: Float? = nil) -> Tensor {
     precondition(window.map { $0 > 0 } ?? true && softcap.map { $0 > 0 } ?? true)
     checkRows(q, g.queryRows, g.heads * g.headDim, "queries")
-    checkRows(k, g.batch * g.keys, g.keyValueHeads * g.headDim, "keys")
+    checkRows(k, g.batch * g.keyStride, g.keyValueHeads * g.headDim, "keys")
     let pattern = Tensor(zeros: [g.batch, g.heads, g.queries, g.keys])
     let groups = g.heads / g.keyValueHeads
     let qStride = q.strides[0], kStride = k.strides[0]
@@ -65,7 +71,7 @@ public func attentionPattern(q: Tensor, k: Tensor, geometry g: AttentionGeometry
         for pair in pairs {
             let b = pair / g.heads, h = pair % g.heads
             let qBase = q.data + g.queryOffsets[b] * qStride + h * g.headDim
-            let kBase = k.data + b * g.keys * kStride + (h / groups) * g.headDim
+            let kBase = k.data + b * g.keyStride * kStride + (h / groups) * g.headDim
             for i in 0..<g.queryCounts[b] {
                 let scores = pattern.data + ((b * g.heads + h) * g.queries + i) * g.keys
                 let last = g.keys - g.queryCounts[b] + i  // this query's own slot
@@ -110,8 +116,8 @@ private func patternBackward(_ dPattern: Tensor, _ saved: (q: Tensor, k: Tensor,
         var dScores = [Float](repeating: 0, count: g.keys)
         for pair in pairs {
             let b = pair / g.keyValueHeads, kvHead = pair % g.keyValueHeads
-            let kBase = k.data + b * g.keys * kWidth + kvHead * g.headDim
-            let dkBase = dk.data + b * g.keys * kWidth + kvHead * g.headDim
+            let kBase = k.data + b * g.keyStride * kWidth + kvHead * g.headDim
+            let dkBase = dk.data + b * g.keyStride * kWidth + kvHead * g.headDim
             for h in (kvHead * groups)..<((kvHead + 1) * groups) {
                 for i in 0..<g.queryCounts[b] {
                     let row = ((b * g.heads + h) * g.queries + i) * g.keys
@@ -145,7 +151,7 @@ private func patternBackward(_ dPattern: Tensor, _ saved: (q: Tensor, k: Tensor,
 public func attendValues(pattern: Tensor, v: Tensor, geometry g: AttentionGeometry) -> Tensor {
     precondition(pattern.shape == [g.batch, g.heads, g.queries, g.keys] && pattern.isContiguous,
                  "attention pattern shape \(pattern.shape) does not fit the geometry")
-    checkRows(v, g.batch * g.keys, g.keyValueHeads * g.headDim, "values")
+    checkRows(v, g.batch * g.keyStride, g.keyValueHeads * g.headDim, "values")
     let width = g.heads * g.headDim
     let output = Tensor(zeros: [g.queryRows, width])
     let groups = g.heads / g.keyValueHeads
@@ -153,7 +159,7 @@ public func attendValues(pattern: Tensor, v: Tensor, geometry g: AttentionGeomet
     Parallel.forEachChunk(g.batch * g.heads, costPerItem: g.queries * g.keys * g.headDim) { pairs in
         for pair in pairs {
             let b = pair / g.heads, h = pair % g.heads
-            let vBase = v.data + b * g.keys * vStride + (h / groups) * g.headDim
+            let vBase = v.data + b * g.keyStride * vStride + (h / groups) * g.headDim
             for i in 0..<g.queryCounts[b] {
                 let weights = pattern.data + ((b * g.heads + h) * g.queries + i) * g.keys
                 let out = output.data + (g.queryOffsets[b] + i) * width + h * g.headDim
@@ -186,8 +192,8 @@ private func valuesBackward(_ dOutput: Tensor, _ saved: (pattern: Tensor, v: Ten
     Parallel.forEachChunk(g.batch * g.keyValueHeads, costPerItem: groups * g.queries * g.keys * g.headDim) { pairs in
         for pair in pairs {
             let b = pair / g.keyValueHeads, kvHead = pair % g.keyValueHeads
-            let vBase = v.data + b * g.keys * vWidth + kvHead * g.headDim
-            let dvBase = dv.data + b * g.keys * vWidth + kvHead * g.headDim
+            let vBase = v.data + b * g.keyStride * vWidth + kvHead * g.headDim
+            let dvBase = dv.data + b * g.keyStride * vWidth + kvHead * g.headDim
             for h in (kvHead * groups)..<((kvHead + 1) * groups) {
                 for i in 0..<g.queryCounts[b] {
                     let row = ((b * g.heads + h) * g.queries + i) * g.keys

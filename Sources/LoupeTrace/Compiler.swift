@@ -44,6 +44,10 @@ enum Op {
     case full([Int], Float)
     case cat([Operand], dim: Int, stack: Bool)
     case topk(Int, k: Int, dim: Int, largest: Bool, indices: Bool)
+    /// Module `module`'s own computation on x (`LanguageModel.call(module:_:)`).
+    case call(Operand, module: String, model: any LanguageModel)
+    /// A parameter, read-only (its node's alias is `SiteAlias.weight`).
+    case weight(Tensor)
     case intervene([CompiledStep], tensors: [String: Operand])
     case save(Int, name: String)
     /// The scalar the backward differentiates.
@@ -62,10 +66,14 @@ enum Op {
     }
 }
 
-/// The site and invocation whose live value a node's value views.
+/// The site and invocation whose live value a node's value views, or a weight's storage.
 struct SiteAlias {
     let order: Int
     let invoke: Int
+
+    /// A view of a model's parameter: no site, and nothing may write through it.
+    static let weight = SiteAlias(order: -1, invoke: -1)
+    var isWeight: Bool { order < 0 }
 }
 
 struct CompiledStep {
@@ -162,7 +170,7 @@ public struct CompiledTrace {
         "matmul", "sum", "mean", "max", "min", "argmax", "argmin", "softmax", "log_softmax",
         "reshape", "view", "transpose", "permute", "split_heads", "merge_heads",
         "clone", "zeros_like", "ones_like", "full_like", "full", "cat", "stack", "topk",
-        "intervene", "save", "backward", "grad", "set_grad",
+        "call", "weight", "intervene", "save", "backward", "grad", "set_grad",
     ]
 }
 
@@ -174,6 +182,9 @@ struct Compiler {
     let interventions: InterventionRegistry
     let trace: Trace
     let mode: LogitMode
+    /// The generation step the trace runs at (`GenerationPlan`): from step 1 on, every
+    /// site has one position per invocation, and attention keys `count + step`.
+    var step = 0
 
     static let headSites: Set<Site> = [Site("lm_head", .input), Site("lm_head", .output), Site("logits", .output)]
 
@@ -397,8 +408,14 @@ struct Compiler {
 
     /// The value's shape at `ref` for its invocation alone.
     private func siteShape(_ ref: SiteRef) -> [Int] {
-        let length = mode == .last && Compiler.headSites.contains(ref.site) ? 1 : trace.invocations[ref.invoke].count
-        return ref.info.shape.map { $0 == SiteInfo.batchDim ? 1 : ($0 == SiteInfo.sequenceDim ? length : $0) }
+        let count = trace.invocations[ref.invoke].count
+        let length = step > 0 || (mode == .last && Compiler.headSites.contains(ref.site)) ? 1 : count
+        var sequenceAxes = 0
+        return ref.info.shape.map { d in
+            guard d == SiteInfo.sequenceDim else { return d == SiteInfo.batchDim ? 1 : d }
+            sequenceAxes += 1
+            return sequenceAxes == 2 ? count + step : length  // the second is the pattern's keys
+        }
     }
 
     private func dim(_ d: Int, rank: Int, _ reader: NodeReader, _ key: String) throws(TraceError) -> Int {
@@ -478,6 +495,9 @@ struct Compiler {
 
         case "setindex":
             let x = try nodeIndex(r.fields["x"], r, "x")
+            if nodes[x].alias?.isWeight == true {
+                throw r.error(.badRequest, "x", "weights are read-only: clone it first (node \(nodes[x].id) views a weight)")
+            }
             guard let keyValue = r.fields["key"] else { throw r.error(.badRequest, "key", "missing field key") }
             let key = try IndexItem.parseKey(keyValue, node: r.id, field: r.path("key"))
             let resolved = try ResolvedIndex(key, shape: shape(x), node: r.id, field: r.path("key"))
@@ -653,6 +673,18 @@ struct Compiler {
             return try make(r, .topk(x, k: k, dim: d, largest: try r.bool("largest", default: true), indices: try r.bool("indices", default: false)),
                         shape: out, inputs: [.node(x)])
 
+        case "call":
+            return try call(r)
+
+        case "weight":
+            let path = try r.string("module")
+            _ = try module(path, r)
+            let name = try r.string("name")
+            guard let parameter = model.modules.parameter("\(path).\(name)") else {
+                throw r.error(.unknownSite, "name", "\(path) has no parameter \(name)")
+            }
+            return CompiledNode(id: r.id, op: .weight(parameter), shape: parameter.shape, event: .start, alias: .weight, inputs: [])
+
         case "intervene":
             return try intervene(&r)
 
@@ -702,6 +734,35 @@ struct Compiler {
         default:
             throw r.error(.unknownOp, "op", "unknown trace op \"\(op)\" (known: \(CompiledTrace.ops.joined(separator: ", ")))")
         }
+    }
+
+    /// The type of module `path` of the model's tree, or `unknown_site` naming the field `module`.
+    private func module(_ path: String, _ r: NodeReader) throws(TraceError) -> String {
+        var node = model.moduleTree
+        while node.path != path {
+            guard let next = node.children.first(where: { path == $0.path || path.hasPrefix($0.path + ".") }) else {
+                throw r.error(.unknownSite, "module", "the model has no module \(path) (models.describe lists them)")
+            }
+            node = next
+        }
+        return node.type
+    }
+
+    private func call(_ r: NodeReader) throws(TraceError) -> CompiledNode {
+        let path = try r.string("module")
+        let type = try module(path, r)
+        guard let call = model.modules.call(path) else {
+            throw r.error(.badRequest, "module", "\(path.isEmpty ? "the root" : path) (\(type)) cannot be called in a trace")
+        }
+        let x = try operand(r.fields["x"], r, "x")
+        let given = operandShape(x)
+        guard let out = call.outputShape(given), given.reduce(1, *) > 0 else {
+            throw r.error(.shapeMismatch, "x", "\(path) takes x of shape \(call.expected), got \(given)")
+        }
+        if case .sequence = call.input, given[1] > model.dimensions.context {
+            throw r.error(.tooLarge, "x", "\(path) runs on at most the model's context of \(model.dimensions.context) positions, got \(given[1])")
+        }
+        return try make(r, .call(x, module: path, model: model), shape: out, inputs: [x])
     }
 
     private mutating func intervene(_ r: inout NodeReader) throws(TraceError) -> CompiledNode {
@@ -755,7 +816,7 @@ struct Compiler {
         }
         let sites = self.sites, order = self.siteOrder
         let context = InterventionContext(node: r.id, target: target, dimensions: model.dimensions,
-                                          lengths: trace.invocations.map(\.count),
+                                          lengths: trace.invocations.map { step > 0 ? 1 : $0.count },
                                           siteInfo: { order[$0].map { sites[$0] } })
         let arguments = InterventionArguments(node: r.id, values: params, tensorShapes: shapes)
         let steps = try type.plan(arguments, context)

@@ -40,12 +40,20 @@ public final class TraceRunner: @unchecked Sendable {
 
     /// Checks a trace and plans its execution; throws the first error, naming its node.
     public func compile(_ trace: Trace) throws(TraceError) -> CompiledTrace {
+        try StepSet.checkPlain(trace)
+        return try compile(trace, step: 0)
+    }
+
+    /// The trace as it runs at generation step `step` (GenerationPlan).
+    func compile(_ trace: Trace, step: Int) throws(TraceError) -> CompiledTrace {
         try Compiler.checkInvocations(trace.invocations, model.dimensions)
         var compiler = Compiler(model: model, sites: sites, siteOrder: siteOrder, interventions: interventions, trace: trace, mode: .all)
+        compiler.step = step
         var nodes = try compiler.compile()
         let mode = logitMode(nodes)
         if mode == .last {
             var again = Compiler(model: model, sites: sites, siteOrder: siteOrder, interventions: interventions, trace: trace, mode: .last)
+            again.step = step
             nodes = try again.compile()
         }
         return try schedule(nodes, trace: trace, mode: mode)
@@ -337,6 +345,14 @@ public final class TraceRunner: @unchecked Sendable {
         for node in nodes where node.event.site >= 0 && node.alias == nil && !node.inBackward {
             guard let shape = node.shape else { continue }
             floats += 4 * shape.reduce(1, *) + node.inputs.reduce(0) { $0 + (nodes[$1].shape ?? []).reduce(1, *) }
+            if case .call(let x, _, _) = node.op {
+                // A module call holds at most what one layer does on its rows.
+                var layer = model.dimensions
+                layer.layers = 1
+                let given = x.node.flatMap { nodes[$0].shape } ?? shape
+                let (rows, length) = given.count == 3 ? (given[0], given[1]) : (given.dropLast().reduce(1, *), 1)
+                floats += layer.backwardBytes(rows: rows, length: length, logitRows: 0) / 4
+            }
         }
         return model.dimensions.backwardBytes(rows: rows, length: length, logitRows: logitRows) + 4 * floats
     }
@@ -388,6 +404,9 @@ final class TraceHooks: ForwardHooks {
 
     /// False for the plain batch (a row per invocation), which runs every write.
     let shareRows: Bool
+    /// The generation step the pass runs (0 in a plain trace): its attention keys are
+    /// `batch.length + step` slots.
+    var step = 0
     /// During a backward: the node whose ops the backward is passing through, if any.
     private var failing: Int?
 
@@ -414,13 +433,13 @@ final class TraceHooks: ForwardHooks {
     }
 
     func runStart() throws {
-        let frame = Frame(seen: nil, info: nil, batch: batch, rows: rows)
+        let frame = Frame(seen: nil, info: nil, batch: batch, rows: rows, slots: batch.length + step)
         for task in plan.startTasks { try run(task, frame) }
     }
 
     func visit(_ site: Site, _ value: inout Tensor) throws {
         guard let order = orderOf[site], let tasks = plan.tasks[order] else { return }
-        let frame = Frame(seen: value, info: plan.sites[order], batch: batch, rows: rows)
+        let frame = Frame(seen: value, info: plan.sites[order], batch: batch, rows: rows, slots: batch.length + step)
         for task in tasks { try run(task, frame) }
         keepPastSite(order, storage: value.storage)
     }
@@ -459,7 +478,7 @@ final class TraceHooks: ForwardHooks {
     /// What runs where the backward reaches probe `p`: its nodes, in trace order, with the
     /// gradient flowing through `view` at that point.
     private func reach(_ p: Int, _ view: GradientView, _ gradients: Gradients) throws {
-        let frame = Frame(seen: nil, info: nil, batch: batch, rows: rows)
+        let frame = Frame(seen: nil, info: nil, batch: batch, rows: rows, slots: batch.length + step)
         for n in plan.probes[p].nodes {
             let node = plan.nodes[n]
             switch node.op {
@@ -485,6 +504,8 @@ final class TraceHooks: ForwardHooks {
         let info: SiteInfo?
         let batch: TokenBatch
         let rows: [Int]
+        /// Slots of a padded row that the pass attends to.
+        let slots: Int
 
         /// Invocation `invoke`'s rows, without its left padding: positions count as in the
         /// invocation alone.
@@ -493,8 +514,8 @@ final class TraceHooks: ForwardHooks {
             var v = seen!.slice(axis: 0, row..<(row + 1))
             let pad = batch.padding[row]
             if pad > 0, let info {
-                for (axis, symbol) in info.shape.enumerated() where symbol == SiteInfo.sequenceDim && v.shape[axis] == batch.length {
-                    v = v.slice(axis: axis, pad..<batch.length)
+                for (axis, symbol) in info.shape.enumerated() where symbol == SiteInfo.sequenceDim && v.shape[axis] == slots {
+                    v = v.slice(axis: axis, pad..<slots)
                 }
             }
             return v
@@ -585,6 +606,14 @@ final class TraceHooks: ForwardHooks {
             return stack ? TensorMath.stack(tensors, dim: dim) : TensorMath.cat(tensors, dim: dim)
         case .topk(let x, let k, let dim, let largest, let indices):
             return TensorMath.topk(values[x]!, k: k, dim: dim, largest: largest, indices: indices)
+        case .call(let x, let module, let model):
+            do {
+                return try model.call(module: module, operand(x))
+            } catch let error as ModelError {
+                throw TraceError(.indexOutOfRange, node: node.id, field: "nodes.\(index).x", "\(module): \(error)")
+            }
+        case .weight(let parameter):
+            return parameter
         case .save(let x, _):
             return values[x]!
         case .intervene:

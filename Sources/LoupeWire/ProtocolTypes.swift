@@ -1,13 +1,13 @@
 /// The wire contract's fixed vocabulary; Protocol/PROTOCOL.md describes each value.
 public enum WireProtocol {
     /// Bumped on any change an old peer would misread.
-    public static let version = 3
+    public static let version = 4
     public static let defaultEndpoint = "tcp://127.0.0.1:5557"
 }
 
 /// Where a request stands; every reply carries one.
 public enum ReplyStatus: String, Sendable, CaseIterable {
-    case accepted, queued, running, progress, ok, error
+    case accepted, queued, running, progress, tokens, ok, error
 
     /// `ok` and `error` end a request; the others are interim.
     public var isFinal: Bool { self == .ok || self == .error }

@@ -37,6 +37,9 @@ struct EngineBenchmark: ParsableCommand {
     @Flag(help: "Also time the gradient of the IOI logit difference at every layer's output against the forward pass.")
     var gradients = false
 
+    @Flag(help: "Also time greedy generation (batch 1, 32 new tokens) and measure the key/value cache.")
+    var generate = false
+
     func run() throws {
         Parallel.configureBLAS()
         let registry = BuiltInPlugins.architectureRegistry()
@@ -80,6 +83,33 @@ struct EngineBenchmark: ParsableCommand {
                      hooked * 1000, bare * 1000, hooked / bare))
         if sweeps { try benchmarkSweeps(loaded) }
         if gradients { try benchmarkGradients(loaded) }
+        if generate { try benchmarkGeneration(network) }
+    }
+
+    /// Greedy decoding of 32 tokens after an 8-token prompt: the decode steps' tokens per
+    /// second (the prompt's step apart), and the cache's bytes when it holds 512 tokens.
+    func benchmarkGeneration(_ model: any LanguageModel) throws {
+        let prompt = Array(100..<108), new = 32
+        var prefill = [Double](), decode = [Double]()
+        for _ in 0..<(repeats + 1) {
+            let generation = try Generation(model: model, prompts: [prompt], settings: GenerationSettings(maxNewTokens: new))
+            var start = Date()
+            _ = try generation.next()
+            prefill.append(Date().timeIntervalSince(start))
+            start = Date()
+            _ = try generation.run()
+            decode.append(Date().timeIntervalSince(start))
+        }
+        func median(_ xs: [Double]) -> Double { Array(xs.dropFirst()).sorted()[repeats / 2] }
+        let steps = Double(new - 1)
+        print(String(format: "generate 1x%d greedy after %d prompt tokens: prompt step %.1f ms, decode %.1f ms/token = %.1f tokens/s",
+                     new, prompt.count, median(prefill) * 1000, median(decode) / steps * 1000, steps / median(decode)))
+        // A prompt of 500 and 13 new tokens: room for 512 slots (the last token is never run).
+        let long = try Generation(model: model, prompts: [(0..<500).map { 100 + $0 % 1000 }], settings: GenerationSettings(maxNewTokens: 13))
+        _ = try long.next()
+        let d = model.dimensions
+        print(String(format: "key/value cache at %d slots: %d bytes (%.1f MB; %d layers x keys and values x %d key/value heads x %d dims x float32)",
+                     long.cache.capacity, long.cache.bytes, Double(long.cache.bytes) / 1e6, d.layers, d.keyValueHeads, d.headDim))
     }
 
     /// One forward and backward of the corrupted IOI prompt, keeping every layer output's

@@ -176,6 +176,54 @@ struct Run: ParsableCommand {
     }
 }
 
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate text from a prompt on a loaded model, printing it as the tokens come.",
+        discussion: "Greedy unless sampling is asked for: --sample, or any of --temperature, --top-k, --top-p.")
+    @OptionGroup var options: ClientOptions
+    @Argument var name: String
+    @Argument(help: "The prompt (with --ids: token ids separated by commas or spaces).") var prompt: String
+    @Option(name: [.short, .customLong("max-new-tokens")], help: "How many tokens to generate at most.") var n = 32
+    @Flag(help: "Sample (temperature 1, top-k 50, top-p 1 unless given).") var sample = false
+    @Option(help: "Sampling temperature (> 0).") var temperature: Double?
+    @Option(help: "Keep the k likeliest tokens (0: all).") var topK: Int?
+    @Option(help: "Keep the likeliest tokens whose probabilities sum to p, in (0, 1].") var topP: Double?
+    @Option(help: "The sampling seed.") var seed = 0
+    @Flag(help: "The prompt is token ids, for models without a tokenizer.") var ids = false
+
+    func run() throws {
+        let invoke: MessageValue
+        if ids {
+            let numbers = prompt.split(whereSeparator: { $0 == "," || $0 == " " }).compactMap { Int($0) }
+            guard !numbers.isEmpty else { throw ValidationError("--ids needs token ids such as '3260, 1757'") }
+            invoke = ["tokens": MessageValue(numbers)]
+        } else {
+            invoke = ["prompt": .string(prompt)]
+        }
+        var generate: [String: MessageValue] = ["max_new_tokens": MessageValue(n), "seed": MessageValue(seed)]
+        if sample || temperature != nil || topK != nil || topP != nil {
+            generate["do_sample"] = true
+            if let temperature { generate["temperature"] = .double(temperature) }
+            if let topK { generate["top_k"] = MessageValue(topK) }
+            if let topP { generate["top_p"] = .double(topP) }
+        }
+        var streamed = false
+        let reply = try options.call("trace", ["model": .string(name), "invokes": [invoke], "nodes": [], "generate": .map(generate)],
+                                     interim: { interim in
+            guard !options.json, interim["status"] == "tokens", let text = interim["text"]?.arrayValue?.first?.stringValue else { return }
+            FileHandle.standardOutput.write(text)
+            streamed = true
+        })
+        if options.json { return options.printJSON(reply) }
+        let generation = reply["generation"]
+        let count = generation?["tokens"]?.arrayValue?.first?.arrayValue?.count ?? 0
+        let finish = generation?["finish"]?.arrayValue?.first?.stringValue ?? "?"
+        if streamed { print() }
+        var standardError = FileHandle.standardError
+        print("\(count) tokens (\(finish))", to: &standardError)
+    }
+}
+
 struct Stop: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Shut the daemon down gracefully.")
     @OptionGroup var options: ClientOptions

@@ -8,7 +8,7 @@ import LoupeTensor
 struct Loupe: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Loupe: an interpretability workbench for transformer language models.",
-        subcommands: [IOI.self, Serve.self, Ps.self, Load.self, Unload.self, Describe.self, Tokenize.self, Run.self, Patch.self, Heads.self, Stop.self, Keygen.self, Conformance.self])
+        subcommands: [IOI.self, Serve.self, Ps.self, Load.self, Unload.self, Describe.self, Tokenize.self, Run.self, Generate.self, Patch.self, Heads.self, Stop.self, Keygen.self, Conformance.self])
 }
 
 /// The default model: SmolLM2-135M-Instruct, fetched from PyPI by scripts/fetch-models.sh.

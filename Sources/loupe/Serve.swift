@@ -31,6 +31,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Token slots (rows x padded length) one forward pass may compute.")
     var maxBatchTokens = 65_536
 
+    @Option(help: "New tokens one generation may make, over all its invocations (max_new_tokens x invocations).")
+    var maxGenerateTokens = 16_384
+
     @Option(help: "Largest message accepted or sent, in MiB.")
     var maxMessageMB = 256
 
@@ -94,6 +97,7 @@ struct Serve: ParsableCommand {
         settings.resultTTL = resultTTL
         settings.maxQueue = maxQueue
         settings.maxBatchTokens = maxBatchTokens
+        settings.maxGenerateTokens = maxGenerateTokens
         settings.limits.maxBytes = maxMessageMB << 20
         settings.maxSavedBytes = maxSavedMB << 20
         settings.maxBackwardBytes = maxBackwardMB << 20

@@ -50,6 +50,7 @@ class Wrapped: LanguageModel, @unchecked Sendable {
     var architecture: String { inner.architecture }
     var dimensions: ModelDimensions { inner.dimensions }
     var moduleTree: ModuleNode { inner.moduleTree }
+    var modules: ModuleTable { inner.modules }
     var weightBytes: Int { inner.weightBytes }
     var canonicalSites: Set<CanonicalSite.Kind> { inner.canonicalSites }
     var head: LinearModule { inner.head }

@@ -121,6 +121,7 @@ final class WithoutSites: LanguageModel, @unchecked Sendable {
     var architecture: String { inner.architecture }
     var dimensions: ModelDimensions { inner.dimensions }
     var moduleTree: ModuleNode { inner.moduleTree }
+    var modules: ModuleTable { inner.modules }
     var weightBytes: Int { inner.weightBytes }
     var head: LinearModule { inner.head }
 

@@ -78,10 +78,10 @@ final class ErrorCodeTests: XCTestCase {
     }
 
     func testVersionMismatchNamesBothVersions() throws {
-        let error = try live.expectError(.versionMismatch, "hello", ["protocol": 2])
-        XCTAssertTrue(error.message.contains("3") && error.message.contains("2"), error.message)
+        let error = try live.expectError(.versionMismatch, "hello", ["protocol": 3])
+        XCTAssertTrue(error.message.contains("4") && error.message.contains("3"), error.message)
         try live.expectError(.versionMismatch, "models.list", ["protocol": 7])
-        XCTAssertEqual(try live.call("hello", ["protocol": 3])["protocol"], 3)
+        XCTAssertEqual(try live.call("hello", ["protocol": 4])["protocol"], 4)
     }
 
     func testUnknownModel() throws {

@@ -150,7 +150,7 @@ final class RuntimePluginTests: XCTestCase {
         let fixture = Fixtures.modelsDirectory + "/example-mlp-tiny"
         let result = try LoupeProcess.run(["conformance", fixture, "--plugin", try built().example])
         XCTAssertEqual(result.status, 0, result.output + result.errors)
-        for check in ["sites", "module-tree", "hf-parity", "padding", "hooks", "interventions", "sweeps"] {
+        for check in ["sites", "module-tree", "hf-parity", "padding", "hooks", "module-calls", "interventions", "sweeps"] {
             XCTAssertTrue(result.output.contains(check), "the report names \(check):\n\(result.output)")
         }
         // Without the plugin nothing runs this model type: the suite cannot load it.

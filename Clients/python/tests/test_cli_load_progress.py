@@ -46,7 +46,7 @@ class FakeDaemon:
             identity, *frames = self.socket.recv_multipart()
             request = msgpack.unpackb(frames[0], raw=False)
             if request.get("op") == "hello":
-                self.reply(identity, {"id": request["id"], "status": "ok", "protocol": 3, "instance": "fake"})
+                self.reply(identity, {"id": request["id"], "status": "ok", "protocol": 4, "instance": "fake"})
                 continue
             assert request["op"] == "models.load" and request["mode"] == "stream", request
             job = {"id": request["id"], "job": "j1"}

@@ -30,10 +30,10 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
     let canonicalSites = Set(CanonicalSite.Kind.allCases)
     let dimensions: ModelDimensions
     let moduleTree: ModuleNode
+    let modules: ModuleTable
     let weightBytes: Int
     let head: LinearModule
 
-    private let epsilon: Float
     private let embedTokens: EmbeddingModule
     private let blocks: [Block]
     private let norm: NormModule
@@ -47,10 +47,7 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
         /// q_proj, k_proj and v_proj as one product.
         let qkv: FusedLinear
         let o: LinearModule
-        let mlp: ModulePath
-        let up: LinearModule
-        let down: LinearModule
-        let activation: ModulePath
+        let mlp: PlainMLP
         let inputNorm: NormModule
         let postAttentionNorm: NormModule
     }
@@ -58,7 +55,7 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
     init(_ s: Settings, weights: WeightReader) throws {
         dimensions = ModelDimensions(layers: s.layers, hidden: s.hidden, heads: s.heads, keyValueHeads: s.keyValueHeads,
                                      headDim: s.headDim, intermediate: s.intermediate, vocabulary: s.vocabulary, context: s.context)
-        epsilon = Float(s.epsilon)
+        let epsilon = Float(s.epsilon)
         let (qWidth, kvWidth) = (s.heads * s.headDim, s.keyValueHeads * s.headDim)
         let normExtra = "(\(s.hidden),), eps=\(s.epsilon)"
 
@@ -69,7 +66,7 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
         embedTokens = try base.embedding("embed_tokens", count: s.vocabulary, width: s.hidden)
         let list = base.child("layers", "ModuleList")
         blocks = try (0..<s.layers).map { l in
-            let layer = list.child("\(l)", "LlamaDecoderLayer")
+            let layer = list.decoderLayer(l, "LlamaDecoderLayer", width: s.hidden)
             let attention = layer.child("self_attn", "LlamaAttention")
             let qkv = FusedLinear([
                 try attention.linear("q_proj", in: s.hidden, out: qWidth, bias: false),
@@ -77,22 +74,25 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
                 try attention.linear("v_proj", in: s.hidden, out: kvWidth, bias: false),
             ])
             let o = try attention.linear("o_proj", in: qWidth, out: s.hidden, bias: false, inputMajor: true)
+            // The MLP, declared callable: the trace op `call` runs it as the layer does.
             let mlp = layer.child("mlp", "ExampleMLP")
+            let up = try mlp.linear("up_proj", in: s.hidden, out: s.intermediate, bias: false)
+            let down = try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: false, inputMajor: true)
+            let perceptron = PlainMLP(mlp.module, layer: l, up: up, activation: mlp.activation("act_fn", "GELUTanh", .geluTanh), down: down)
             return Block(
-                module: layer.module, selfAttention: attention.module, qkv: qkv, o: o, mlp: mlp.module,
-                up: try mlp.linear("up_proj", in: s.hidden, out: s.intermediate, bias: false),
-                down: try mlp.linear("down_proj", in: s.intermediate, out: s.hidden, bias: false, inputMajor: true),
-                activation: mlp.leaf("act_fn", "GELUTanh"),
-                inputNorm: try layer.norm("input_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra),
-                postAttentionNorm: try layer.norm("post_attention_layernorm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra))
+                module: layer.module, selfAttention: attention.module, qkv: qkv, o: o, mlp: mlp.callable(perceptron),
+                inputNorm: try layer.norm("input_layernorm", "LlamaRMSNorm", .rms, width: s.hidden, epsilon: epsilon, extra: normExtra),
+                postAttentionNorm: try layer.norm("post_attention_layernorm", "LlamaRMSNorm", .rms, width: s.hidden, epsilon: epsilon,
+                                                  extra: normExtra))
         }
-        norm = try base.norm("norm", "LlamaRMSNorm", width: s.hidden, bias: false, extra: normExtra)
+        norm = try base.norm("norm", "LlamaRMSNorm", .rms, width: s.hidden, epsilon: epsilon, extra: normExtra)
         // Its (cos, sin) output is a table made once per model (`rotary`), not per pass: no sites.
         base.leaf("rotary_emb", "LlamaRotaryEmbedding", sites: false)
         head = s.tied ? root.tiedLinear("lm_head", to: embedTokens)
                       : try root.linear("lm_head", in: s.hidden, out: s.vocabulary, bias: false, inputMajor: true)
         rotary = RotaryTable(dim: s.headDim, theta: s.ropeTheta, positions: s.context)
         moduleTree = root.tree
+        modules = root.modules
         weightBytes = root.weightBytes
     }
 
@@ -101,8 +101,7 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
     }
 
     func finalNorm(_ x: Tensor, _ pass: ForwardPass) throws -> Tensor {
-        let final = try pass.call(norm.module, x) { rmsNorm($0, weight: norm.weight, eps: epsilon) }
-        return try pass.hook(model.output, final, tuple: true)
+        try pass.hook(model.output, try pass.call(norm, x), tuple: true)
     }
 
     /// One decoder layer: x + attn(norm(x)), then + mlp(norm(·)).
@@ -113,8 +112,7 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
         x = try pass.hook(.residPre(l), x)
 
         // Attention: o(softmax(q kᵀ / √d) v), q and k rotated by position.
-        let normed = try pass.call(b.inputNorm.module, x) { rmsNorm($0, weight: b.inputNorm.weight, eps: epsilon) }
-        var attention = try pass.call(b.selfAttention, normed, tuple: true) { h in
+        var attention = try pass.call(b.selfAttention, try pass.call(b.inputNorm, x), tuple: true) { h in
             let projected = try pass.call(b.qkv, h)
             let (q, k, v) = (projected[0], projected[1], projected[2])
             rotary.apply(q, heads: heads, positions: pass.positionIDs)
@@ -127,13 +125,7 @@ final class ExampleMLPModel: LanguageModel, @unchecked Sendable {
         x = try pass.hook(.residMid(l), x)
 
         // MLP: down(gelu(up(x))), where Llama has down(silu(gate(x)) * up(x)).
-        let normed2 = try pass.call(b.postAttentionNorm.module, x) { rmsNorm($0, weight: b.postAttentionNorm.weight, eps: epsilon) }
-        var mlp = try pass.call(b.mlp, normed2) { h in
-            let up = try pass.call(b.up, h)
-            let activated = try pass.call(b.activation, up) { geluTanhInPlace($0); return $0 }
-            return try pass.call(b.down, try pass.hook(.mlpHidden(l), activated))
-        }
-        mlp = try pass.hook(.mlpOut(l), mlp)
+        let mlp = try pass.hook(.mlpOut(l), try b.mlp(try pass.call(b.postAttentionNorm, x), pass))
         addInPlace(x, mlp)
 
         x = try pass.hook(b.module.output, x)
