@@ -15,7 +15,7 @@ Loupe runs against a `loupe serve` started here on a private endpoint; transform
 nnsight on the dequantized directory scripts/reference_forward.py makes (float32, eager
 attention, --threads torch threads, no_grad). Each repeat runs every case on every side in
 turn after one warm-up each; medians are printed with other / Loupe, and the tokens and lens
-values are compared (EOS is off on both sides so every run makes 32 tokens).
+values are compared (both sides stop at the model's EOS, as HF's generate does).
 
   python3 scripts/bench_generate.py [--loupe .build/release/loupe] [--repeats 5] [--threads 2]
       [--gguf FILE] [--new-tokens 32]
@@ -52,12 +52,11 @@ def steering_vector(hidden):
 # -- Loupe ---------------------------------------------------------------------------------
 
 def loupe_generate(llm, n, vector=None):
-    with llm.generate(PROMPT, max_new_tokens=n, eos=False) as tracer:
+    with llm.generate(PROMPT, max_new_tokens=n) as tracer:
         if vector is not None:
             with tracer.all():
                 llm.model.layers[STEER_LAYER].output[:] += vector
-        out = llm.generator.output.save()
-    return np.asarray(out.numpy())[0, -n:].tolist()
+    return tracer.generation["tokens"][0]
 
 
 def loupe_lens(llm):
@@ -74,21 +73,20 @@ def loupe_lens(llm):
 
 def hf_generate(torch, hf, ids, n):
     with torch.no_grad():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                          do_sample=False, pad_token_id=hf.generation_config.eos_token_id)
-    return out[0, -n:].tolist()
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+    return out[0, ids.shape[1]:].tolist()
 
 
 def nnsight_generate(torch, model, n, vector):
     with torch.no_grad():
-        with model.generate(PROMPT, max_new_tokens=n, min_new_tokens=n, do_sample=False) as tracer:
+        with model.generate(PROMPT, max_new_tokens=n, do_sample=False) as tracer:
             # nnsight 0.8 runs no code after `with tracer.all():`, and reading the output before
             # the edit runs the whole generation first: its loop over every step is the form
             # that edits each step and then reads the output.
             for _ in tracer.iter[0:n]:
                 model.model.layers[STEER_LAYER].output[:] += vector
             out = model.generator.output.save()
-    return out[0, -n:].tolist()
+    return out[0, len(model.tokenizer(PROMPT)["input_ids"]):].tolist()
 
 
 def nnsight_lens(torch, model):
@@ -116,7 +114,8 @@ def timed(fn, repeats):
 def agreement(a, b):
     same = sum(x == y for x, y in zip(a, b))
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-    return f"{same}/{len(a)} equal" + ("" if first is None else f", first difference at token {first}")
+    lengths = "" if len(a) == len(b) else f" (Loupe made {len(a)}, the other {len(b)})"
+    return f"{same}/{max(len(a), len(b))} equal{lengths}" + ("" if first is None else f", first difference at token {first}")
 
 
 def main():
@@ -186,8 +185,8 @@ def main():
         else:
             check = f"tokens {agreement(ours, theirs)}"
         print(f"| {name} | {ours_s:.3f} | {theirs_s:.3f} | {label} | {theirs_s / ours_s:.2f} | {check} |")
-    ours_s, theirs_s = results["generate"][0][0], results["generate"][1][0]
-    print(f"\nLoupe: {n / ours_s:.1f} tokens/s, HF: {n / theirs_s:.1f} tokens/s")
+    (ours_s, _, ours), (theirs_s, _, theirs), _ = results["generate"]
+    print(f"\nLoupe: {len(ours) / ours_s:.1f} tokens/s, HF: {len(theirs) / theirs_s:.1f} tokens/s")
 
 
 if __name__ == "__main__":
