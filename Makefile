@@ -43,6 +43,13 @@ bench-tutorial:
 	swift build -c release --product loupe
 	python3 scripts/bench_tutorial.py --loupe .build/release/loupe
 
+# Generation (32 greedy tokens), steering at every step and the logit lens on SmolLM2 through the
+# Python client against HF transformers' generate and nnsight, in the same run.
+.PHONY: bench-generate
+bench-generate:
+	swift build -c release --product loupe
+	python3 scripts/bench_generate.py --loupe .build/release/loupe
+
 # The engine against an earlier commit's in the same run (BASE, default HEAD~1): forward passes,
 # the hook points' cost and the tutorial's sweeps on SmolLM2, with ratios.
 .PHONY: bench-compare

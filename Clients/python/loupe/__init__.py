@@ -6,10 +6,13 @@
         logits = model.lm_head.output.save()
 
 The daemon (`loupe serve`) must be running; LOUPE_ENDPOINT or `endpoint=` says where.
+Saved values are torch tensors when torch is importable, else numpy arrays
+(`loupe.config.tensors = "torch" | "numpy"`, or LOUPE_TENSORS, decides otherwise).
 `loupe.plot` (needs plotly) draws heatmaps; it is imported on first use."""
 from . import util
+from .interop import config
 from .model import LanguageModel, Module, Sweep, Tokenizer
-from .tracing import Invoker, Proxy, TraceError, Tracer, cat, stack
+from .tracing import Cache, CacheEntry, Invoker, Proxy, TraceError, Tracer, cat, stack
 from .wire import DaemonUnavailable, LoupeError
 
 try:  # registers the einops backend for proxies when einops is installed
@@ -17,8 +20,8 @@ try:  # registers the einops backend for proxies when einops is installed
 except ImportError:
     pass
 
-__all__ = ["LanguageModel", "Module", "Sweep", "Tokenizer", "Proxy", "Tracer", "Invoker", "TraceError",
-           "LoupeError", "DaemonUnavailable", "util", "stack", "cat", "plot"]
+__all__ = ["LanguageModel", "Module", "Sweep", "Tokenizer", "Proxy", "Tracer", "Invoker", "TraceError", "Cache",
+           "CacheEntry", "LoupeError", "DaemonUnavailable", "config", "util", "stack", "cat", "plot"]
 __version__ = "0.1.0"
 
 

@@ -1,5 +1,6 @@
 """LanguageModel: a model loaded in the Loupe daemon, seen from Python as nnsight sees a
-PyTorch model: its HF module tree, a tokenizer, traces, and the daemon's sweeps."""
+PyTorch model: its HF module tree, a tokenizer, traces, generation, caches, and the
+daemon's sweeps."""
 import os
 import re
 from dataclasses import dataclass, field
@@ -7,9 +8,16 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .interop import to_user
 from .progress import ProgressBar, Spinner
-from .tracing import Proxy, Tracer, current_trace
-from .wire import Connection, LoupeError
+from .tracing import Proxy, Tracer, combine, current_trace
+from .wire import Connection, LoupeError, decode_tensor
+
+# TransformerLens's hook names for the canonical sites of block L (Sources/LoupeModels/Sites.swift).
+TL_HOOKS = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
+            "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out", "mlp.hidden": "mlp.hook_post",
+            "attn.q": "attn.hook_q", "attn.k": "attn.hook_k", "attn.v": "attn.hook_v", "attn.z": "attn.hook_z",
+            "attn.pattern": "attn.hook_pattern"}
 
 
 def _model_name(source):
@@ -21,7 +29,8 @@ def _model_name(source):
 
 class Module:
     """One module of the HF tree: children by attribute (`model.transformer.h`), list
-    modules by index (`h[3]`, `len(h)`), and the `.output` / `.input` sites."""
+    modules by index (`h[3]`, `len(h)`), the `.output` / `.input` sites, its parameters
+    (`.weight`, `.bias`) and, inside a trace, its own computation (`model.lm_head(x)`)."""
 
     def __init__(self, model, tree):
         object.__setattr__(self, "_model", model)
@@ -33,6 +42,8 @@ class Module:
         children = object.__getattribute__(self, "_children")
         if name in children:
             return children[name]
+        if name in ("weight", "bias"):
+            return self._model._parameter(self._path, name)
         raise AttributeError(f"{self._type} at '{self._path or '(root)'}' has no submodule '{name}' "
                              f"(it has: {', '.join(children) or 'none'})")
 
@@ -50,6 +61,22 @@ class Module:
 
     def __repr__(self):
         return f"{self._type}('{self._path}')"
+
+    def __call__(self, x, *args, **kwargs):
+        """The module's own computation on x inside a trace (a `call` node): no hooks fire and
+        the pass is unchanged. HF's extra arguments (masks, positions) have no meaning here."""
+        if args or kwargs:
+            raise TypeError(f"{self._path}(x) takes one value inside a trace; extra arguments are not supported")
+        return self._model._call(self, x)
+
+    def next(self, count=1):
+        """nnsight's `module.next()`: later reads of this module's values in the generation are
+        of its next step (`model.lm_head.next().output`)."""
+        trace = current_trace()
+        if trace is None or trace.model is not self._model:
+            raise RuntimeError(f"{self._path}.next() belongs inside `with model.generate(...)` of this model")
+        trace.next_step(self._path, count)
+        return self
 
     @property
     def output(self):
@@ -101,6 +128,9 @@ class Tokenizer:
         self.info = info or {}
         self.vocab_size = self.info.get("vocab_size")
         self.bos_token_id, self.eos_token_id = self.info.get("bos"), self.info.get("eos")
+        # What HF's generate pads with: the pad token, else the (first) EOS token, as HF falls back.
+        eos = self.eos_token_id[0] if isinstance(self.eos_token_id, list) and self.eos_token_id else self.eos_token_id
+        self.pad_token_id = self.info.get("pad", eos if eos is not None else 0)
         self._decoded, self._encoded = {}, {}
 
     def encode(self, text, add_special_tokens=True):
@@ -245,6 +275,8 @@ class LanguageModel:
             self._sites[(path, site["io"])] = (site["shape"], bool(site.get("tuple")))
         self._root = Module(self, d["tree"])
         self.tokenizer = Tokenizer(self, d.get("tokenizer"))
+        self._parameters = None
+        self.generator = Generator(self)
 
     @property
     def name(self):
@@ -292,6 +324,49 @@ class LanguageModel:
             return SiteTuple(self, path, io, shape)
         return trace.get(path, io, shape)
 
+    def _module_paths(self):
+        """Every module of the tree that has a site, in tree order (tracer.cache()'s default)."""
+        paths, stack = [], [self._root]
+        while stack:
+            module = stack.pop(0)
+            if (module._path, "output") in self._sites or (module._path, "input") in self._sites:
+                paths.append(module._path)
+            stack[:0] = list(module)
+        return paths
+
+    def _call(self, module, x):
+        trace = current_trace()
+        if trace is None or trace.model is not self:
+            raise RuntimeError(f"{module._path}(x) runs inside `with model.trace(...)` of this model; outside a trace "
+                               f"Loupe does not run modules (read parameters with {module._path}.weight)")
+        shape = tuple(x.shape) if isinstance(x, Proxy) else tuple(np.shape(x))
+        site = self._sites.get((module._path, "output"))
+        width = site[0][-1] if site and site[0] and site[0][-1] > 0 else (shape[-1] if shape else 1)
+        if "Embedding" in module._type:  # ids of any shape -> [..., hidden]
+            out = shape + (width,)
+        else:
+            out = shape[:-1] + (width,)
+        return trace.call(module._path, x, out)
+
+    def parameter_shapes(self):
+        """The daemon's parameters of this model, `{name: shape}`, in module order."""
+        if self._parameters is None:
+            listed = self._request("models.weights", {"list": True})["parameters"]
+            self._parameters = {p["name"]: tuple(p["shape"]) for p in listed}
+        return dict(self._parameters)
+
+    def _parameter(self, path, name):
+        """`module.weight`: a `weight` node inside a trace of this model, else its value."""
+        full = f"{path}.{name}" if path else name
+        parameters = self.parameter_shapes()
+        if full not in parameters:
+            raise AttributeError(f"{path or 'model'} has no parameter '{name}'")
+        trace = current_trace()
+        if trace is not None and trace.model is self:
+            return trace.weight(path, name, parameters[full])
+        reply = self._request("models.weights", {"names": [full], "frames": True})
+        return to_user(decode_tensor(reply["weights"][full]))
+
     def _set_site(self, path, io, value):
         trace = current_trace()
         if trace is None or trace.model is not self:
@@ -305,6 +380,59 @@ class LanguageModel:
         """`with model.trace(prompt):` or `with model.trace() as tracer:` + `tracer.invoke(...)`.
         `remote` is accepted for nnsight's code and means nothing here: the daemon is remote."""
         return Tracer(self, prompt, progress=progress)
+
+    def generate(self, prompt=None, max_new_tokens=None, do_sample=False, temperature=None, top_k=None, top_p=None,
+                 seed=None, stop_tokens=None, eos=None, progress=False, remote=False, **_ignored):
+        """`with model.generate(prompt, max_new_tokens=N) as tracer:` a trace that generates
+        (PROTOCOL.md `generate`): greedy unless do_sample (then temperature, top_k, top_p and
+        seed apply, as HF's). Code in the block applies to the first pass (step 0); inside
+        `with tracer.all():` to every step, inside `with tracer.iter[a:b]:` to steps a..b-1.
+        `model.generator.output.save()` gives every token id as HF's generate returns them."""
+        if max_new_tokens is None:
+            raise TypeError("model.generate() needs max_new_tokens=N")
+        fields = {"max_new_tokens": int(max_new_tokens), "do_sample": bool(do_sample)}
+        if do_sample:  # as HF, the sampling settings mean nothing to greedy decoding
+            for key, value, kind in (("temperature", temperature, float), ("top_k", top_k, int),
+                                     ("top_p", top_p, float), ("seed", seed, int)):
+                if value is not None:
+                    fields[key] = kind(value)
+        if stop_tokens is not None:
+            fields["stop_tokens"] = [int(t) for t in stop_tokens]
+        if eos is not None:
+            fields["eos"] = bool(eos)
+        return Tracer(self, prompt, progress=progress, generate=fields)
+
+    def run_with_cache(self, prompt, names_filter=None):
+        """TransformerLens's `logits, cache = model.run_with_cache(prompt)`: the logits and
+        every canonical site of every block under TransformerLens's names
+        (`blocks.L.hook_resid_pre`, `blocks.L.attn.hook_pattern`, `blocks.L.mlp.hook_post`, ...).
+        `names_filter`: a name, a list of names, or a function of the name. A list of prompts
+        runs as a batch (values concatenated along the batch when their lengths agree)."""
+        names = {name: site for name, site in self.hook_names().items() if _selected(name, names_filter)}
+        prompts = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], (int, np.integer)) \
+            else [prompt]
+        logits, values = [], {name: [] for name in names}
+        with self.trace() as tracer:
+            for p in prompts:
+                with tracer.invoke(p):
+                    logits.append(self._canonical("logits").save())
+                    for name, site in names.items():
+                        values[name].append(self._canonical(site).save())
+        return combine([v.value for v in logits]), {name: combine([v.value for v in vs]) for name, vs in values.items()}
+
+    def hook_names(self):
+        """TransformerLens's hook names of this model's canonical sites: `{name: site}`, by block
+        in the model's firing order."""
+        names = {}
+        for path, io in self._sites:
+            parts = path.split(".", 2)
+            if io == "output" and len(parts) == 3 and parts[0] == "blocks" and parts[2] in TL_HOOKS:
+                names[f"blocks.{parts[1]}.{TL_HOOKS[parts[2]]}"] = path
+        return names
+
+    def _canonical(self, path):
+        shape, _ = self._site(path, "output")
+        return current_trace().get(path, "output", shape)
 
     def sweep(self, clean, corrupted, kind="residual", answer=None, wrong=None, metric=None, normalized=True,
               progress=None, method="activation", compare=False, neuron_positions=None):
@@ -349,6 +477,31 @@ class LanguageModel:
         if "results" in reply:
             return {name: Sweep.from_reply(reply["results"][name]) for name in reply["kinds"]}
         return Sweep.from_reply(reply)
+
+
+class Generator:
+    """`model.generator`: `.output` inside `with model.generate(...)` is every token id, prompt
+    included, [batch, longest], left-padded with the pad id, as HF's generate returns it."""
+
+    def __init__(self, model):
+        self._model = model
+
+    @property
+    def output(self):
+        trace = current_trace()
+        if trace is None or trace.model is not self._model:
+            raise RuntimeError("model.generator.output belongs inside `with model.generate(...)` of this model")
+        return trace.generator_output()
+
+
+def _selected(name, names_filter):
+    if names_filter is None:
+        return True
+    if isinstance(names_filter, str):
+        return name == names_filter
+    if callable(names_filter):
+        return bool(names_filter(name))
+    return name in names_filter
 
 
 def _token(answer):

@@ -1,7 +1,12 @@
 """nnsight-style tracing. Inside `with model.trace(...)` every module access and every
 operation on a Proxy appends a node of the trace language (Sources/LoupeTrace/TRACE.md);
 nothing runs until the outermost block ends, when the whole trace goes to the daemon as one
-`trace` request. Saved proxies then hold their values as numpy arrays.
+`trace` request. Saved proxies then hold their values: torch tensors when torch is
+importable, numpy arrays otherwise (`loupe.config.tensors` decides; interop.py).
+
+`model.generate(...)` is a trace with a `generate` section: nodes made inside
+`tracer.all()` or `tracer.iter[a:b]` (or read through `module.next()`) carry `steps`, and
+their saved values are lists, one value per generation step.
 
 Gradients read as nnsight writes them, in both of its forms: `with metric.backward():` and
 `h.grad.save()` inside it (nnsight 0.8), or `h.grad.save()` and then `metric.backward()`
@@ -14,9 +19,11 @@ import linecache
 import sys
 import threading
 from collections import namedtuple
+from types import SimpleNamespace
 
 import numpy as np
 
+from .interop import is_torch_tensor, to_numpy, to_user
 from .progress import ProgressBar
 from .wire import LoupeError, decode_tensor, encode_tensor
 
@@ -154,12 +161,16 @@ _REDUCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
 
 def _concrete(value):
     """The numpy value of an operand outside any trace."""
-    return value.value if isinstance(value, Proxy) else value
+    if isinstance(value, Proxy):
+        return value.numpy()
+    return to_numpy(value) if is_torch_tensor(value) else value
 
 
 class Proxy:
     """A value of a trace. Inside the trace it records operations; after the trace a saved
-    proxy holds its value (`.value`, a numpy array) and computes eagerly with numpy."""
+    proxy holds its value (`.value`: a torch tensor or a numpy array, interop.py; a list of
+    them, one per step in `.steps`, for a value saved at several generation steps) and
+    computes eagerly on it."""
 
     __array_ufunc__ = None  # numpy defers `array - proxy` to Proxy.__rsub__
 
@@ -167,7 +178,14 @@ class Proxy:
         self._trace, self._id, self._shape = trace, node_id, tuple(int(n) for n in shape)
         self._value = None
         self._saved = False
+        self.steps = None  # the generation steps of a value saved at several
         self._gradient_of = None  # on `x.grad`: x's node, whose gradient a write into this one replaces
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        from .torch_functions import torch_function  # imports nothing of torch's itself
+
+        return torch_function(func, args, kwargs or {})
 
     # -- state ---------------------------------------------------------------------------
 
@@ -176,6 +194,9 @@ class Proxy:
         return self._trace.state == "building"
 
     def _check_live(self, what):
+        if self._id is None:
+            raise RuntimeError(f"{what}: model.generator.output is filled in from the generation's reply: "
+                               f".save() it, and compute with its value after the block")
         if self._trace is not current_trace():
             raise RuntimeError(f"{what}: this proxy belongs to a trace that is not being built "
                                f"(use its saved .value outside its trace)")
@@ -193,7 +214,7 @@ class Proxy:
 
     @property
     def shape(self):
-        return self._shape if self._live else tuple(np.shape(self.value))
+        return self._shape if self._live else tuple(np.shape(self.numpy()))
 
     @property
     def ndim(self):
@@ -216,6 +237,8 @@ class Proxy:
         return (self[i] for i in range(len(self)))
 
     def __repr__(self):
+        if self._live and self._id is None:
+            return "<loupe.Proxy model.generator.output>"
         if self._live:
             node = self._trace.nodes[self._id]
             return f"<loupe.Proxy node {self._id} ({node['op']}) shape {self._shape}>"
@@ -238,17 +261,19 @@ class Proxy:
         return bool(self.value)
 
     def __array__(self, dtype=None, copy=None):
-        value = np.asarray(self.value)
+        value = self.numpy()
         return value.astype(dtype) if dtype is not None else value
 
     def item(self):
-        return self.value.item()
+        return self.numpy().item()
 
     def tolist(self):
-        return self.value.tolist()
+        return self.numpy().tolist()
 
     def numpy(self):
-        return self.value
+        """The value as a numpy array (a list of them for a value saved at several steps)."""
+        value = self.value
+        return [to_numpy(v) for v in value] if isinstance(value, list) else to_numpy(value)
 
     # torch-style no-ops, so code written for nnsight's tensors reads unchanged
     def detach(self):
@@ -302,26 +327,30 @@ class Proxy:
         """Marks the value for return: after the trace it is in `.value`."""
         if not self._live:
             return self
-        self._check_live("save()")
+        if self._id is not None:  # model.generator.output has no node: the reply fills it in
+            self._check_live("save()")
         self._trace.save(self)
         return self
 
-    def _apply(self, op, eager, shape, **fields):
+    def _apply(self, op, eager, result_shape, **fields):
         """A node `op` of this proxy inside its trace, else `eager(value)` with numpy."""
         if not self._live:
-            return eager(self.value)
+            return to_user(eager(self.numpy()))
         self._check_live(op)
-        return self._trace.node(op, shape, x=self._trace.arg(self), **fields)
+        return self._trace.node(op, result_shape, x=self._trace.arg(self), **fields)
 
     def __getitem__(self, key):
         if not self._live:
-            return self.value[_numpy_key(key)]
+            return self.value[key] if isinstance(self.value, list) else to_user(self.numpy()[_numpy_key(key)])
         shape = _dummy(self._shape)[_numpy_key(key)].shape
         return self._apply("index", None, shape, key=_encode_key(key))
 
     def __setitem__(self, key, value):
         if not self._live:
-            self.value[_numpy_key(key)] = _concrete(value)
+            if is_torch_tensor(self.value):
+                self.value[key] = to_user(np.asarray(_concrete(value), np.float32), kind="torch")
+            else:
+                self.value[_numpy_key(key)] = _concrete(value)
             return
         self._check_live("index assignment")
         target = _dummy(self._shape)[_numpy_key(key)].shape
@@ -337,7 +366,7 @@ class Proxy:
         x, y = (other, self) if reverse else (self, other)
         trace = _live_trace(x, y)
         if trace is None:
-            return _BINARY[op](_concrete(x), _concrete(y))
+            return to_user(_BINARY[op](_concrete(x), _concrete(y)))
         shape = (_matmul_shape(_shape_of(x), _shape_of(y)) if op == "matmul"
                  else np.broadcast_shapes(_shape_of(x), _shape_of(y)))
         return trace.node(op, shape, x=trace.arg(x), y=trace.arg(y))
@@ -412,6 +441,11 @@ class Proxy:
         return self._apply("permute", lambda v: np.transpose(v, dims),
                            tuple(self._shape[d] for d in dims) if self._live else None, dims=dims)
 
+    @property
+    def T(self):
+        """The dims reversed (numpy's and torch's `.T`)."""
+        return self.permute(*reversed(range(self.ndim)))
+
     def split_heads(self, heads):
         """`[..., nh*dh] -> [..., nh, dh]`, einops' 'b s (nh dh) -> b s nh dh'."""
         *lead, width = self.shape
@@ -481,17 +515,149 @@ class Invoker:
         return False
 
 
+class Steps:
+    """What `tracer.all()` and `tracer.iter[...]` return: inside its `with` block every node
+    made gets `steps` (the generation steps it runs at)."""
+
+    def __init__(self, tracer, steps):
+        self.tracer, self.steps = tracer, steps
+
+    def __enter__(self):
+        self.tracer._step_stack.append(self.steps)
+        return self
+
+    def __exit__(self, *exc):
+        self.tracer._step_stack.pop()
+        return False
+
+    def __iter__(self):
+        """nnsight 0.8's loop form, `for _ in tracer.iter[a:b]:`: the body is recorded once, as
+        nodes with these steps (the daemon runs them at each step)."""
+        with self:
+            yield self
+
+
+class _Iter:
+    """`tracer.iter[a:b]` (steps a to b-1; either may be left out) and `tracer.iter[i]`."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            if key.step not in (None, 1):
+                raise ValueError("tracer.iter[a:b] takes consecutive steps: no slice step")
+            steps = "all" if key.start is None and key.stop is None else [_int_or_none(key.start),
+                                                                           _int_or_none(key.stop)]
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            steps = int(key)
+        else:
+            raise TypeError(f"tracer.iter[...] takes a step or a slice of steps, not {key!r}")
+        return self.tracer._steps_block(steps, "tracer.iter[...]")
+
+
+def _first_step(steps):
+    """The first step a node with these `steps` runs at."""
+    if steps is None or steps == "all":
+        return 0
+    return steps if isinstance(steps, int) else steps[0] or 0
+
+
+def _references(value):
+    """The node ids a node's fields refer to."""
+    if isinstance(value, dict):
+        if set(value) == {"ref"}:
+            yield value["ref"]
+        else:
+            for v in value.values():
+                yield from _references(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _references(v)
+
+
+_INHERIT = object()
+
+
+class CacheEntry:
+    """One module's cached values: `.output`, and `.input` when inputs were cached."""
+
+    def __init__(self, output=None, input=None):
+        self.output, self.input = output, input
+
+    def __repr__(self):
+        return f"CacheEntry(output={_describe(self.output)}, input={_describe(self.input)})"
+
+
+def _describe(value):
+    return "None" if value is None else f"shape {tuple(np.shape(value))}" if not isinstance(value, list) \
+        else f"{len(value)} steps"
+
+
+class Cache(dict):
+    """`tracer.cache()`'s values once the trace ran, by module path: `cache["model.layers.0"].output`,
+    nnsight's keys with the root's name (`cache["model.model.layers.0"]`) or attributes
+    (`cache.model.layers[0].output`)."""
+
+    def __getitem__(self, key):
+        if not dict.__contains__(self, key) and key.startswith("model.") and dict.__contains__(self, key[6:]):
+            key = key[6:]
+        try:
+            return dict.__getitem__(self, key)
+        except KeyError:
+            raise KeyError(f"{key!r} is not in the cache (the trace may not have ended yet, or the module was not "
+                           f"cached)") from None
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or (isinstance(key, str) and key.startswith("model.")
+                                                and dict.__contains__(self, key[6:]))
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _CachePath(self, name)
+
+
+class _CachePath:
+    def __init__(self, cache, path):
+        self._cache, self._path = cache, path
+
+    def __getattr__(self, name):
+        if name in ("output", "input"):
+            return getattr(self._cache[self._path], name)
+        return _CachePath(self._cache, f"{self._path}.{name}")
+
+    def __getitem__(self, index):
+        return _CachePath(self._cache, f"{self._path}.{index}")
+
+
+def combine(values):
+    """One value from each invocation's: itself for one, else concatenated along the batch
+    when the shapes allow it (nnsight's batch), else the list."""
+    if len(values) == 1:
+        return values[0]
+    if any(isinstance(v, list) for v in values):
+        return values
+    arrays = [to_numpy(v) for v in values]
+    if len({a.shape[1:] for a in arrays}) == 1:
+        return to_user(np.concatenate(arrays, axis=0))
+    return values
+
+
 class Tracer:
     """`with model.trace(prompt) as tracer:` (one invocation) or `with model.trace() as
-    tracer:` with `tracer.invoke(prompt)` blocks inside. Sends the trace when it ends."""
+    tracer:` with `tracer.invoke(prompt)` blocks inside. Sends the trace when it ends.
+    With `generate` (a request's `generate` map: model.generate) the trace generates."""
 
-    def __init__(self, model, prompt=None, progress=False):
-        self.model, self.progress = model, progress
+    def __init__(self, model, prompt=None, progress=False, generate=None):
+        self.model, self.progress, self.generate = model, progress, generate
         self.nodes, self.where, self.invokes, self.saves = [], {}, [], {}
         self.state = "building"
         self.active_invoker = self.invoker = None
-        self.reply = None
+        self.reply = self.generation = None
+        self.iter = _Iter(self)
         self._prompt = prompt
+        self._step_stack, self._module_steps, self._caches = [], {}, []
 
     def __enter__(self):
         if current_trace() is not None:
@@ -521,13 +687,54 @@ class Tracer:
         self.invoker = Invoker(self, self.model.tokenizer.ids_for(prompt))
         return self.invoker
 
+    # -- generation steps --------------------------------------------------------------
+
+    def all(self):
+        """`with tracer.all():` the nodes made inside run at every generation step."""
+        return self._steps_block("all", "tracer.all()")
+
+    def _steps_block(self, steps, what):
+        if self.generate is None:
+            raise RuntimeError(f"{what} belongs inside `with model.generate(...)`: a trace has one step")
+        return Steps(self, steps)
+
+    def next_step(self, path, count=1):
+        """`module.next()`: later reads of the module's values are of its next generation step."""
+        if self.generate is None:
+            raise RuntimeError(f"{path or 'model'}.next() belongs inside `with model.generate(...)`")
+        self._module_steps[path] = self._module_steps.get(path, 0) + count
+
+    def _site_steps(self, path):
+        """The steps of a read or write of a module's value: the enclosing all()/iter block's,
+        else the module's own after next(), else none given (step 0)."""
+        if self._step_stack:
+            return self._step_stack[-1]
+        return self._module_steps.get(path) or None
+
+    def _inherited_steps(self, fields):
+        """A node's steps from its block, else from the values it uses: a per-step value makes it
+        per-step, else it runs at the latest single step among them."""
+        if self._step_stack:
+            return self._step_stack[-1]
+        steps = [self.nodes[r].get("steps") for r in _references(fields)]
+        ranges = [s for s in steps if s is not None and not isinstance(s, int)]
+        if ranges:
+            return ranges[0]
+        return max([s for s in steps if isinstance(s, int)], default=None) or None
+
     # -- building nodes ----------------------------------------------------------------
 
-    def node(self, op, shape, **fields):
+    def node(self, op, result_shape, steps=_INHERIT, **fields):
+        """Appends a node; returns its proxy, or None for a node without a value (result_shape None)."""
         node_id = len(self.nodes)
-        self.nodes.append({"id": node_id, "op": op, **fields})
+        if steps is _INHERIT:
+            steps = self._inherited_steps(fields)
+        node = {"id": node_id, "op": op, **fields}
+        if steps is not None and steps != 0:
+            node["steps"] = steps
+        self.nodes.append(node)
         self.where[node_id] = _caller()
-        return Proxy(self, node_id, shape) if shape is not None else None
+        return Proxy(self, node_id, result_shape) if result_shape is not None else None
 
     def arg(self, value):
         """A node field: a reference to a live proxy, else a literal."""
@@ -535,7 +742,9 @@ class Tracer:
             if value._live:
                 value._check_live("an operation")
                 return {"ref": value._id}
-            value = value.value
+            value = value.numpy()
+        if is_torch_tensor(value):
+            value = to_numpy(value)
         if isinstance(value, (bool, np.bool_, float, np.floating)):
             return float(value)
         if isinstance(value, (int, np.integer)):
@@ -549,27 +758,87 @@ class Tracer:
 
     def get(self, site, io, shape, item=None):
         invoker = self._current_invoker(f"{site}.{io}")
+        return self._get(site, io, shape, invoker, self._site_steps(site), item)
+
+    def _get(self, site, io, shape, invoker, steps, item=None):
         fields = {"site": site, "io": io, "invoke": invoker.index}
         if item is not None:
             fields["item"] = item
-        return self.node("get", self._concrete_shape(shape, invoker), **fields)
+        return self.node("get", self._concrete_shape(shape, invoker, _first_step(steps)), steps=steps, **fields)
 
     def set(self, site, io, shape, value, item=None):
         invoker = self._current_invoker(f"{site}.{io} = ...")
-        np.broadcast_shapes(self._concrete_shape(shape, invoker), _shape_of(value))
+        steps = self._site_steps(site)
+        np.broadcast_shapes(self._concrete_shape(shape, invoker, _first_step(steps)), _shape_of(value))
         fields = {"site": site, "io": io, "invoke": invoker.index, "value": self.arg(value)}
         if item is not None:
             fields["item"] = item
-        self.node("set", None, **fields)
+        self.node("set", None, steps=_INHERIT if steps is None else steps, **fields)
 
     @staticmethod
-    def _concrete_shape(shape, invoker):
-        """A site's symbolic shape (-1 batch, -2 sequence) for one invocation."""
-        return tuple(1 if n == -1 else len(invoker.tokens) if n == -2 else n for n in shape)
+    def _concrete_shape(shape, invoker, step=0):
+        """A site's symbolic shape (-1 batch, -2 sequence) for one invocation at one generation
+        step: from step 1 on, a pass runs one new position, and keys (an attention pattern's
+        second sequence dim) span the prompt and the tokens generated so far."""
+        out, seen_sequence = [], False
+        for n in shape:
+            if n == -1:
+                n = 1
+            elif n == -2:
+                n = len(invoker.tokens) + step if step == 0 or seen_sequence else 1
+                seen_sequence = True
+            out.append(n)
+        return tuple(out)
+
+    def call(self, path, x, shape):
+        """`model.lm_head(x)`: the module's own computation on x, a `call` node."""
+        return self.node("call", shape, module=path, x=self.arg(x))
+
+    def weight(self, path, name, shape):
+        """`module.weight` inside the trace: a read-only `weight` node (runs once, before step 0)."""
+        return self.node("weight", shape, steps=None, module=path, name=name)
+
+    def generator_output(self):
+        """`model.generator.output`: every token id, prompt included, filled in from the reply."""
+        if self.generate is None:
+            raise RuntimeError("model.generator.output belongs inside `with model.generate(...)`")
+        return Proxy(self, None, ())
+
+    def cache(self, modules=None, include_inputs=False, include_output=True):
+        """nnsight's `tracer.cache()`: every module's output (and input, with include_inputs)
+        saved, for every invocation, at the steps of the enclosing block. Returns a Cache,
+        filled in when the trace has run: `cache["model.layers.3"].output`."""
+        paths = self.model._module_paths() if modules is None else [
+            m if isinstance(m, str) else m._path for m in modules]
+        ios = [io for io, wanted in (("output", include_output), ("input", include_inputs)) if wanted]
+        cache = Cache()
+        self._caches.append((cache, paths, ios, self._step_stack[-1] if self._step_stack else None))
+        return cache
+
+    def _expand_caches(self):
+        """Each cache() as get + save nodes, now that every invocation is known."""
+        expanded = []
+        for cache, paths, ios, steps in self._caches:
+            proxies = {}
+            for path in paths:
+                for io in ios:
+                    if (path, io) not in self.model._sites:
+                        continue
+                    shape, is_tuple = self.model._sites[(path, io)]
+                    for invoker in self.invokers:
+                        value = self._get(path, io, shape, invoker, steps, item=0 if is_tuple else None)
+                        self.save(value)  # the trace is no longer current: save directly
+                        value._saved = True
+                        proxies.setdefault((path, io), []).append(value)
+            expanded.append((cache, proxies))
+        return expanded
 
     def save(self, proxy):
         name = f"v{len(self.nodes)}"
-        self.node("save", None, x={"ref": proxy._id}, name=name)
+        if proxy._id is None:
+            self.saves["generator.output"] = proxy
+            return
+        self.node("save", None, steps=self.nodes[proxy._id].get("steps"), x={"ref": proxy._id}, name=name)
         self.saves[name] = proxy
 
     # -- running ---------------------------------------------------------------------
@@ -577,32 +846,61 @@ class Tracer:
     def _run(self):
         if not self.invokes:
             raise RuntimeError("the trace has no invocation: give model.trace() a prompt or use tracer.invoke()")
-        bar = ProgressBar("trace", enabled=self.progress or False)
+        caches = self._expand_caches()
+        bar = ProgressBar("generate" if self.generate else "trace", enabled=self.progress or False)
 
         def on_reply(reply):
             if reply.get("status") == "progress":
                 bar.update(reply["done"], reply["total"])
 
+        fields = {"invokes": self.invokes, "nodes": self.nodes}
+        if self.generate is not None:
+            fields["generate"] = self.generate
         try:
-            self.reply = self.model._job("trace", {"invokes": self.invokes, "nodes": self.nodes}, on_reply)
+            self.reply = self.model._job("trace", fields, on_reply)
         except LoupeError as error:
             if error.node is not None:
                 raise TraceError(error, self.where.get(error.node)) from None
             raise
         finally:
             bar.close()
-        saved = self.reply.get("saved", {})
+        saved, saved_steps = self.reply.get("saved", {}), self.reply.get("saved_steps") or {}
+        self.generation = self.reply.get("generation")
         for name, proxy in self.saves.items():
-            proxy._value = decode_tensor(saved[name])
+            if proxy._id is None:
+                proxy._value = to_user(self._generated_ids())
+            elif name in saved_steps:
+                proxy._value = [to_user(decode_tensor(v)) for v in saved[name]]
+                proxy.steps = list(saved_steps[name])
+            else:
+                proxy._value = to_user(decode_tensor(saved[name]))
             proxy._saved = True
         self.state = "done"
+        for cache, proxies in caches:
+            for (path, io), values in proxies.items():
+                entry = cache.setdefault(path, CacheEntry())
+                setattr(entry, io, combine([v.value for v in values]))
+
+    @property
+    def invokers(self):
+        return [SimpleNamespace(index=i, tokens=invoke["tokens"]) for i, invoke in enumerate(self.invokes)]
+
+    def _generated_ids(self):
+        """HF generate's output: every row's prompt left-padded to the longest, then its new
+        tokens, then the pad id after it stopped, [batch, longest prompt + steps]."""
+        generation, pad = self.generation, self.model.tokenizer.pad_token_id
+        prompts = [len(out) - len(new) for out, new in zip(generation["output"], generation["tokens"])]
+        width, steps = max(prompts), generation["steps"]
+        rows = [[pad] * (width - p) + list(out) + [pad] * (steps - len(new))
+                for p, out, new in zip(prompts, generation["output"], generation["tokens"])]
+        return np.asarray(rows, dtype=np.int64)
 
 
 def stack(tensors, dim=0):
     """torch.stack for proxies (einops uses it for lists)."""
     trace = _live_trace(*tensors)
     if trace is None:
-        return np.stack([_concrete(t) for t in tensors], axis=dim)
+        return to_user(np.stack([_concrete(t) for t in tensors], axis=dim))
     shapes = {tuple(_shape_of(t)) for t in tensors}
     if len(shapes) != 1:
         raise ValueError(f"stack: tensors of different shapes {sorted(shapes)}")
@@ -615,11 +913,11 @@ def cat(tensors, dim=0):
     """torch.cat for proxies."""
     trace = _live_trace(*tensors)
     if trace is None:
-        return np.concatenate([_concrete(t) for t in tensors], axis=dim)
+        return to_user(np.concatenate([_concrete(t) for t in tensors], axis=dim))
     shapes = [list(_shape_of(t)) for t in tensors]
     shape = shapes[0][:]
     shape[dim] = sum(s[dim] for s in shapes)
     return trace.node("cat", shape, xs=[trace.arg(t) for t in tensors], dim=dim)
 
 
-__all__ = ["Proxy", "Tracer", "Invoker", "TraceError", "stack", "cat", "current_trace"]
+__all__ = ["Proxy", "Tracer", "Invoker", "TraceError", "Cache", "CacheEntry", "stack", "cat", "current_trace"]

@@ -19,6 +19,10 @@ import msgpack
 import pytest
 import zmq
 
+# The tests written against numpy values keep them whether or not torch is importable;
+# test_torch.py sets loupe.config.tensors itself.
+os.environ.setdefault("LOUPE_TENSORS", "numpy")
+
 REPO = Path(__file__).resolve().parents[3]
 MODELS = Path(os.environ.get("LOUPE_MODELS") or Path.home() / ".cache" / "loupe" / "models")
 FIXTURES = REPO / "Tests" / "Fixtures"
@@ -96,6 +100,17 @@ def loupe_binary():
 def endpoint(loupe_binary):
     """The endpoint of a daemon started for this test session."""
     daemon = Daemon(loupe_binary)
+    try:
+        yield daemon.start().endpoint
+    finally:
+        daemon.stop()
+        shutil.rmtree(daemon.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fixtures_endpoint(loupe_binary):
+    """A daemon that may also load the tiny models of Tests/Fixtures/models (outside the default roots)."""
+    daemon = Daemon(loupe_binary, args=["--models-dir", str(FIXTURES / "models")])
     try:
         yield daemon.start().endpoint
     finally:
