@@ -48,10 +48,10 @@ public struct Linear: Sendable {
     private static let quantizedSwitch = Atomic<Bool>(ProcessInfo.processInfo.environment["LOUPE_QUANTIZED_PRODUCTS"] != "0")
 
     /// Inputs of at most this many rows take the quantized product. It reads a sixth of
-    /// sgemm's bytes (Q4_1) but decodes every weight again for each row: on SmolLM2's products
-    /// it took half sgemm's time on one row, about the same on two, more from three on
-    /// (`loupe-bench --quantized`).
-    public static let quantizedRowLimit = 2
+    /// sgemm's bytes (Q4_1) and decodes each weight once per four rows: on SmolLM2's products
+    /// it took 0.7x sgemm's wall time on one row, 0.46x on four, 0.87x on eight and 1.9x on
+    /// sixteen (`loupe-bench --quantized`).
+    public static let quantizedRowLimit = 8
 
     /// Several maps of the same input as one, in input-major layout: one sgemm computes
     /// all of them side by side (Llama's q, k and v; its gate and up projections). sgemm

@@ -178,14 +178,18 @@ public struct QuantizedMatrix: Sendable {
 
     /// y[i, o] = Σ_j W[o, j] · x[i, j] for `count` rows of x [count, columns] into y
     /// [count, rows], both contiguous. The decoders give a block's weights in the order its
-    /// bytes hold them, so x is first put in that order (once per call, not per row). Output
-    /// rows are split over the cores; every input row is multiplied by a weight row while its
-    /// blocks are in the L1 cache.
+    /// bytes hold them, so x is first put in that order (once per call, not per row), its rows
+    /// padded with zeros to a whole number of tiles. Output rows are split over the cores; each
+    /// weight is decoded once per tile of input rows while its block is in the L1 cache.
     public func multiply(_ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<Float>) {
         let formats = parts.map(\.format)
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: formats.count * count * columns) { reordered in
+        let padded = count == 1 ? 1 : (count + Tile.rows - 1) / Tile.rows * Tile.rows
+        let size = padded * columns
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: formats.count * size) { reordered in
             for (index, format) in formats.enumerated() {
-                format.reorder(x, count: count * columns, into: reordered.baseAddress! + index * count * columns)
+                let destination = reordered.baseAddress! + index * size
+                format.reorder(x, count: count * columns, into: destination)
+                (destination + count * columns).initialize(repeating: 0, count: size - count * columns)
             }
             let inputs = UnsafePointer(reordered.baseAddress!)
             Parallel.forEachChunk(rows, costPerItem: columns * count) { range in
@@ -193,7 +197,7 @@ public struct QuantizedMatrix: Sendable {
                 for (index, part) in parts.enumerated() {
                     let lower = max(range.lowerBound, start), upper = min(range.upperBound, start + part.rows)
                     if lower < upper {
-                        part.products(rows: (lower - start)..<(upper - start), x: inputs + index * count * columns, count: count,
+                        part.products(rows: (lower - start)..<(upper - start), x: inputs + index * size, count: count,
                                       y: y + start, yStride: rows)
                     }
                     start += part.rows
@@ -249,21 +253,64 @@ extension BlockCodec {
         }
     }
 
-    /// Rows `rows` of `part` times each of the `count` rows of x (reordered).
+    /// Rows `rows` of `part` times each of the `count` rows of x (reordered; more than one
+    /// row: padded to whole tiles).
     static func products(_ part: QuantizedMatrix.Part, rows: Range<Int>, x: UnsafePointer<Float>, count: Int,
                          y: UnsafeMutablePointer<Float>, yStride: Int) {
         let blocks = part.rowBytes / typeSize, columns = blocks * blockSize
-        for o in rows {
-            let row = part.row(o)
-            for i in 0..<count {
+        if count == 1 {
+            for o in rows {
+                let row = part.row(o)
                 var sums = Sums()
-                let input = x + i * columns
                 for b in 0..<blocks {
-                    let xs = input + b * blockSize
+                    let xs = x + b * blockSize
                     weights(row + b * typeSize) { group, w in sums.add(group, w, xs) }
                 }
-                y[i * yStride + o] = sums.total
+                y[o] = sums.total
             }
+            return
+        }
+        for first in stride(from: 0, to: count, by: Tile.rows) {
+            let input = x + first * columns
+            for o in rows {
+                let row = part.row(o)
+                var tile = Tile()
+                for b in 0..<blocks {
+                    let xs = input + b * blockSize
+                    weights(row + b * typeSize) { group, w in tile.add(group, w, xs, stride: columns) }
+                }
+                for i in 0..<min(Tile.rows, count - first) { y[(first + i) * yStride + o] = tile.total(i) }
+            }
+        }
+    }
+}
+
+/// The sums of four input rows against one weight row, two apiece: each decoded weight is
+/// used four times.
+struct Tile {
+    static let rows = 4
+    var a0 = SIMD8<Float>(), b0 = SIMD8<Float>(), a1 = SIMD8<Float>(), b1 = SIMD8<Float>()
+    var a2 = SIMD8<Float>(), b2 = SIMD8<Float>(), a3 = SIMD8<Float>(), b3 = SIMD8<Float>()
+
+    @inline(__always)
+    mutating func add(_ group: Int, _ w: SIMD8<Float>, _ x: UnsafePointer<Float>, stride: Int) {
+        let p = x + 8 * group
+        @inline(__always) func load(_ i: Int) -> SIMD8<Float> { UnsafeRawPointer(p + i * stride).loadUnaligned(as: SIMD8<Float>.self) }
+        if group & 1 == 0 {
+            a0 = a0.addingProduct(w, load(0)); a1 = a1.addingProduct(w, load(1))
+            a2 = a2.addingProduct(w, load(2)); a3 = a3.addingProduct(w, load(3))
+        } else {
+            b0 = b0.addingProduct(w, load(0)); b1 = b1.addingProduct(w, load(1))
+            b2 = b2.addingProduct(w, load(2)); b3 = b3.addingProduct(w, load(3))
+        }
+    }
+
+    func total(_ i: Int) -> Float {
+        switch i {
+        case 0: (a0 + b0).sum()
+        case 1: (a1 + b1).sum()
+        case 2: (a2 + b2).sum()
+        default: (a3 + b3).sum()
         }
     }
 }

@@ -19,22 +19,22 @@ extension EngineBenchmark {
                      linears.count, Double(blockBytes) / 1e6, Double(floatBytes) / 1e6, 100 * Double(blockBytes) / Double(floatBytes)))
         // The kernels alone, into outputs allocated beforehand: where the blocks stop paying.
         var lines = [String]()
-        for rows in 1...8 {
+        for rows in [1, 2, 4, 8, 16, 32] {
             let operands = linears.map { linear in
                 (linear, Tensor(shape: [rows, linear.inputSize], values: (0..<rows * linear.inputSize).map { Float($0 % 17) * 0.01 - 0.08 }),
                  Tensor(zeros: [rows, linear.outputSize]))
             }
-            let float32 = cpuMedian(repeats) {
+            let float32 = median(repeats) {
                 for (linear, x, y) in operands {
                     gemm(rows: rows, columns: linear.outputSize, inner: linear.inputSize, a: x.data, lda: linear.inputSize, transposeA: false,
                          b: linear.weight.data, ldb: linear.weight.shape[1], transposeB: linear.layout == .outputMajor,
                          c: y.data, ldc: linear.outputSize)
                 }
             }
-            let blocks = cpuMedian(repeats) { for (linear, x, y) in operands { linear.blocks!.multiply(x.data, count: rows, into: y.data) } }
+            let blocks = median(repeats) { for (linear, x, y) in operands { linear.blocks!.multiply(x.data, count: rows, into: y.data) } }
             lines.append(String(format: "%d: %.2f / %.2f ms (%.2fx)", rows, blocks * 1000, float32 * 1000, float32 / blocks))
         }
-        print("  every product on R rows, blocks / sgemm, CPU time of both cores (row limit \(Linear.quantizedRowLimit)): " + lines.joined(separator: "; "))
+        print("  every product on R rows, blocks / sgemm, wall time (row limit \(Linear.quantizedRowLimit)): " + lines.joined(separator: "; "))
         defer { Linear.quantizedProducts = true }
         let token = TokenBatch([[1]])
         func forward(quantized: Bool, _ measure: (Int, () -> Void) -> Double) -> Double {
