@@ -151,7 +151,6 @@ public final class TraceRunner: @unchecked Sendable {
 
     /// Rows `sources` of hidden states [rows · length, hidden], in that order.
     static func gatherRows(_ x: Tensor, _ sources: [Int], length: Int) -> Tensor {
-        let width = length * x.columnCount
         let out = Tensor(zeros: [sources.count * length, x.columnCount])
         for (k, row) in sources.enumerated() {
             out.slice(axis: 0, (k * length)..<((k + 1) * length)).assign(from: x.slice(axis: 0, (row * length)..<((row + 1) * length)))

@@ -32,18 +32,12 @@ public func fetchedModel(_ name: String, file: StaticString = #filePath, line: U
     return path
 }
 
-/// SplitMix64: a small deterministic generator, so random inputs are the same every run
-/// and a failure can be replayed.
+/// A small deterministic generator (generation's SplitMix64), so random inputs are the same
+/// every run and a failure can be replayed.
 public struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    private var generator: SplitMix64
+    public init(seed: UInt64) { generator = SplitMix64(seed: Int(Int64(bitPattern: seed)), invocation: 0) }
+    public mutating func next() -> UInt64 { generator.next() }
 }
 
 /// Largest |a - b| over two tensors of the same shape.
