@@ -49,8 +49,8 @@ public struct Linear: Sendable {
 
     /// Inputs of at most this many rows take the quantized product. It reads a sixth of
     /// sgemm's bytes (Q4_1) and decodes each weight once per four rows: on SmolLM2's products
-    /// it took 0.7x sgemm's wall time on one row, 0.46x on four, 0.87x on eight and 1.9x on
-    /// sixteen (`loupe-bench --quantized`).
+    /// it took 0.4x sgemm's wall time on one to four rows, 0.5x on eight and 1.2x on sixteen
+    /// (`loupe-bench --quantized`).
     public static let quantizedRowLimit = 8
 
     /// Several maps of the same input as one, in input-major layout: one sgemm computes

@@ -183,7 +183,7 @@ public struct QuantizedMatrix: Sendable {
     /// weight is decoded once per tile of input rows while its block is in the L1 cache.
     public func multiply(_ x: UnsafePointer<Float>, count: Int, into y: UnsafeMutablePointer<Float>) {
         let formats = parts.map(\.format)
-        let padded = count == 1 ? 1 : (count + Tile.rows - 1) / Tile.rows * Tile.rows
+        let padded = (count + Tile.rows - 1) / Tile.rows * Tile.rows
         let size = padded * columns
         withUnsafeTemporaryAllocation(of: Float.self, capacity: formats.count * size) { reordered in
             for (index, format) in formats.enumerated() {
@@ -219,24 +219,6 @@ protocol BlockCodec {
     static func weights(_ p: UnsafeRawPointer, _ body: (_ group: Int, _ weights: SIMD8<Float>) -> Void)
 }
 
-/// Four sums, so that consecutive multiply-adds do not wait on each other.
-struct Sums {
-    var a = SIMD8<Float>(), b = SIMD8<Float>(), c = SIMD8<Float>(), d = SIMD8<Float>()
-
-    @inline(__always)
-    mutating func add(_ group: Int, _ w: SIMD8<Float>, _ x: UnsafePointer<Float>) {
-        let v = UnsafeRawPointer(x + 8 * group).loadUnaligned(as: SIMD8<Float>.self)
-        switch group & 3 {
-        case 0: a = a.addingProduct(w, v)
-        case 1: b = b.addingProduct(w, v)
-        case 2: c = c.addingProduct(w, v)
-        default: d = d.addingProduct(w, v)
-        }
-    }
-
-    var total: Float { ((a + b) + (c + d)).sum() }
-}
-
 extension BlockCodec {
     /// The order of a block whose group g, lane k is element `element(g, k)`.
     static func ordering(_ element: (_ group: Int, _ lane: Int) -> Int) -> [Int] {
@@ -253,23 +235,11 @@ extension BlockCodec {
         }
     }
 
-    /// Rows `rows` of `part` times each of the `count` rows of x (reordered; more than one
-    /// row: padded to whole tiles).
+    /// Rows `rows` of `part` times each of the `count` rows of x (reordered, padded to whole
+    /// tiles: a tile of one row and three of zeros runs faster than one row alone).
     static func products(_ part: QuantizedMatrix.Part, rows: Range<Int>, x: UnsafePointer<Float>, count: Int,
                          y: UnsafeMutablePointer<Float>, yStride: Int) {
         let blocks = part.rowBytes / typeSize, columns = blocks * blockSize
-        if count == 1 {
-            for o in rows {
-                let row = part.row(o)
-                var sums = Sums()
-                for b in 0..<blocks {
-                    let xs = x + b * blockSize
-                    weights(row + b * typeSize) { group, w in sums.add(group, w, xs) }
-                }
-                y[o] = sums.total
-            }
-            return
-        }
         for first in stride(from: 0, to: count, by: Tile.rows) {
             let input = x + first * columns
             for o in rows {
@@ -305,6 +275,7 @@ struct Tile {
         }
     }
 
+    @inline(__always)
     func total(_ i: Int) -> Float {
         switch i {
         case 0: (a0 + b0).sum()
