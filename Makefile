@@ -24,6 +24,8 @@ fixtures:
 	python3 scripts/make_tokenizer_fixtures.py
 	python3 scripts/make_model_fixtures.py
 	python3 scripts/make_generation_fixtures.py
+	python3 scripts/make_module_call_fixtures.py
+	python3 scripts/make_gradient_fixtures.py
 	python3 scripts/nnsight_reference.py
 	python3 scripts/nnsight_reference.py --model gemma3
 	python3 scripts/make_tutorial_golden.py
