@@ -61,8 +61,7 @@ final class ServerLoop {
         self.inbox = inbox
         self.logger = logger
         self.resolver = SourceResolver(modelsDirectory: configuration.modelsDirectory, roots: configuration.modelRoots)
-        // Its own context: releasing the loop then waits for the last replies to leave (run()).
-        socket = try ZMQSocket(.router, context: ZMQContext())
+        socket = try ZMQSocket(.router)
         // Report unroutable replies (a client that left) instead of dropping them unseen.
         try socket.setOption(ZMQ_ROUTER_MANDATORY, Int32(1))
         // A hard cap per frame, above the decode limit so that between the two the client
@@ -96,8 +95,7 @@ final class ServerLoop {
             if wake { for event in inbox.drain() { event(self) } }
             housekeeping()
         }
-        // The last replies (the shutdown's own among them) get a second to leave: the socket's
-        // own context, terminated when the loop is released, waits for them that long.
+        // Give the last replies (the shutdown's own among them) a moment to leave.
         try? socket.setOption(ZMQ_LINGER, Int32(1000))
     }
 

@@ -18,19 +18,15 @@ public struct ZMQError: Error, Sendable, CustomStringConvertible {
     public var isInterrupted: Bool { errno == EINTR }
 }
 
-/// A ZeroMQ context. The process shares one (libzmq makes that safe); a socket whose last
-/// messages must leave before the process exits gets its own, because only terminating a
-/// context, when its last socket is released, waits for them (up to the socket's linger).
+/// The process's ZeroMQ context: one is enough, and libzmq makes it safe to share.
 public final class ZMQContext: @unchecked Sendable {
     public static let shared = ZMQContext()
     let handle: UnsafeMutableRawPointer
 
-    public init() {
+    private init() {
         guard let handle = zmq_ctx_new() else { fatalError("zmq_ctx_new failed: \(ZMQError("zmq_ctx_new"))") }
         self.handle = handle
     }
-
-    deinit { zmq_ctx_term(handle) }
 }
 
 /// One ZeroMQ socket. Not thread-safe, as libzmq's sockets are not: a socket belongs to
@@ -41,13 +37,10 @@ public final class ZMQSocket {
     }
 
     let handle: UnsafeMutableRawPointer
-    /// Kept so that the context outlives the socket.
-    private let context: ZMQContext
 
     public init(_ kind: Kind, context: ZMQContext = .shared) throws(ZMQError) {
         guard let handle = zmq_socket(context.handle, kind.rawValue) else { throw ZMQError("zmq_socket") }
         self.handle = handle
-        self.context = context
         // Closing must never wait for unsent replies to a peer that has gone.
         try setOption(ZMQ_LINGER, Int32(0))
     }
